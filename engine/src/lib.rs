@@ -1,0 +1,29 @@
+//! Waymark's engine: the workflow model, the run lifecycle and its storage.
+//!
+//! # Layout
+//! - [`workflow`]: the `Workflow` trait, `Transition`, the introspectable transition
+//!   table (`Definition`), the step context and the type-erased registry.
+//! - [`status`]: the run lifecycle (`RunStatus`), mirrored by database constraints.
+//! - [`advance`]: the pure rules that turn a step's result into the commit.
+//! - [`runs`]: starting runs (`Engine::start`, `Engine::start_in`) with checks and limits.
+//! - [`store`]: PostgreSQL and SQLite behind one `Store`; all SQL lives there.
+//! - [`clock`], [`retry`], [`error`]: time as an input, backoff, one error enum per concern.
+//!
+//! No HTTP and no process loops here: `waymark-workers` runs steps, `waymark-api` serves.
+
+pub mod advance;
+pub mod clock;
+pub mod error;
+pub mod retry;
+pub mod runs;
+pub mod status;
+pub mod store;
+pub mod workflow;
+
+pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
+pub use error::{ErrorKind, ResultExt, StepError, StoreError};
+pub use retry::RetryPolicy;
+pub use runs::{Engine, EngineError, Limits, StartRun};
+pub use status::RunStatus;
+pub use store::{Run, Store, StoreConfig, TenantScope};
+pub use workflow::{Definition, StateDef, StepContext, Transition, Wake, Workflow, WorkflowState};

@@ -1,0 +1,117 @@
+-- Runs, their transition history and the worker registry.
+--
+-- The run lifecycle is written in three places that must agree: the Rust enum
+-- `RunStatus` (engine/src/status.rs), the CHECK constraints below, and the diagram in
+-- README.md. A test (`lifecycle::database_accepts_exactly_the_rust_statuses`) keeps
+-- the first two in step.
+
+CREATE TABLE waymark_runs (
+    id                uuid        PRIMARY KEY,
+    tenant            text        NOT NULL,
+    workflow          text        NOT NULL,
+    workflow_version  integer     NOT NULL CHECK (workflow_version >= 1),
+    status            text        NOT NULL,
+    state             text        NOT NULL,
+    state_data        jsonb       NOT NULL,
+    input             jsonb       NOT NULL,
+    output            jsonb,
+    error             jsonb,
+    idempotency_key   text,
+    -- The capability the current state's step needs (e.g. `transcode`); only workers
+    -- that advertise it claim the run.
+    capability        text,
+    -- Visit sequence: +1 every time the run enters a state, so (id, visit) names one
+    -- visit and is the base of the idempotency key steps receive.
+    visit             bigint      NOT NULL DEFAULT 1 CHECK (visit >= 1),
+    -- Attempts started for the current visit.
+    attempt           integer     NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    -- When the run may next be claimed (judged by the engine's clock).
+    due_at            timestamptz,
+    -- Fencing: the token only increases; every write after a claim names it.
+    lease_token       bigint      NOT NULL DEFAULT 0,
+    locked_by         uuid,
+    -- Judged by database time (now()), never by a worker's clock.
+    lease_expires_at  timestamptz,
+    progress_pct      real,
+    progress_message  text,
+    created_at        timestamptz NOT NULL,
+    updated_at        timestamptz NOT NULL,
+    finished_at       timestamptz,
+
+    CONSTRAINT waymark_runs_status_known CHECK (status IN (
+        'pending', 'running', 'sleeping', 'waiting', 'retrying',
+        'compensating', 'completed', 'failed', 'cancelled', 'compensation_failed')),
+    -- A run is leased exactly when it is running (or compensating under a worker).
+    CONSTRAINT waymark_runs_lease_iff_running CHECK (
+        (status = 'running') = (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL)
+        OR (status = 'compensating')),
+    CONSTRAINT waymark_runs_due_when_claimable CHECK (
+        status NOT IN ('pending', 'sleeping', 'retrying', 'running') OR due_at IS NOT NULL),
+    CONSTRAINT waymark_runs_finished_iff_terminal CHECK (
+        (status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)),
+    CONSTRAINT waymark_runs_terminal_not_due CHECK (
+        status NOT IN ('completed', 'failed', 'cancelled') OR due_at IS NULL),
+    CONSTRAINT waymark_runs_output_iff_completed CHECK (
+        (status = 'completed') = (output IS NOT NULL)),
+    CONSTRAINT waymark_runs_failed_has_error CHECK (
+        status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL)
+);
+
+CREATE UNIQUE INDEX waymark_runs_idempotency
+    ON waymark_runs (tenant, workflow, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+
+-- The claim query's two halves: due work, and leases that expired.
+CREATE INDEX waymark_runs_due ON waymark_runs (due_at)
+    WHERE status IN ('pending', 'sleeping', 'retrying');
+CREATE INDEX waymark_runs_expired_leases ON waymark_runs (lease_expires_at)
+    WHERE status = 'running';
+CREATE INDEX waymark_runs_locked_by ON waymark_runs (locked_by) WHERE locked_by IS NOT NULL;
+CREATE INDEX waymark_runs_tenant_created ON waymark_runs (tenant, created_at DESC, id DESC);
+CREATE INDEX waymark_runs_finished ON waymark_runs (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE waymark_history (
+    id           bigserial   PRIMARY KEY,
+    run_id       uuid        NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    from_state   text,
+    to_state     text        NOT NULL,
+    from_status  text,
+    to_status    text        NOT NULL,
+    cause        text        NOT NULL,
+    visit        bigint      NOT NULL,
+    attempt      integer     NOT NULL,
+    actor        text        NOT NULL,
+    worker_id    uuid,
+    started_at   timestamptz NOT NULL,
+    committed_at timestamptz NOT NULL,
+    error        jsonb
+);
+CREATE INDEX waymark_history_run ON waymark_history (run_id, id);
+
+CREATE TABLE waymark_workers (
+    id                uuid        PRIMARY KEY,
+    host              text        NOT NULL,
+    pid               integer     NOT NULL,
+    version           text        NOT NULL,
+    capabilities      jsonb       NOT NULL,
+    workflows         jsonb       NOT NULL,
+    started_at        timestamptz NOT NULL,
+    last_heartbeat_at timestamptz NOT NULL,
+    runs_in_hand      integer     NOT NULL DEFAULT 0,
+    stopped_at        timestamptz
+);
+
+-- Wake idle workers the moment a run becomes claimable now. NOTIFY is delivered at
+-- commit and identical notifications in one transaction collapse into one, so a
+-- batch of starts costs listeners a single wake-up.
+CREATE FUNCTION waymark_notify_due() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('waymark_runs', '');
+    RETURN NULL;
+END;
+$$;
+
+CREATE TRIGGER waymark_runs_notify_due
+    AFTER INSERT OR UPDATE OF status ON waymark_runs
+    FOR EACH ROW WHEN (NEW.status = 'pending')
+    EXECUTE FUNCTION waymark_notify_due();

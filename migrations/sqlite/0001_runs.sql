@@ -1,0 +1,88 @@
+-- Embedded SQLite schema: the same tables and lifecycle constraints as
+-- migrations/postgres/0001_runs.sql. Timestamps are integer milliseconds since the
+-- Unix epoch (UTC); ids are UUID text; JSON is text.
+
+CREATE TABLE waymark_runs (
+    id                TEXT    PRIMARY KEY NOT NULL,
+    tenant            TEXT    NOT NULL,
+    workflow          TEXT    NOT NULL,
+    workflow_version  INTEGER NOT NULL CHECK (workflow_version >= 1),
+    status            TEXT    NOT NULL,
+    state             TEXT    NOT NULL,
+    state_data        TEXT    NOT NULL,
+    input             TEXT    NOT NULL,
+    output            TEXT,
+    error             TEXT,
+    idempotency_key   TEXT,
+    capability        TEXT,
+    visit             INTEGER NOT NULL DEFAULT 1 CHECK (visit >= 1),
+    attempt           INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    due_at            INTEGER,
+    lease_token       INTEGER NOT NULL DEFAULT 0,
+    locked_by         TEXT,
+    lease_expires_at  INTEGER,
+    progress_pct      REAL,
+    progress_message  TEXT,
+    created_at        INTEGER NOT NULL,
+    updated_at        INTEGER NOT NULL,
+    finished_at       INTEGER,
+
+    CONSTRAINT waymark_runs_status_known CHECK (status IN (
+        'pending', 'running', 'sleeping', 'waiting', 'retrying',
+        'compensating', 'completed', 'failed', 'cancelled', 'compensation_failed')),
+    CONSTRAINT waymark_runs_lease_iff_running CHECK (
+        (status = 'running') = (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL)
+        OR (status = 'compensating')),
+    CONSTRAINT waymark_runs_due_when_claimable CHECK (
+        status NOT IN ('pending', 'sleeping', 'retrying', 'running') OR due_at IS NOT NULL),
+    CONSTRAINT waymark_runs_finished_iff_terminal CHECK (
+        (status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)),
+    CONSTRAINT waymark_runs_terminal_not_due CHECK (
+        status NOT IN ('completed', 'failed', 'cancelled') OR due_at IS NULL),
+    CONSTRAINT waymark_runs_output_iff_completed CHECK (
+        (status = 'completed') = (output IS NOT NULL)),
+    CONSTRAINT waymark_runs_failed_has_error CHECK (
+        status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL)
+);
+
+CREATE UNIQUE INDEX waymark_runs_idempotency
+    ON waymark_runs (tenant, workflow, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX waymark_runs_due ON waymark_runs (due_at)
+    WHERE status IN ('pending', 'sleeping', 'retrying');
+CREATE INDEX waymark_runs_expired_leases ON waymark_runs (lease_expires_at)
+    WHERE status = 'running';
+CREATE INDEX waymark_runs_locked_by ON waymark_runs (locked_by) WHERE locked_by IS NOT NULL;
+CREATE INDEX waymark_runs_tenant_created ON waymark_runs (tenant, created_at DESC, id DESC);
+CREATE INDEX waymark_runs_finished ON waymark_runs (finished_at) WHERE finished_at IS NOT NULL;
+
+CREATE TABLE waymark_history (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id       TEXT    NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    from_state   TEXT,
+    to_state     TEXT    NOT NULL,
+    from_status  TEXT,
+    to_status    TEXT    NOT NULL,
+    cause        TEXT    NOT NULL,
+    visit        INTEGER NOT NULL,
+    attempt      INTEGER NOT NULL,
+    actor        TEXT    NOT NULL,
+    worker_id    TEXT,
+    started_at   INTEGER NOT NULL,
+    committed_at INTEGER NOT NULL,
+    error        TEXT
+);
+CREATE INDEX waymark_history_run ON waymark_history (run_id, id);
+
+CREATE TABLE waymark_workers (
+    id                TEXT    PRIMARY KEY NOT NULL,
+    host              TEXT    NOT NULL,
+    pid               INTEGER NOT NULL,
+    version           TEXT    NOT NULL,
+    capabilities      TEXT    NOT NULL,
+    workflows         TEXT    NOT NULL,
+    started_at        INTEGER NOT NULL,
+    last_heartbeat_at INTEGER NOT NULL,
+    runs_in_hand      INTEGER NOT NULL DEFAULT 0,
+    stopped_at        INTEGER
+);

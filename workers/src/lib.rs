@@ -1,0 +1,17 @@
+//! Waymark's workers: the process loop that claims due runs and drives their steps.
+//!
+//! # Layout
+//! - [`Runner`]: claims runs in batches under fenced leases, runs each step with its
+//!   timeout and cancellation token, commits what it returned, keeps the lease when the
+//!   next state is due at once, and releases everything it holds on shutdown.
+//! - One heartbeat task per runner extends the leases of all its runs in one statement
+//!   and cancels any step whose lease it finds lost.
+//!
+//! - [`retention`]: deletes finished runs after the retention period.
+//!
+//! Persistence rules live in `waymark-engine`; this crate only decides *when*.
+
+pub mod retention;
+mod runner;
+
+pub use runner::{Runner, RunnerConfig, RunnerError};
