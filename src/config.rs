@@ -38,15 +38,30 @@ pub struct Config {
     pub database_url: Option<String>,
 
     /// Where embedded data lives (the SQLite database, later outbox and blobs).
-    #[arg(long, env = "WAYMARK_DATA_DIR", default_value = "./waymark-data", global = true)]
+    #[arg(
+        long,
+        env = "WAYMARK_DATA_DIR",
+        default_value = "./waymark-data",
+        global = true
+    )]
     pub data_dir: PathBuf,
 
     /// Address the HTTP API listens on (port 0 picks a free port).
-    #[arg(long, env = "WAYMARK_LISTEN", default_value = "127.0.0.1:8080", global = true)]
+    #[arg(
+        long,
+        env = "WAYMARK_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: String,
 
     /// Steps a process executes at once.
-    #[arg(long, env = "WAYMARK_WORKER_CONCURRENCY", default_value_t = 16, global = true)]
+    #[arg(
+        long,
+        env = "WAYMARK_WORKER_CONCURRENCY",
+        default_value_t = 16,
+        global = true
+    )]
     pub concurrency: usize,
 
     /// Lease on a claimed run; heartbeats renew it every third of it.
@@ -58,7 +73,12 @@ pub struct Config {
     pub poll_interval: Duration,
 
     /// Comma-separated capabilities this process advertises (e.g. transcode).
-    #[arg(long, env = "WAYMARK_CAPABILITIES", value_delimiter = ',', global = true)]
+    #[arg(
+        long,
+        env = "WAYMARK_CAPABILITIES",
+        value_delimiter = ',',
+        global = true
+    )]
     pub capabilities: Vec<String>,
 
     /// How long running steps may finish after SIGTERM before their runs are released.
@@ -78,7 +98,12 @@ pub struct Config {
     pub retention_interval: Duration,
 
     /// PostgreSQL pool size per process.
-    #[arg(long, env = "WAYMARK_DB_MAX_CONNECTIONS", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "WAYMARK_DB_MAX_CONNECTIONS",
+        default_value_t = 10,
+        global = true
+    )]
     pub db_max_connections: u32,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info,waymark_workers=debug`).

@@ -13,7 +13,6 @@ use waymark_workers::{Runner, RunnerConfig};
 
 use crate::config::{Cli, Command, Config};
 
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
@@ -45,16 +44,20 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let store = Store::connect(&store_config)
         .await
         .with_context(|| format!("cannot open the {} database", config.backend_name()))?;
-    store.migrate().await.context("cannot migrate the database")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
     if matches!(command, Command::Migrate) {
         println!("waymark: database migrated ({})", store.backend());
         return Ok(std::process::ExitCode::SUCCESS);
     }
 
     let registry = waymark_workflows::registry().context("invalid built-in workflow")?;
-    let engine = Engine::new(store, Arc::new(registry), Arc::new(SystemClock)).with_limits(Limits {
-        max_payload: config.max_payload,
-    });
+    let engine =
+        Engine::new(store, Arc::new(registry), Arc::new(SystemClock)).with_limits(Limits {
+            max_payload: config.max_payload,
+        });
     let shutdown = CancellationToken::new();
     tokio::spawn(wait_for_signal(shutdown.clone()));
 
@@ -74,7 +77,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
         // Tests and scripts read this line to find a port chosen by the OS.
-        println!("waymark: listening on http://{addr} ({})", engine.store.backend());
+        println!(
+            "waymark: listening on http://{addr} ({})",
+            engine.store.backend()
+        );
         let app = waymark_api::app(waymark_api::AppState {
             engine: engine.clone(),
         });
@@ -84,7 +90,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .await
             .context("HTTP server failed")?;
     } else {
-        println!("waymark: worker {worker_id} started ({})", engine.store.backend());
+        println!(
+            "waymark: worker {worker_id} started ({})",
+            engine.store.backend()
+        );
         shutdown.cancelled().await;
     }
 

@@ -1,1 +1,11 @@
+//! Waymark's integration tests: one binary, one module per feature, run against a real
+//! PostgreSQL (each test creates and drops its own database) and embedded SQLite.
+//!
+//! `./test.sh` makes sure PostgreSQL is up before running them; without it the
+//! PostgreSQL tests fail with a message saying how to get one, never skip.
 
+mod support;
+
+mod binary;
+mod conformance;
+mod engine;

@@ -37,7 +37,15 @@ pub fn plan(
         }
         Ok(RawTransition::Sleep { state, data, wake }) => {
             let at = wake.instant(input.now);
-            enter(definition, run, state, data, EdgeKind::Timer, Some(at), input)
+            enter(
+                definition,
+                run,
+                state,
+                data,
+                EdgeKind::Timer,
+                Some(at),
+                input,
+            )
         }
         Ok(RawTransition::Complete { output }) => {
             if !definition.state(&run.state).is_some_and(|s| s.completes) {
@@ -222,7 +230,12 @@ mod tests {
             state: "b".into(),
             data: json!("b"),
         };
-        let commit = plan(&definition(), &run_in("a", 1), Ok(next.clone()), &input(&caps));
+        let commit = plan(
+            &definition(),
+            &run_in("a", 1),
+            Ok(next.clone()),
+            &input(&caps),
+        );
         assert_eq!(
             commit.outcome,
             Outcome::Enter {
@@ -291,7 +304,10 @@ mod tests {
         let Outcome::Fail { error } = commit.outcome else {
             panic!()
         };
-        assert_eq!(error.message, "state data is 102 bytes, over the limit of 64 bytes");
+        assert_eq!(
+            error.message,
+            "state data is 102 bytes, over the limit of 64 bytes"
+        );
     }
 
     #[test]
@@ -319,7 +335,12 @@ mod tests {
     #[test]
     fn fatal_errors_fail_at_once() {
         let err = StepError::fatal("no such customer");
-        let commit = plan(&definition(), &run_in("c", 1), Err(err.clone()), &input(&[]));
+        let commit = plan(
+            &definition(),
+            &run_in("c", 1),
+            Err(err.clone()),
+            &input(&[]),
+        );
         assert_eq!(commit.outcome, Outcome::Fail { error: err });
     }
 }

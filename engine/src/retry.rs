@@ -95,7 +95,10 @@ mod tests {
         assert_eq!(p.backoff_with(3, 0.999_999).as_millis(), 1000);
         for _ in 0..100 {
             let d = p.backoff(4);
-            assert!(d <= Duration::from_secs(4) && d >= Duration::from_secs(2), "{d:?}");
+            assert!(
+                d <= Duration::from_secs(4) && d >= Duration::from_secs(2),
+                "{d:?}"
+            );
         }
     }
 

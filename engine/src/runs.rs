@@ -153,7 +153,17 @@ mod tests {
         for ok in ["acme", "a-b", "abc", "x23", &format!("a{}", "b".repeat(39))] {
             assert!(is_valid_tenant(ok), "{ok}");
         }
-        for bad in ["", "ab", "Acme", "1abc", "-abc", "ab_c", "ab c", &"a".repeat(41), "äbc"] {
+        for bad in [
+            "",
+            "ab",
+            "Acme",
+            "1abc",
+            "-abc",
+            "ab_c",
+            "ab c",
+            &"a".repeat(41),
+            "äbc",
+        ] {
             assert!(!is_valid_tenant(bad), "{bad}");
         }
     }

@@ -213,7 +213,9 @@ impl Definition {
 
     /// The retry policy in force for `state`.
     pub fn retry_for(&self, state: &str) -> RetryPolicy {
-        self.state(state).and_then(|s| s.retry).unwrap_or(self.retry)
+        self.state(state)
+            .and_then(|s| s.retry)
+            .unwrap_or(self.retry)
     }
 
     /// Checks the table is self-consistent: names unique, every edge lands on a
@@ -339,9 +341,18 @@ impl StepContext {
 /// A transition with its state serialised, as the engine persists it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RawTransition {
-    Next { state: String, data: Value },
-    Sleep { state: String, data: Value, wake: Wake },
-    Complete { output: Value },
+    Next {
+        state: String,
+        data: Value,
+    },
+    Sleep {
+        state: String,
+        data: Value,
+        wake: Wake,
+    },
+    Complete {
+        output: Value,
+    },
 }
 
 /// Why a JSON document did not fit a workflow's types.

@@ -11,9 +11,12 @@ use crate::runner::error_chain;
 const BATCH: u32 = 500;
 
 /// Deletes, in batches, runs that finished more than `retention` ago. Returns how many.
-pub async fn sweep(engine: &Engine, retention: Duration) -> Result<u64, waymark_engine::StoreError> {
-    let cutoff = engine.clock.now()
-        - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+pub async fn sweep(
+    engine: &Engine,
+    retention: Duration,
+) -> Result<u64, waymark_engine::StoreError> {
+    let cutoff =
+        engine.clock.now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
     let mut total = 0;
     loop {
         let deleted = engine.store.runs_delete_finished(cutoff, BATCH).await?;
@@ -25,7 +28,12 @@ pub async fn sweep(engine: &Engine, retention: Duration) -> Result<u64, waymark_
 }
 
 /// Sweeps every `every` until `shutdown` fires.
-pub async fn run(engine: Engine, retention: Duration, every: Duration, shutdown: CancellationToken) {
+pub async fn run(
+    engine: Engine,
+    retention: Duration,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
     loop {
         match sweep(&engine, retention).await {
             Ok(0) => {}

@@ -213,7 +213,9 @@ impl Runner {
         let poll = self.config.poll_interval;
         match self.engine.store.run_next_due().await {
             Ok(Some(due)) => {
-                let until = (due - self.engine.clock.now()).to_std().unwrap_or(Duration::ZERO);
+                let until = (due - self.engine.clock.now())
+                    .to_std()
+                    .unwrap_or(Duration::ZERO);
                 // A due run that was not claimable (an unknown version, a capability
                 // this worker lacks) must not make the loop spin.
                 if until.is_zero() {
@@ -332,6 +334,10 @@ async fn advance_once(
             workflow.step(&ctx, &run.input, &run.state_data),
         );
         tokio::select! {
+            // Step first: when the lease is lost, a step that watches its token gets to
+            // see it and return (its result is then refused by the fence); one that
+            // does not is dropped.
+            biased;
             outcome = step => match outcome {
                 Ok(result) => result,
                 Err(_) => Err(StepError::retryable(format!(
@@ -422,7 +428,9 @@ async fn commit_with_retry(
 async fn release(engine: &Engine, lease: &Lease) {
     match engine.store.run_release(lease, engine.clock.now()).await {
         Ok(()) => tracing::info!(run = %lease.run_id, "released on shutdown"),
-        Err(error) => tracing::warn!(run = %lease.run_id, error = %error_chain(&error), "cannot release"),
+        Err(error) => {
+            tracing::warn!(run = %lease.run_id, error = %error_chain(&error), "cannot release")
+        }
     }
 }
 

@@ -11,7 +11,9 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use waymark_engine::{Definition, StateDef, StepContext, StepError, Transition, Workflow, WorkflowState};
+use waymark_engine::{
+    Definition, StateDef, StepContext, StepError, Transition, Workflow, WorkflowState,
+};
 
 pub struct Demo;
 
@@ -20,10 +22,18 @@ pub struct Demo;
 pub struct DemoInput {
     pub name: String,
     /// How long the `work` step takes (e.g. `"2s"`).
-    #[serde(default, with = "crate::duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub work: Option<Duration>,
     /// A durable timer between `work` and `greet` (e.g. `"7d"`).
-    #[serde(default, with = "crate::duration", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        with = "crate::duration",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub wait: Option<Duration>,
 }
 

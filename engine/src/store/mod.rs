@@ -143,9 +143,16 @@ pub enum Outcome {
         next: Next,
     },
     /// Stay in the current visit and try again at `due_at`.
-    Retry { error: StepError, due_at: DateTime<Utc> },
-    Complete { output: Value },
-    Fail { error: StepError },
+    Retry {
+        error: StepError,
+        due_at: DateTime<Utc>,
+    },
+    Complete {
+        output: Value,
+    },
+    Fail {
+        error: StepError,
+    },
 }
 
 /// How the entered state's step gets run.
@@ -209,7 +216,7 @@ impl Commit {
         }
     }
 
-    pub(crate) fn to_state<'a>(&'a self) -> &'a str {
+    pub(crate) fn to_state(&self) -> &str {
         match &self.outcome {
             Outcome::Enter { state, .. } => state,
             _ => &self.from_state,
@@ -364,7 +371,12 @@ impl Store {
         dispatch!(self, s => s.run_release(lease, now).await)
     }
 
-    pub async fn run_progress(&self, lease: &Lease, fraction: f32, message: &str) -> StoreResult<()> {
+    pub async fn run_progress(
+        &self,
+        lease: &Lease,
+        fraction: f32,
+        message: &str,
+    ) -> StoreResult<()> {
         dispatch!(self, s => s.run_progress(lease, fraction, message).await)
     }
 
@@ -386,7 +398,11 @@ impl Store {
     }
 
     /// Deletes up to `limit` runs that finished before `before` (with their history).
-    pub async fn runs_delete_finished(&self, before: DateTime<Utc>, limit: u32) -> StoreResult<u64> {
+    pub async fn runs_delete_finished(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u64> {
         dispatch!(self, s => s.runs_delete_finished(before, limit).await)
     }
 
@@ -431,7 +447,9 @@ pub(crate) fn json_error(error: &Option<StepError>) -> Option<Value> {
 
 pub(crate) fn parse_error(value: Option<Value>) -> StoreResult<Option<StepError>> {
     value
-        .map(|v| serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("error column: {e}"))))
+        .map(|v| {
+            serde_json::from_value(v).map_err(|e| StoreError::Corrupt(format!("error column: {e}")))
+        })
         .transpose()
 }
 

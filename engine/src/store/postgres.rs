@@ -209,10 +209,9 @@ impl PgStore {
     }
 
     async fn applied_version(&self) -> StoreResult<Option<i64>> {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                .fetch_one(&self.pool)
-                .await?;
+        let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await?;
         if !exists {
             return Ok(None);
         }
@@ -537,10 +536,12 @@ impl PgStore {
     }
 
     pub(super) async fn worker_stop(&self, id: Uuid) -> StoreResult<()> {
-        sqlx::query("UPDATE waymark_workers SET stopped_at = now(), runs_in_hand = 0 WHERE id = $1")
-            .bind(id)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE waymark_workers SET stopped_at = now(), runs_in_hand = 0 WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

@@ -1,0 +1,325 @@
+//! The `waymark` executable as an operator runs it: separate processes, signals,
+//! SIGKILL mid-step.
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use waymark_engine::{RunStatus, SystemClock, TenantScope};
+
+use crate::support::{
+    spawn_runner, start_req, test_runner_config, wait_for_run, wait_for_status, Backend, TestDb,
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_waymark");
+
+/// A `waymark` process; killed when dropped so a failing test leaves nothing behind.
+struct Proc {
+    child: Child,
+    addr: Option<String>,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+fn command(db: &TestDb, args: &[&str]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("WAYMARK_LISTEN", "127.0.0.1:0")
+        .env("WAYMARK_LEASE", "2s")
+        .env("WAYMARK_POLL_INTERVAL", "200ms")
+        .env("WAYMARK_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    match db.backend {
+        Backend::Postgres => {
+            cmd.env("DATABASE_URL", &db.location)
+                .env("WAYMARK_DATA_DIR", db.data_dir());
+        }
+        Backend::Sqlite => {
+            cmd.env(
+                "WAYMARK_DATA_DIR",
+                std::path::Path::new(&db.location).parent().unwrap(),
+            );
+        }
+    }
+    cmd
+}
+
+/// Starts `waymark` and waits for its first stdout line (the listening address, or
+/// the worker's start line).
+async fn spawn(db: &TestDb, args: &[&str]) -> Proc {
+    let mut child = command(db, args).spawn().expect("spawn waymark");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .expect("waymark printed nothing within a minute")
+        .unwrap()
+        .expect("waymark exited before it started");
+    let addr = first
+        .strip_prefix("waymark: listening on http://")
+        .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
+    Proc { child, addr }
+}
+
+async fn serve_answers_health_and_readiness(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let proc = spawn(&db, &["serve"]).await;
+    let base = format!("http://{}", proc.addr.as_ref().unwrap());
+    let health = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    let body: serde_json::Value = ready.json().await.unwrap();
+    let expected = match backend {
+        Backend::Postgres => "postgres",
+        Backend::Sqlite => "sqlite",
+    };
+    assert_eq!(body, json!({"status": "ready", "backend": expected}));
+}
+
+#[tokio::test]
+async fn serve_answers_health_and_readiness_on_postgres() {
+    serve_answers_health_and_readiness(Backend::Postgres).await
+}
+
+#[tokio::test]
+async fn serve_answers_health_and_readiness_on_sqlite() {
+    serve_answers_health_and_readiness(Backend::Sqlite).await
+}
+
+#[tokio::test]
+async fn worker_refuses_embedded_sqlite_with_a_clear_message() {
+    let db = TestDb::sqlite().await;
+    let out = command(&db, &["worker"])
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs PostgreSQL"), "{stderr}");
+    assert!(stderr.contains("waymark serve"), "{stderr}");
+}
+
+#[tokio::test]
+async fn migrate_subcommand_migrates_and_exits() {
+    let db = TestDb::sqlite().await;
+    let out = command(&db, &["migrate"]).output().await.unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "waymark: database migrated (sqlite)"
+    );
+}
+
+#[tokio::test]
+async fn invalid_settings_are_refused_with_the_setting_named() {
+    let db = TestDb::sqlite().await;
+    let cases = [
+        ("WAYMARK_LEASE", "soon", "--lease"),
+        ("WAYMARK_WORKER_CONCURRENCY", "many", "--concurrency"),
+        ("WAYMARK_MAX_PAYLOAD", "-1", "--max-payload"),
+    ];
+    for (var, value, flag) in cases {
+        let out = command(&db, &["migrate"])
+            .env(var, value)
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{var}={value}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(flag) && stderr.contains(value),
+            "{var}={value}: {stderr}"
+        );
+    }
+    let out = command(&db, &["serve"])
+        .env("WAYMARK_LISTEN", "not-an-address")
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen on not-an-address"));
+    let out = command(&db, &["serve"])
+        .env("DATABASE_URL", "postgres://127.0.0.1:1/nothing")
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot open the PostgreSQL database"));
+}
+
+/// A `waymark` process is SIGKILLed while its step runs; after the lease expires the
+/// run is claimed again and completes, with no duplicated history row.
+async fn killed_process_run_completes_after_lease_expiry(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let args: &[&str] = match backend {
+        Backend::Postgres => &["worker"],
+        Backend::Sqlite => &["serve"],
+    };
+    let registry = waymark_workflows::registry().unwrap();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let run = engine
+        .start(start_req("demo", json!({"name": "Ada", "work": "3s"})))
+        .await
+        .unwrap()
+        .run;
+    let mut first = spawn(&db, args).await;
+    let held = wait_for_run(&db.store, run.id, "claimed and working", |r| {
+        r.status == RunStatus::Running && r.progress_message.as_deref() == Some("working")
+    })
+    .await;
+    first.child.start_kill().unwrap();
+    first.child.wait().await.unwrap();
+
+    // PostgreSQL: a second worker process takes over. SQLite: the one process restarts.
+    let second = spawn(&db, args).await;
+    let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    drop(second);
+    assert_eq!(done.output, Some(json!({"greeting": "Hello, Ada!"})));
+    assert!(
+        done.lease_token > held.lease_token,
+        "claimed again under a new fence"
+    );
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let path: Vec<_> = history
+        .iter()
+        .map(|h| (h.to_state.as_str(), h.to_status, h.attempt))
+        .collect();
+    assert_eq!(
+        path,
+        vec![
+            ("work", RunStatus::Pending, 0),
+            // The killed attempt left no row; the second attempt committed once.
+            ("greet", RunStatus::Running, 2),
+            ("greet", RunStatus::Completed, 1),
+        ]
+    );
+    assert_ne!(
+        history[1].worker_id, held.locked_by,
+        "a different worker finished it"
+    );
+}
+
+#[tokio::test]
+async fn killed_worker_process_run_completes_after_lease_expiry_on_postgres() {
+    killed_process_run_completes_after_lease_expiry(Backend::Postgres).await
+}
+
+#[tokio::test]
+async fn killed_serve_process_run_completes_after_restart_on_sqlite() {
+    killed_process_run_completes_after_lease_expiry(Backend::Sqlite).await
+}
+
+/// Idle runners wake on NOTIFY, and after their LISTEN connection is killed they
+/// reconnect and sweep: with the fallback poll set to an hour, only notifications can
+/// get these runs done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notifications_wake_idle_workers_and_survive_killed_connections() {
+    let db = TestDb::postgres().await;
+    let (registry, _) = crate::support::workflows::registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let mut config = test_runner_config();
+    config.poll_interval = Duration::from_secs(3600);
+    let runner = spawn_runner(engine.clone(), config);
+    // The runner is registered and idle before the first start.
+    let store = db.store.clone();
+    crate::support::wait_until("worker registered", Duration::from_secs(10), || {
+        let store = store.clone();
+        async move { !store.worker_list().await.unwrap().is_empty() }
+    })
+    .await;
+    let first = engine
+        .start(start_req("three_step", json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, first.id, RunStatus::Completed).await;
+
+    // Kill every other connection to this database, the LISTEN one included.
+    let killed = db
+        .scalar_i64(
+            "SELECT count(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) t",
+        )
+        .await;
+    assert!(killed >= 1, "the LISTEN connection was among those killed");
+    for n in 0..5 {
+        let run = engine
+            .start(start_req("three_step", json!({"n": n})))
+            .await
+            .unwrap()
+            .run;
+        wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    }
+    runner.stop().await;
+}
+
+/// Under load, every connection to the database is killed repeatedly; every run still
+/// completes exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_killed_under_load_every_run_still_completes() {
+    let db = TestDb::postgres().await;
+    let (registry, _) = crate::support::workflows::registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let runners: Vec<_> = (0..2)
+        .map(|_| spawn_runner(engine.clone(), test_runner_config()))
+        .collect();
+    let mut ids = Vec::new();
+    for n in 0..60u32 {
+        // Starting may hit a killed connection too: retry like a client would.
+        let run = loop {
+            match engine.start(start_req("three_step", json!({"n": n}))).await {
+                Ok(started) => break started.run,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        };
+        ids.push(run.id);
+        if n % 10 == 5 {
+            let _ = db
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                )
+                .await;
+        }
+    }
+    let store = db.reopen().await;
+    for id in &ids {
+        let done = wait_for_status(&store, *id, RunStatus::Completed).await;
+        let history = store
+            .run_history(&TenantScope::All, *id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            history.len(),
+            4,
+            "run {id}: one row per transition, none repeated"
+        );
+        assert!(done.output.is_some());
+    }
+    for runner in runners {
+        runner.stop().await;
+    }
+}

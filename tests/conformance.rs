@@ -1,0 +1,750 @@
+//! The store conformance suite: every fact here holds on PostgreSQL and on SQLite.
+
+use std::time::Duration;
+
+use serde_json::json;
+use uuid::Uuid;
+use waymark_engine::store::{Cause, ClaimRequest, Commit, NewRun, Next, Outcome, TenantScope};
+use waymark_engine::{RunStatus, StepError, StoreError};
+
+use crate::support::{on_both_backends, TestDb};
+
+on_both_backends!(
+    start_inserts_a_pending_run_with_its_started_history_row,
+    same_idempotency_key_returns_the_same_run_and_another_input_conflicts,
+    reads_are_scoped_to_the_tenant,
+    claim_takes_due_runs_once_and_fences_them,
+    claim_leaves_unknown_workflows_newer_versions_and_missing_capabilities_alone,
+    claim_ignores_timers_that_are_not_due_by_the_engine_clock,
+    commit_writes_the_checkpoint_and_one_history_row,
+    a_lost_lease_cannot_commit_or_report_progress,
+    a_commit_cannot_apply_twice,
+    heartbeat_extends_only_the_listed_runs_still_held,
+    release_returns_the_run_without_spending_an_attempt,
+    retention_deletes_finished_runs_with_their_history,
+    database_rejects_statuses_and_timestamps_the_lifecycle_forbids,
+    a_schema_newer_than_the_binary_is_refused,
+    worker_registry_records_heartbeats_and_stops,
+);
+
+fn new_run(workflow: &str, tenant: &str, key: Option<&str>, input: serde_json::Value) -> NewRun {
+    NewRun {
+        id: Uuid::now_v7(),
+        tenant: tenant.into(),
+        workflow: workflow.into(),
+        workflow_version: 1,
+        input,
+        state: "a".into(),
+        state_data: json!({"state": "a"}),
+        capability: None,
+        idempotency_key: key.map(str::to_owned),
+        actor: "key:test".into(),
+        now: chrono::Utc::now(),
+    }
+}
+
+fn claim(worker: Uuid, workflows: &[(&str, u32)], caps: &[&str], lease: Duration) -> ClaimRequest {
+    ClaimRequest {
+        worker_id: worker,
+        workflows: workflows.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
+        capabilities: caps.iter().map(|c| c.to_string()).collect(),
+        limit: 10,
+        lease,
+        now: chrono::Utc::now(),
+    }
+}
+
+fn enter(state: &str, next: Next) -> Commit {
+    let now = chrono::Utc::now();
+    Commit {
+        from_state: "a".into(),
+        from_position: (1, 1),
+        outcome: Outcome::Enter {
+            state: state.into(),
+            data: json!({"state": state}),
+            capability: None,
+            next,
+        },
+        cause: Cause::Step,
+        actor: "worker:test".into(),
+        step_started_at: now,
+        now,
+        lease: Duration::from_secs(30),
+    }
+}
+
+async fn start_inserts_a_pending_run_with_its_started_history_row(db: TestDb) {
+    let started = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({"n": 1})))
+        .await
+        .unwrap();
+    assert!(started.created);
+    let run = started.run;
+    assert_eq!(run.status, RunStatus::Pending);
+    assert_eq!((run.visit, run.attempt, run.lease_token), (1, 0, 0));
+    assert_eq!(run.input, json!({"n": 1}));
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0].cause, "started");
+    assert_eq!(history[0].from_state, None);
+    assert_eq!(history[0].to_state, "a");
+    assert_eq!(history[0].to_status, RunStatus::Pending);
+    assert_eq!(history[0].actor, "key:test");
+}
+
+async fn same_idempotency_key_returns_the_same_run_and_another_input_conflicts(db: TestDb) {
+    let first = db
+        .store
+        .run_start(new_run("w", "acme", Some("order-1"), json!({"n": 1})))
+        .await
+        .unwrap();
+    let again = db
+        .store
+        .run_start(new_run("w", "acme", Some("order-1"), json!({"n": 1})))
+        .await
+        .unwrap();
+    assert!(first.created);
+    assert!(!again.created);
+    assert_eq!(again.run.id, first.run.id);
+    match db
+        .store
+        .run_start(new_run("w", "acme", Some("order-1"), json!({"n": 2})))
+        .await
+    {
+        Err(StoreError::IdempotencyConflict { key, existing }) => {
+            assert_eq!(key, "order-1");
+            assert_eq!(existing, first.run.id);
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    // The key is scoped by tenant and workflow.
+    assert!(
+        db.store
+            .run_start(new_run("w", "globex", Some("order-1"), json!({"n": 2})))
+            .await
+            .unwrap()
+            .created
+    );
+    assert!(
+        db.store
+            .run_start(new_run("v", "acme", Some("order-1"), json!({"n": 2})))
+            .await
+            .unwrap()
+            .created
+    );
+    // Only the started rows exist: the replay and the conflict wrote nothing.
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM waymark_history").await,
+        3
+    );
+}
+
+async fn reads_are_scoped_to_the_tenant(db: TestDb) {
+    let run = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let mine = TenantScope::Tenant("acme".into());
+    let theirs = TenantScope::Tenant("globex".into());
+    assert!(db.store.run_get(&mine, run.id).await.unwrap().is_some());
+    assert!(db
+        .store
+        .run_get(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(db.store.run_get(&theirs, run.id).await.unwrap().is_none());
+    assert!(db
+        .store
+        .run_history(&theirs, run.id)
+        .await
+        .unwrap()
+        .is_none());
+}
+
+async fn claim_takes_due_runs_once_and_fences_them(db: TestDb) {
+    let run = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let claimed = db
+        .store
+        .run_claim(&claim(a, &[("w", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let held = &claimed[0];
+    assert_eq!(held.id, run.id);
+    assert_eq!(held.status, RunStatus::Running);
+    assert_eq!(held.locked_by, Some(a));
+    assert_eq!(held.attempt, 1);
+    assert!(held.lease_token > run.lease_token);
+    // Held: nobody else gets it.
+    assert!(db
+        .store
+        .run_claim(&claim(b, &[("w", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn claim_leaves_unknown_workflows_newer_versions_and_missing_capabilities_alone(db: TestDb) {
+    let mut v2 = new_run("w", "acme", None, json!({}));
+    v2.workflow_version = 2;
+    db.store.run_start(v2).await.unwrap();
+    let mut gpu = new_run("render", "acme", None, json!({}));
+    gpu.capability = Some("gpu".into());
+    let gpu = db.store.run_start(gpu).await.unwrap().run;
+    db.store
+        .run_start(new_run("other", "acme", None, json!({})))
+        .await
+        .unwrap();
+    let worker = Uuid::now_v7();
+    let lease = Duration::from_secs(30);
+    assert!(db
+        .store
+        .run_claim(&claim(worker, &[("w", 1), ("render", 1)], &[], lease))
+        .await
+        .unwrap()
+        .is_empty());
+    let got = db
+        .store
+        .run_claim(&claim(worker, &[("render", 1)], &["gpu"], lease))
+        .await
+        .unwrap();
+    assert_eq!(got.iter().map(|r| r.id).collect::<Vec<_>>(), vec![gpu.id]);
+    let got = db
+        .store
+        .run_claim(&claim(worker, &[("w", 2)], &[], lease))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.len(),
+        1,
+        "a worker that knows version 2 takes the version-2 run"
+    );
+}
+
+async fn claim_ignores_timers_that_are_not_due_by_the_engine_clock(db: TestDb) {
+    db.store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap();
+    let worker = Uuid::now_v7();
+    let lease = Duration::from_secs(30);
+    let run = db
+        .store
+        .run_claim(&claim(worker, &[("w", 1)], &[], lease))
+        .await
+        .unwrap()
+        .remove(0);
+    let wake = chrono::Utc::now() + chrono::Duration::days(7);
+    let slept = db
+        .store
+        .run_commit(&run.lease().unwrap(), &enter("b", Next::Sleep(wake)))
+        .await
+        .unwrap();
+    assert_eq!(slept.status, RunStatus::Sleeping);
+    assert_eq!(
+        slept.due_at.map(|d| d.timestamp_millis()),
+        Some(wake.timestamp_millis())
+    );
+    assert_eq!(
+        db.store
+            .run_next_due()
+            .await
+            .unwrap()
+            .map(|d| d.timestamp_millis()),
+        Some(wake.timestamp_millis())
+    );
+    assert!(db
+        .store
+        .run_claim(&claim(worker, &[("w", 1)], &[], lease))
+        .await
+        .unwrap()
+        .is_empty());
+    let mut later = claim(worker, &[("w", 1)], &[], lease);
+    later.now = wake + chrono::Duration::milliseconds(1);
+    let woke = db.store.run_claim(&later).await.unwrap();
+    assert_eq!(woke.len(), 1);
+    assert_eq!(
+        (woke[0].state.as_str(), woke[0].visit, woke[0].attempt),
+        ("b", 2, 1)
+    );
+}
+
+async fn commit_writes_the_checkpoint_and_one_history_row(db: TestDb) {
+    db.store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap();
+    let worker = Uuid::now_v7();
+    let run = db
+        .store
+        .run_claim(&claim(worker, &[("w", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease = run.lease().unwrap();
+    // Held: the worker keeps the lease and the run stays running in the next visit.
+    let held = db
+        .store
+        .run_commit(&lease, &enter("b", Next::Hold))
+        .await
+        .unwrap();
+    assert_eq!(
+        (held.status, held.state.as_str(), held.visit, held.attempt),
+        (RunStatus::Running, "b", 2, 1)
+    );
+    assert_eq!(held.lease_token, lease.token);
+    assert_eq!(held.state_data, json!({"state": "b"}));
+    let mut done = enter("b", Next::Hold);
+    done.from_state = "b".into();
+    done.from_position = (2, 1);
+    done.outcome = Outcome::Complete {
+        output: json!({"ok": true}),
+    };
+    let finished = db.store.run_commit(&lease, &done).await.unwrap();
+    assert_eq!(finished.status, RunStatus::Completed);
+    assert_eq!(finished.output, Some(json!({"ok": true})));
+    assert!(
+        finished.finished_at.is_some() && finished.locked_by.is_none() && finished.due_at.is_none()
+    );
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let path: Vec<_> = history
+        .iter()
+        .map(|h| {
+            (
+                h.from_state.clone(),
+                h.to_state.clone(),
+                h.to_status,
+                h.cause.clone(),
+                h.visit,
+            )
+        })
+        .collect();
+    assert_eq!(
+        path,
+        vec![
+            (None, "a".into(), RunStatus::Pending, "started".into(), 1),
+            (
+                Some("a".into()),
+                "b".into(),
+                RunStatus::Running,
+                "step".into(),
+                1
+            ),
+            (
+                Some("b".into()),
+                "b".into(),
+                RunStatus::Completed,
+                "step".into(),
+                2
+            ),
+        ]
+    );
+    assert!(history[1..]
+        .iter()
+        .all(|h| h.worker_id == Some(worker) && h.actor == "worker:test"));
+}
+
+async fn a_lost_lease_cannot_commit_or_report_progress(db: TestDb) {
+    let run = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
+    let short = Duration::from_millis(200);
+    let old = db
+        .store
+        .run_claim(&claim(a, &[("w", 1)], &[], short))
+        .await
+        .unwrap()
+        .remove(0);
+    let old_lease = old.lease().unwrap();
+    // Once the lease expires by database time, another worker claims the run.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let new = loop {
+        let mut claimed = db
+            .store
+            .run_claim(&claim(b, &[("w", 1)], &[], Duration::from_secs(30)))
+            .await
+            .unwrap();
+        if let Some(run) = claimed.pop() {
+            break run;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "worker B never got the run after A's lease expired"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        new.lease_token > old_lease.token,
+        "the fence only increases"
+    );
+    assert_eq!(new.attempt, 2, "the expired attempt counts");
+    // A, waking up late, cannot commit, report progress, or release.
+    let err = db
+        .store
+        .run_commit(&old_lease, &enter("b", Next::Release))
+        .await
+        .unwrap_err();
+    assert!(err.is_lease_lost(), "{err}");
+    assert!(db
+        .store
+        .run_progress(&old_lease, 0.5, "late")
+        .await
+        .unwrap_err()
+        .is_lease_lost());
+    assert!(db
+        .store
+        .run_release(&old_lease, chrono::Utc::now())
+        .await
+        .unwrap_err()
+        .is_lease_lost());
+    // And nothing of A's reached the history.
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.len(), 1);
+    // B still holds a working lease.
+    let mut commit = enter("b", Next::Release);
+    commit.from_position = (1, 2);
+    let after = db
+        .store
+        .run_commit(&new.lease().unwrap(), &commit)
+        .await
+        .unwrap();
+    assert_eq!(after.status, RunStatus::Pending);
+}
+
+async fn a_commit_cannot_apply_twice(db: TestDb) {
+    db.store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap();
+    let run = db
+        .store
+        .run_claim(&claim(
+            Uuid::now_v7(),
+            &[("w", 1)],
+            &[],
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap()
+        .remove(0);
+    let lease = run.lease().unwrap();
+    let commit = enter("b", Next::Hold);
+    db.store.run_commit(&lease, &commit).await.unwrap();
+    // Replaying the same commit (as after an ambiguous network error) is refused: the
+    // visit moved on, so the fence no longer matches.
+    assert!(db
+        .store
+        .run_commit(&lease, &commit)
+        .await
+        .unwrap_err()
+        .is_lease_lost());
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM waymark_history").await,
+        2
+    );
+}
+
+async fn heartbeat_extends_only_the_listed_runs_still_held(db: TestDb) {
+    for _ in 0..3 {
+        db.store
+            .run_start(new_run("w", "acme", None, json!({})))
+            .await
+            .unwrap();
+    }
+    let worker = Uuid::now_v7();
+    let runs = db
+        .store
+        .run_claim(&claim(worker, &[("w", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(runs.len(), 3);
+    let before: Vec<_> = runs.iter().map(|r| r.lease_expires_at.unwrap()).collect();
+    // The worker finished the first one; it lists the other two.
+    db.store
+        .run_release(&runs[0].lease().unwrap(), chrono::Utc::now())
+        .await
+        .unwrap();
+    let listed: Vec<Uuid> = runs.iter().map(|r| r.id).collect();
+    let held = db
+        .store
+        .runs_heartbeat(worker, &listed[1..], Duration::from_secs(60))
+        .await
+        .unwrap();
+    let mut held_ids: Vec<Uuid> = held.iter().map(|l| l.run_id).collect();
+    held_ids.sort();
+    let mut expect = listed[1..].to_vec();
+    expect.sort();
+    assert_eq!(held_ids, expect);
+    for run in &runs[1..] {
+        let now = db
+            .store
+            .run_get(&TenantScope::All, run.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(now.lease_expires_at.unwrap() > before[1], "lease extended");
+    }
+    // Another worker's heartbeat extends nothing of ours.
+    assert!(db
+        .store
+        .runs_heartbeat(Uuid::now_v7(), &listed, Duration::from_secs(60))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn release_returns_the_run_without_spending_an_attempt(db: TestDb) {
+    db.store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap();
+    let worker = Uuid::now_v7();
+    let run = db
+        .store
+        .run_claim(&claim(worker, &[("w", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .remove(0);
+    db.store
+        .run_release(&run.lease().unwrap(), chrono::Utc::now())
+        .await
+        .unwrap();
+    let back = db
+        .store
+        .run_get(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (back.status, back.attempt, back.locked_by),
+        (RunStatus::Pending, 0, None)
+    );
+    let again = db
+        .store
+        .run_claim(&claim(worker, &[("w", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(again[0].attempt, 1);
+}
+
+async fn retention_deletes_finished_runs_with_their_history(db: TestDb) {
+    let worker = Uuid::now_v7();
+    let keep = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let done = db
+        .store
+        .run_start(new_run("x", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let run = db
+        .store
+        .run_claim(&claim(worker, &[("x", 1)], &[], Duration::from_secs(30)))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut fail = enter("a", Next::Release);
+    fail.outcome = Outcome::Fail {
+        error: StepError::fatal("boom"),
+    };
+    db.store
+        .run_commit(&run.lease().unwrap(), &fail)
+        .await
+        .unwrap();
+    let future = chrono::Utc::now() + chrono::Duration::days(1);
+    assert_eq!(
+        db.store
+            .runs_delete_finished(chrono::Utc::now() - chrono::Duration::days(1), 100)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(db.store.runs_delete_finished(future, 100).await.unwrap(), 1);
+    assert!(db
+        .store
+        .run_get(&TenantScope::All, done.id)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(db
+        .store
+        .run_get(&TenantScope::All, keep.id)
+        .await
+        .unwrap()
+        .is_some());
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM waymark_history").await,
+        1
+    );
+}
+
+async fn database_rejects_statuses_and_timestamps_the_lifecycle_forbids(db: TestDb) {
+    let run = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let id = run.id;
+    let bad = [
+        // Not a status.
+        format!("UPDATE waymark_runs SET status = 'done' WHERE id = '{id}'"),
+        // Terminal without finished_at.
+        format!("UPDATE waymark_runs SET status = 'completed', output = '1', due_at = NULL WHERE id = '{id}'"),
+        // Running without a lease.
+        format!("UPDATE waymark_runs SET status = 'running' WHERE id = '{id}'"),
+        // Failed without an error.
+        format!("UPDATE waymark_runs SET status = 'retrying' WHERE id = '{id}'"),
+        // Claimable without a due time.
+        format!("UPDATE waymark_runs SET due_at = NULL WHERE id = '{id}'"),
+    ];
+    for sql in bad {
+        assert!(
+            db.execute(&sql).await.is_err(),
+            "the database accepted: {sql}"
+        );
+    }
+    // Every status the Rust enum knows passes the status check (with the columns its
+    // other constraints require); none is missing from the database's list.
+    let (finished, lease) = match db.backend {
+        crate::support::Backend::Postgres => ("now()", "now()"),
+        crate::support::Backend::Sqlite => ("1", "1"),
+    };
+    for status in RunStatus::ALL {
+        let s = status.as_str();
+        let terminal = status.is_terminal();
+        let sql = format!(
+            "UPDATE waymark_runs SET status = '{s}', \
+             finished_at = {fin}, due_at = {due}, output = {out}, error = {err}, \
+             locked_by = {lb}, lease_expires_at = {le} WHERE id = '{id}'",
+            fin = if terminal { finished } else { "NULL" },
+            due = if terminal { "NULL" } else { "due_at" },
+            out = if status == RunStatus::Completed {
+                "'1'"
+            } else {
+                "NULL"
+            },
+            err = "'{\"kind\":\"fatal\",\"message\":\"x\"}'",
+            lb = if status == RunStatus::Running {
+                "locked_by"
+            } else {
+                "NULL"
+            },
+            le = if status == RunStatus::Running {
+                lease
+            } else {
+                "NULL"
+            },
+        );
+        let sql = if status == RunStatus::Running {
+            sql.replace(
+                "locked_by = locked_by",
+                &format!("locked_by = '{}'", Uuid::now_v7()),
+            )
+        } else {
+            sql
+        };
+        // Restore a claimable row first so each status starts from a valid one.
+        db.execute(&format!(
+            "UPDATE waymark_runs SET status = 'pending', finished_at = NULL, output = NULL, error = NULL, \
+             locked_by = NULL, lease_expires_at = NULL, due_at = created_at WHERE id = '{id}'"
+        ))
+        .await
+        .unwrap();
+        if let Err(e) = db.execute(&sql).await {
+            panic!("status {s} was refused: {e}\n{sql}");
+        }
+    }
+}
+
+async fn a_schema_newer_than_the_binary_is_refused(db: TestDb) {
+    // As if a newer Waymark had migrated this database.
+    let checksum = match db.backend {
+        crate::support::Backend::Postgres => "'\\x00'",
+        crate::support::Backend::Sqlite => "x'00'",
+    };
+    db.execute(&format!(
+        "INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) \
+         VALUES (99990101000000, 'from the future', true, {checksum}, 0)"
+    ))
+    .await
+    .unwrap();
+    match db.connect_unmigrated().await.migrate().await {
+        Err(StoreError::SchemaTooNew { found, known }) => {
+            assert_eq!(found, 99990101000000);
+            assert!(known < found);
+        }
+        other => panic!("expected SchemaTooNew, got {other:?}"),
+    }
+    assert!(
+        !db.store.ready().await.unwrap(),
+        "not ready against a schema it does not know"
+    );
+}
+
+async fn worker_registry_records_heartbeats_and_stops(db: TestDb) {
+    let id = Uuid::now_v7();
+    let info = waymark_engine::store::WorkerInfo {
+        id,
+        host: "host-1".into(),
+        pid: 42,
+        version: "0.1.0".into(),
+        capabilities: vec!["gpu".into()],
+        workflows: vec!["demo@1".into()],
+        started_at: chrono::Utc::now(),
+        last_heartbeat_at: chrono::Utc::now(),
+        runs_in_hand: 0,
+        stopped_at: None,
+    };
+    db.store.worker_register(&info).await.unwrap();
+    db.store.worker_heartbeat(id, 3).await.unwrap();
+    let listed = db.store.worker_list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (
+            listed[0].host.as_str(),
+            listed[0].pid,
+            listed[0].runs_in_hand
+        ),
+        ("host-1", 42, 3)
+    );
+    assert_eq!(listed[0].capabilities, vec!["gpu".to_owned()]);
+    assert!(listed[0].stopped_at.is_none());
+    db.store.worker_stop(id).await.unwrap();
+    let listed = db.store.worker_list().await.unwrap();
+    assert!(listed[0].stopped_at.is_some());
+    assert_eq!(listed[0].runs_in_hand, 0);
+}

@@ -1,0 +1,468 @@
+//! The engine end to end in one process: runners drive test workflows against both
+//! backends, with the manual clock where time matters.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use waymark_engine::{Clock, EngineError, Limits, RunStatus, StoreError, SystemClock, TenantScope};
+
+use crate::support::workflows::{flaky_policy, registry};
+use crate::support::{
+    manual_clock, on_both_backends, spawn_runner, start_req, test_runner_config, wait_for_run,
+    wait_for_status, wait_until, TestDb,
+};
+
+on_both_backends!(
+    a_run_advances_through_every_state_with_one_history_row_per_transition,
+    retries_back_off_by_the_engine_clock_until_the_step_succeeds,
+    exhausted_retries_fail_the_run_with_the_error_and_its_causes,
+    fatal_errors_fail_without_retrying,
+    a_seven_day_timer_fires_after_a_restart_under_the_manual_clock,
+    capability_routing_sends_a_state_only_to_capable_workers,
+    idempotent_start_through_the_engine,
+    payload_limits_refuse_large_input_and_fail_large_output,
+    unknown_workflows_and_bad_inputs_are_refused,
+    shutdown_releases_runs_whose_steps_outlive_the_grace,
+    a_lost_lease_cancels_the_step_and_discards_its_result,
+);
+
+async fn a_run_advances_through_every_state_with_one_history_row_per_transition(db: TestDb) {
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("three_step", json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    runner.stop().await;
+    assert_eq!(done.output, Some(json!({"n": 3})));
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let path: Vec<_> = history
+        .iter()
+        .map(|h| (h.to_state.as_str(), h.to_status, h.visit))
+        .collect();
+    assert_eq!(
+        path,
+        vec![
+            ("a", RunStatus::Pending, 1),
+            ("b", RunStatus::Running, 1),
+            ("c", RunStatus::Running, 2),
+            ("c", RunStatus::Completed, 3),
+        ]
+    );
+    // The worker kept its lease from a to c: one claim, attempt 1 throughout.
+    assert!(history[1..]
+        .iter()
+        .all(|h| h.attempt == 1 && h.worker_id == Some(runner_id(&history))));
+}
+
+fn runner_id(history: &[waymark_engine::store::HistoryEntry]) -> uuid::Uuid {
+    history[1].worker_id.expect("worker recorded")
+}
+
+async fn retries_back_off_by_the_engine_clock_until_the_step_succeeds(db: TestDb) {
+    let (registry, handles) = registry();
+    let (clock, shared) = manual_clock();
+    let engine = db.engine(registry, shared);
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("flaky", json!({"fail_times": 2})))
+        .await
+        .unwrap()
+        .run;
+
+    let retrying = wait_for_status(&db.store, run.id, RunStatus::Retrying).await;
+    let error = retrying.error.clone().expect("last error visible");
+    assert_eq!(error.message, "upstream unavailable (call 1)");
+    assert_eq!(error.causes, vec!["connection refused".to_owned()]);
+    assert_eq!(retrying.attempt, 1);
+    // First retry after initial_delay (60 s, no jitter) by the engine clock.
+    let due = retrying.due_at.unwrap();
+    assert_eq!((due - clock.now()).num_seconds(), 60);
+    assert_eq!(handles.flaky_calls.load(Ordering::SeqCst), 1);
+
+    clock.advance(Duration::from_secs(60));
+    let second = wait_for_run(&db.store, run.id, "the second attempt failed", |r| {
+        r.status == RunStatus::Retrying && r.attempt == 2
+    })
+    .await;
+    // Doubled: 120 s after the second failure.
+    assert_eq!((second.due_at.unwrap() - clock.now()).num_seconds(), 120);
+    clock.advance(Duration::from_secs(120));
+    let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    runner.stop().await;
+    assert_eq!(done.output, Some(json!(3)));
+    let causes: Vec<String> = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|h| h.cause)
+        .collect();
+    assert_eq!(causes, vec!["started", "retry", "retry", "step"]);
+}
+
+async fn exhausted_retries_fail_the_run_with_the_error_and_its_causes(db: TestDb) {
+    let (registry, handles) = registry();
+    let (clock, shared) = manual_clock();
+    let engine = db.engine(registry, shared);
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("flaky", json!({"fail_times": 99})))
+        .await
+        .unwrap()
+        .run;
+    for attempt in 1..flaky_policy().max_attempts {
+        let calls = handles.flaky_calls.clone();
+        wait_until("attempt ran", Duration::from_secs(10), || {
+            let calls = calls.clone();
+            async move { calls.load(Ordering::SeqCst) == attempt }
+        })
+        .await;
+        wait_for_status(&db.store, run.id, RunStatus::Retrying).await;
+        clock.advance(Duration::from_secs(3600));
+    }
+    let failed = wait_for_status(&db.store, run.id, RunStatus::Failed).await;
+    runner.stop().await;
+    assert_eq!(
+        handles.flaky_calls.load(Ordering::SeqCst),
+        flaky_policy().max_attempts
+    );
+    let error = failed.error.expect("error kept");
+    assert_eq!(error.message, "upstream unavailable (call 3)");
+    assert_eq!(error.causes, vec!["connection refused".to_owned()]);
+    assert!(failed.finished_at.is_some());
+}
+
+async fn fatal_errors_fail_without_retrying(db: TestDb) {
+    let (registry, handles) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("flaky", json!({"fail_times": 1, "fatal": true})))
+        .await
+        .unwrap()
+        .run;
+    let failed = wait_for_status(&db.store, run.id, RunStatus::Failed).await;
+    runner.stop().await;
+    assert_eq!(handles.flaky_calls.load(Ordering::SeqCst), 1);
+    assert_eq!(failed.error.unwrap().kind, waymark_engine::ErrorKind::Fatal);
+}
+
+async fn a_seven_day_timer_fires_after_a_restart_under_the_manual_clock(db: TestDb) {
+    let (registry, _) = registry();
+    let (clock, shared) = manual_clock();
+    let engine = db.engine(registry, shared.clone());
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("sleeper", json!({"days": 7})))
+        .await
+        .unwrap()
+        .run;
+    let asleep = wait_for_status(&db.store, run.id, RunStatus::Sleeping).await;
+    assert_eq!((asleep.due_at.unwrap() - clock.now()).num_days(), 7);
+    runner.stop().await;
+
+    // A new process (a fresh connection and runner) after 7 days.
+    let store = db.reopen().await;
+    clock.advance(Duration::from_secs(7 * 86_400));
+    let (registry, _) = crate::support::workflows::registry();
+    let engine = waymark_engine::Engine::new(store.clone(), Arc::new(registry), shared);
+    let runner = spawn_runner(engine, test_runner_config());
+    let done = wait_for_status(&store, run.id, RunStatus::Completed).await;
+    runner.stop().await;
+    assert_eq!(done.state, "wake");
+    assert_eq!(
+        done.output,
+        Some(json!(format!("woke at {}", clock.now().to_rfc3339())))
+    );
+}
+
+async fn capability_routing_sends_a_state_only_to_capable_workers(db: TestDb) {
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let plain = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("needs_gpu", json!({})))
+        .await
+        .unwrap()
+        .run;
+    assert_eq!(run.capability.as_deref(), Some("gpu"));
+    // The plain runner is idle and a three-step run started after completes, so it has
+    // looked at the queue: the gpu run is still pending.
+    let probe = engine
+        .start(start_req("three_step", json!({"n": 0})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, probe.id, RunStatus::Completed).await;
+    let still = db
+        .store
+        .run_get(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(still.status, RunStatus::Pending);
+    let mut config = test_runner_config();
+    config.capabilities = vec!["gpu".into()];
+    let gpu = spawn_runner(engine.clone(), config);
+    let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(history.last().unwrap().worker_id, Some(gpu.worker_id));
+    assert_eq!(done.output, Some(json!("rendered")));
+    plain.stop().await;
+    gpu.stop().await;
+}
+
+async fn idempotent_start_through_the_engine(db: TestDb) {
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let mut req = start_req("three_step", json!({"n": 1}));
+    req.idempotency_key = Some("k-1".into());
+    let first = engine.start(req.clone()).await.unwrap();
+    let again = engine.start(req.clone()).await.unwrap();
+    assert_eq!((first.created, again.created), (true, false));
+    assert_eq!(first.run.id, again.run.id);
+    req.input = json!({"n": 2});
+    match engine.start(req).await {
+        Err(EngineError::Store(StoreError::IdempotencyConflict { existing, .. })) => {
+            assert_eq!(existing, first.run.id)
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+}
+
+async fn payload_limits_refuse_large_input_and_fail_large_output(db: TestDb) {
+    let (registry, _) = registry();
+    let engine = db
+        .engine(registry, Arc::new(SystemClock))
+        .with_limits(Limits { max_payload: 1024 });
+    let big = json!({"n": 1, "pad": "x".repeat(2000)});
+    match engine.start(start_req("three_step", big)).await {
+        Err(EngineError::Store(StoreError::PayloadTooLarge { what, size, limit })) => {
+            assert_eq!((what, limit), ("input", 1024));
+            assert!(size > 2000);
+        }
+        other => panic!("expected PayloadTooLarge, got {other:?}"),
+    }
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("bloat", json!({"n": 5000})))
+        .await
+        .unwrap()
+        .run;
+    let failed = wait_for_status(&db.store, run.id, RunStatus::Failed).await;
+    runner.stop().await;
+    assert_eq!(
+        failed.error.unwrap().message,
+        "output is 5002 bytes, over the limit of 1024 bytes"
+    );
+}
+
+async fn unknown_workflows_and_bad_inputs_are_refused(db: TestDb) {
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    assert!(matches!(
+        engine.start(start_req("nope", json!({}))).await,
+        Err(EngineError::UnknownWorkflow(w)) if w == "nope"
+    ));
+    let cases = [
+        json!({}),
+        json!({"n": "one"}),
+        json!({"n": -1}),
+        json!("one"),
+        json!(null),
+    ];
+    for input in cases {
+        match engine.start(start_req("three_step", input.clone())).await {
+            Err(EngineError::InvalidInput(e)) => assert_eq!(e.what, "input", "{input}"),
+            other => panic!("{input}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    let mut req = start_req("three_step", json!({"n": 1}));
+    req.tenant = "Not A Slug".into();
+    assert!(matches!(
+        engine.start(req).await,
+        Err(EngineError::InvalidTenant(_))
+    ));
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM waymark_runs").await,
+        0,
+        "nothing was written"
+    );
+}
+
+async fn shutdown_releases_runs_whose_steps_outlive_the_grace(db: TestDb) {
+    let (registry, handles) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let mut config = test_runner_config();
+    config.shutdown_grace = Duration::from_millis(100);
+    let runner = spawn_runner(engine.clone(), config);
+    let run = engine
+        .start(start_req("gated", json!({})))
+        .await
+        .unwrap()
+        .run;
+    let entered = handles.gate_entered.clone();
+    wait_until("the step started", Duration::from_secs(10), || {
+        let entered = entered.clone();
+        async move { entered.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    runner.stop().await;
+    let back = db
+        .store
+        .run_get(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (back.status, back.attempt, back.locked_by),
+        (RunStatus::Pending, 0, None)
+    );
+    // Another worker picks it up at once, without waiting for a lease to expire.
+    handles.gate.add_permits(1);
+    let next = spawn_runner(engine.clone(), test_runner_config());
+    let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    next.stop().await;
+    assert_eq!(done.output, Some(json!("done on visit 1")));
+    let workers = db.store.worker_list().await.unwrap();
+    assert!(
+        workers.iter().all(|w| w.stopped_at.is_some()),
+        "both workers marked stopped"
+    );
+}
+
+async fn a_lost_lease_cancels_the_step_and_discards_its_result(db: TestDb) {
+    let (registry, handles) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let mut config = test_runner_config();
+    config.lease = Duration::from_millis(900);
+    let runner = spawn_runner(engine.clone(), config);
+    let run = engine
+        .start(start_req("gated", json!({})))
+        .await
+        .unwrap()
+        .run;
+    let running = wait_for_status(&db.store, run.id, RunStatus::Running).await;
+    // Someone else takes the run (as if the lease had expired): bump the fence.
+    db.execute(&format!(
+        "UPDATE waymark_runs SET lease_token = lease_token + 1 WHERE id = '{}'",
+        run.id
+    ))
+    .await
+    .unwrap();
+    // The next heartbeat notices and cancels the step; the runner commits nothing, so
+    // the run stays as its new owner has it.
+    let cancelled = handles.gate_cancelled.clone();
+    wait_until(
+        "the heartbeat cancels the step",
+        Duration::from_secs(10),
+        || {
+            let cancelled = cancelled.clone();
+            async move { cancelled.load(Ordering::SeqCst) == 1 }
+        },
+    )
+    .await;
+    handles.gate.add_permits(1);
+    runner.stop().await;
+    let after = db
+        .store
+        .run_get(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.status, RunStatus::Running);
+    assert_eq!(after.lease_token, running.lease_token + 1);
+    let history = db
+        .store
+        .run_history(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        history.len(),
+        1,
+        "no transition from the worker that lost its lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_in_commits_or_rolls_back_with_the_callers_transaction() {
+    let db = TestDb::postgres().await;
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let pool = db.pg().pool().clone();
+    sqlx::query("CREATE TABLE orders (id int PRIMARY KEY, run_id uuid)")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    let run = engine
+        .start_in(&mut tx, start_req("three_step", json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    sqlx::query("INSERT INTO orders VALUES (1, $1)")
+        .bind(run.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(
+        db.store
+            .run_get(&TenantScope::All, run.id)
+            .await
+            .unwrap()
+            .is_none(),
+        "rolled back with the order"
+    );
+
+    let mut tx = pool.begin().await.unwrap();
+    let run = engine
+        .start_in(&mut tx, start_req("three_step", json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    sqlx::query("INSERT INTO orders VALUES (1, $1)")
+        .bind(run.id)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    runner.stop().await;
+}
+
+#[tokio::test]
+async fn start_in_is_refused_on_sqlite() {
+    let db = TestDb::sqlite().await;
+    let pg = TestDb::postgres().await;
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let mut conn = pg.pg().pool().acquire().await.unwrap();
+    assert!(matches!(
+        engine
+            .start_in(&mut conn, start_req("three_step", json!({"n": 1})))
+            .await,
+        Err(EngineError::NotPostgres)
+    ));
+}
