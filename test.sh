@@ -18,4 +18,12 @@ cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --workspace --all-targets --locked -- "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --workspace --all-targets --locked -- "$@" 2>&1 | tee "$log" || status=$?
+# cargo prints one result line per test binary; the last one may be a crate with no
+# tests, so close with the totals over all of them.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+     END { printf "Summary: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
