@@ -323,3 +323,32 @@ async fn postgres_connections_killed_under_load_every_run_still_completes() {
         runner.stop().await;
     }
 }
+
+#[tokio::test]
+async fn help_lists_every_setting_with_its_environment_variable() {
+    let out = Command::new(BIN).arg("--help").output().await.unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for var in [
+        "DATABASE_URL",
+        "WAYMARK_DATA_DIR",
+        "WAYMARK_LISTEN",
+        "WAYMARK_WORKER_CONCURRENCY",
+        "WAYMARK_LEASE",
+        "WAYMARK_POLL_INTERVAL",
+        "WAYMARK_CAPABILITIES",
+        "WAYMARK_SHUTDOWN_GRACE",
+        "WAYMARK_MAX_PAYLOAD",
+        "WAYMARK_RETENTION",
+        "WAYMARK_DB_MAX_CONNECTIONS",
+        "WAYMARK_LOG",
+    ] {
+        assert!(
+            help.contains(&format!("env: {var}")),
+            "--help does not list {var}"
+        );
+    }
+    for command in ["serve", "worker", "migrate"] {
+        assert!(help.contains(command), "--help does not list {command}");
+    }
+}

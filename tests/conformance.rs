@@ -748,3 +748,47 @@ async fn worker_registry_records_heartbeats_and_stops(db: TestDb) {
     assert!(listed[0].stopped_at.is_some());
     assert_eq!(listed[0].runs_in_hand, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_on_one_postgres_database_all_succeed() {
+    use sqlx::Connection;
+    let admin_url = crate::support::pg_admin_url();
+    let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap();
+    let name = format!("waymark_test_{}", Uuid::now_v7().simple());
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let url = format!("{}/{name}", admin_url.rsplit_once('/').unwrap().0);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        tasks.push(tokio::spawn(async move {
+            let store = waymark_engine::Store::connect(&waymark_engine::StoreConfig::Postgres {
+                url,
+                max_connections: 2,
+            })
+            .await
+            .unwrap();
+            store.migrate().await.map(|()| store)
+        }));
+    }
+    let mut stores = Vec::new();
+    for task in tasks {
+        stores.push(
+            task.await
+                .unwrap()
+                .expect("every concurrent migration succeeds"),
+        );
+    }
+    assert!(stores[0].ready().await.unwrap());
+    for store in stores {
+        if let waymark_engine::Store::Postgres(pg) = store {
+            pg.pool().close().await;
+        }
+    }
+    sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+}

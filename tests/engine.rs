@@ -26,7 +26,69 @@ on_both_backends!(
     unknown_workflows_and_bad_inputs_are_refused,
     shutdown_releases_runs_whose_steps_outlive_the_grace,
     a_lost_lease_cancels_the_step_and_discards_its_result,
+    a_step_over_its_timeout_fails_the_attempt,
+    retention_sweep_deletes_only_runs_finished_before_the_cutoff,
 );
+
+async fn a_step_over_its_timeout_fails_the_attempt(db: TestDb) {
+    let (registry, _) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let run = engine
+        .start(start_req("hang", json!({})))
+        .await
+        .unwrap()
+        .run;
+    let failed = wait_for_status(&db.store, run.id, RunStatus::Failed).await;
+    runner.stop().await;
+    let error = failed.error.unwrap();
+    assert_eq!(error.message, "step timed out after 0.100s");
+    assert_eq!(
+        error.kind,
+        waymark_engine::ErrorKind::Retryable,
+        "a timeout is retryable; this state allows one attempt"
+    );
+}
+
+async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb) {
+    let (registry, _) = registry();
+    let (clock, shared) = manual_clock();
+    let engine = db.engine(registry, shared);
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let old = engine
+        .start(start_req("three_step", json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, old.id, RunStatus::Completed).await;
+    clock.advance(Duration::from_secs(10 * 86_400));
+    let recent = engine
+        .start(start_req("three_step", json!({"n": 2})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, recent.id, RunStatus::Completed).await;
+    let unfinished = engine
+        .start(start_req("sleeper", json!({"days": 30})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, unfinished.id, RunStatus::Sleeping).await;
+    runner.stop().await;
+    clock.advance(Duration::from_secs(86_400));
+    // Retain 7 days: the run finished 11 days ago goes, the one from yesterday stays.
+    let deleted = waymark_workers::retention::sweep(&engine, Duration::from_secs(7 * 86_400))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let get = |id| {
+        let store = db.store.clone();
+        async move { store.run_get(&TenantScope::All, id).await.unwrap() }
+    };
+    assert!(get(old.id).await.is_none());
+    assert!(get(recent.id).await.is_some());
+    assert!(get(unfinished.id).await.is_some());
+}
 
 async fn a_run_advances_through_every_state_with_one_history_row_per_transition(db: TestDb) {
     let (registry, _) = registry();

@@ -303,6 +303,38 @@ impl Workflow for Bloat {
     }
 }
 
+/// A step that never returns, under a 100 ms step timeout and a single attempt.
+pub struct Hang;
+
+impl Workflow for Hang {
+    const NAME: &'static str = "hang";
+    type Input = serde_json::Value;
+    type State = Only;
+    type Output = String;
+
+    fn definition() -> Definition {
+        Definition::new([StateDef::new("only").completes().retry(RetryPolicy {
+            max_attempts: 1,
+            step_timeout: Duration::from_millis(100),
+            ..RetryPolicy::default()
+        })])
+    }
+
+    fn initial_state(_: &serde_json::Value) -> Only {
+        Only::Only
+    }
+
+    async fn step(
+        &self,
+        _: &StepContext,
+        _: &serde_json::Value,
+        _: Only,
+    ) -> Result<Transition<Only, String>, StepError> {
+        std::future::pending::<()>().await;
+        unreachable!()
+    }
+}
+
 /// A registry with every test workflow; returns the handles tests poke.
 pub struct TestWorkflows {
     pub flaky_calls: Arc<AtomicU32>,
@@ -333,6 +365,8 @@ pub fn registry() -> (waymark_engine::workflow::Registry, TestWorkflows) {
         .register(NeedsGpu)
         .unwrap()
         .register(Bloat)
+        .unwrap()
+        .register(Hang)
         .unwrap();
     (registry, handles)
 }
