@@ -24,8 +24,8 @@ use uuid::Uuid;
 use waymark_engine::store::StoreConfig;
 use waymark_engine::workflow::Registry;
 use waymark_engine::{
-    Definition, Engine, RunStatus, StartRun, StateDef, StepContext, StepError, Store, SystemClock,
-    TenantScope, Transition, Workflow, WorkflowState,
+    Definition, Engine, NoSignal, RunStatus, StartRun, StateDef, StepContext, StepError, Store,
+    SystemClock, TenantScope, Transition, Workflow, WorkflowState,
 };
 use waymark_workers::{Runner, RunnerConfig};
 
@@ -56,6 +56,7 @@ impl Workflow for Bench3 {
     type Input = serde_json::Value;
     type State = S;
     type Output = u32;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde_json::json;
 use uuid::Uuid;
-use waymark_engine::store::{Cause, ClaimRequest, Commit, NewRun, Next, Outcome, TenantScope};
+use waymark_engine::store::{
+    Cause, ClaimRequest, Commit, NewRun, Next, Outcome, Target, TenantScope,
+};
 use waymark_engine::{RunStatus, StepError, StoreError};
 
 use crate::support::{on_both_backends, TestDb};
@@ -37,6 +39,7 @@ fn new_run(workflow: &str, tenant: &str, key: Option<&str>, input: serde_json::V
         state: "a".into(),
         state_data: json!({"state": "a"}),
         capability: None,
+        compensable: false,
         idempotency_key: key.map(str::to_owned),
         actor: "key:test".into(),
         now: chrono::Utc::now(),
@@ -60,9 +63,12 @@ fn enter(state: &str, next: Next) -> Commit {
         from_state: "a".into(),
         from_position: (1, 1),
         outcome: Outcome::Enter {
-            state: state.into(),
-            data: json!({"state": state}),
-            capability: None,
+            target: Target {
+                state: state.into(),
+                data: json!({"state": state}),
+                capability: None,
+                compensable: false,
+            },
             next,
         },
         cause: Cause::Step,
@@ -70,6 +76,7 @@ fn enter(state: &str, next: Next) -> Commit {
         step_started_at: now,
         now,
         lease: Duration::from_secs(30),
+        upgrade: None,
     }
 }
 
@@ -499,7 +506,7 @@ async fn heartbeat_extends_only_the_listed_runs_still_held(db: TestDb) {
         .runs_heartbeat(worker, &listed[1..], Duration::from_secs(60))
         .await
         .unwrap();
-    let mut held_ids: Vec<Uuid> = held.iter().map(|l| l.run_id).collect();
+    let mut held_ids: Vec<Uuid> = held.iter().map(|h| h.lease.run_id).collect();
     held_ids.sort();
     let mut expect = listed[1..].to_vec();
     expect.sort();
@@ -579,6 +586,7 @@ async fn retention_deletes_finished_runs_with_their_history(db: TestDb) {
     let mut fail = enter("a", Next::Release);
     fail.outcome = Outcome::Fail {
         error: StepError::fatal("boom"),
+        hold: false,
     };
     db.store
         .run_commit(&run.lease().unwrap(), &fail)
@@ -630,6 +638,10 @@ async fn database_rejects_statuses_and_timestamps_the_lifecycle_forbids(db: Test
         format!("UPDATE waymark_runs SET status = 'retrying' WHERE id = '{id}'"),
         // Claimable without a due time.
         format!("UPDATE waymark_runs SET due_at = NULL WHERE id = '{id}'"),
+        // Waiting for nothing.
+        format!("UPDATE waymark_runs SET status = 'waiting' WHERE id = '{id}'"),
+        // Compensating without knowing how it will end.
+        format!("UPDATE waymark_runs SET status = 'compensating' WHERE id = '{id}'"),
     ];
     for sql in bad {
         assert!(
@@ -649,9 +661,20 @@ async fn database_rejects_statuses_and_timestamps_the_lifecycle_forbids(db: Test
         let sql = format!(
             "UPDATE waymark_runs SET status = '{s}', \
              finished_at = {fin}, due_at = {due}, output = {out}, error = {err}, \
-             locked_by = {lb}, lease_expires_at = {le} WHERE id = '{id}'",
+             locked_by = {lb}, lease_expires_at = {le}, waiting_for = {wf}, ending = {end} \
+             WHERE id = '{id}'",
             fin = if terminal { finished } else { "NULL" },
-            due = if terminal { "NULL" } else { "due_at" },
+            due = if terminal || status == RunStatus::CompensationFailed {
+                "NULL"
+            } else {
+                "due_at"
+            },
+            wf = if status == RunStatus::Waiting {
+                "'{\"signals\":[]}'"
+            } else {
+                "NULL"
+            },
+            end = "'{\"status\":\"cancelled\",\"reason\":\"x\",\"actor\":\"t\"}'",
             out = if status == RunStatus::Completed {
                 "'1'"
             } else {
@@ -680,7 +703,8 @@ async fn database_rejects_statuses_and_timestamps_the_lifecycle_forbids(db: Test
         // Restore a claimable row first so each status starts from a valid one.
         db.execute(&format!(
             "UPDATE waymark_runs SET status = 'pending', finished_at = NULL, output = NULL, error = NULL, \
-             locked_by = NULL, lease_expires_at = NULL, due_at = created_at WHERE id = '{id}'"
+             locked_by = NULL, lease_expires_at = NULL, due_at = created_at, waiting_for = NULL, \
+             ending = NULL WHERE id = '{id}'"
         ))
         .await
         .unwrap();

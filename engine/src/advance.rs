@@ -4,10 +4,15 @@
 //! enforcement, payload limits, retry and backoff) is unit-tested without a database.
 
 use chrono::{DateTime, Utc};
+use serde_json::Value;
 
 use crate::error::StepError;
-use crate::store::{Cause, Commit, Next, Outcome, Run};
-use crate::workflow::{Definition, EdgeKind, RawTransition};
+use crate::runs::StartRun;
+use crate::store::{
+    Cause, ChildrenWait, Commit, CompensationRecord, Next, Outcome, Run, SignalTarget, Target,
+    Upgrade, WaitingFor,
+};
+use crate::workflow::{Definition, EdgeKind, OnFailure, RawTransition, Registry};
 
 /// What the caller knows besides the step's result.
 #[derive(Debug, Clone)]
@@ -22,6 +27,21 @@ pub struct PlanInput<'a> {
     pub capabilities: &'a [String],
     /// A worker that is shutting down hands the next state to others.
     pub may_hold: bool,
+    /// The workflows children may be started from.
+    pub registry: &'a Registry,
+    /// Set when the run was loaded from an older workflow version.
+    pub upgrade: Option<Upgrade>,
+}
+
+/// The state `name` of `definition` with its data, as the store enters it.
+pub fn target(definition: &Definition, name: &str, data: Value) -> Target {
+    let state = definition.state(name);
+    Target {
+        state: name.to_owned(),
+        data,
+        capability: state.and_then(|s| s.capability).map(str::to_owned),
+        compensable: state.is_some_and(|s| s.compensates),
+    }
 }
 
 /// Decides the commit for `run` given its step's `result`.
@@ -31,39 +51,15 @@ pub fn plan(
     result: Result<RawTransition, StepError>,
     input: &PlanInput<'_>,
 ) -> Commit {
-    let outcome = match result {
-        Ok(RawTransition::Next { state, data }) => {
-            enter(definition, run, state, data, EdgeKind::Next, None, input)
-        }
-        Ok(RawTransition::Sleep { state, data, wake }) => {
-            let at = wake.instant(input.now);
-            enter(
-                definition,
-                run,
-                state,
-                data,
-                EdgeKind::Timer,
-                Some(at),
-                input,
-            )
-        }
-        Ok(RawTransition::Complete { output }) => {
-            if !definition.state(&run.state).is_some_and(|s| s.completes) {
-                Err(StepError::fatal(format!(
-                    "state {:?} completed the run, but its definition does not declare that it completes",
-                    run.state
-                )))
-            } else {
-                check_size("output", &output, input.max_payload)
-                    .map(|()| Outcome::Complete { output })
-            }
-        }
-        Err(error) => Err(error),
-    };
+    let outcome = result.and_then(|transition| forward(definition, run, transition, input));
     let (outcome, cause) = match outcome {
         Ok(outcome) => (outcome, Cause::Step),
         Err(error) => failure(definition, run, error, input.now),
     };
+    commit(run, outcome, cause, input)
+}
+
+fn commit(run: &Run, outcome: Outcome, cause: Cause, input: &PlanInput<'_>) -> Commit {
     Commit {
         from_state: run.state.clone(),
         from_position: (run.visit, run.attempt),
@@ -73,22 +69,153 @@ pub fn plan(
         step_started_at: input.step_started_at,
         now: input.now,
         lease: input.lease,
+        upgrade: input.upgrade.clone(),
     }
 }
 
-fn enter(
+fn forward(
     definition: &Definition,
     run: &Run,
-    state: String,
-    data: serde_json::Value,
-    kind: EdgeKind,
-    wake: Option<DateTime<Utc>>,
+    transition: RawTransition,
     input: &PlanInput<'_>,
 ) -> Result<Outcome, StepError> {
-    if !definition.allows(&run.state, &state, kind) {
-        let how = match kind {
-            EdgeKind::Next => "an edge",
-            EdgeKind::Timer => "a timer edge",
+    match transition {
+        RawTransition::Next { state, data } => {
+            let target =
+                checked_target(definition, run, &state, data, EdgeKind::Next, None, input)?;
+            let capable = target
+                .capability
+                .as_ref()
+                .is_none_or(|c| input.capabilities.contains(c));
+            let next = if input.may_hold && capable {
+                Next::Hold
+            } else {
+                Next::Release
+            };
+            Ok(Outcome::Enter { target, next })
+        }
+        RawTransition::Sleep { state, data, wake } => {
+            let target =
+                checked_target(definition, run, &state, data, EdgeKind::Timer, None, input)?;
+            Ok(Outcome::Enter {
+                target,
+                next: Next::Sleep(wake.instant(input.now)),
+            })
+        }
+        RawTransition::Wait { on, timeout } => {
+            if on.is_empty() && timeout.is_none() {
+                return Err(StepError::fatal(format!(
+                    "state {:?} waits for nothing: name at least one signal or a timeout",
+                    run.state
+                )));
+            }
+            let mut waiting = WaitingFor::default();
+            for (signal, state, data) in on {
+                let target = checked_target(
+                    definition,
+                    run,
+                    &state,
+                    data,
+                    EdgeKind::Signal,
+                    Some(&signal),
+                    input,
+                )?;
+                waiting.signals.push(SignalTarget { signal, target });
+            }
+            let mut timeout_at = None;
+            if let Some((wake, state, data)) = timeout {
+                waiting.timeout = Some(checked_target(
+                    definition,
+                    run,
+                    &state,
+                    data,
+                    EdgeKind::Timer,
+                    None,
+                    input,
+                )?);
+                timeout_at = Some(wake.instant(input.now));
+            }
+            Ok(Outcome::Wait {
+                waiting,
+                timeout_at,
+            })
+        }
+        RawTransition::FanOut {
+            children,
+            then,
+            policy,
+        } => {
+            let then = checked_target(
+                definition,
+                run,
+                &then.0,
+                then.1,
+                EdgeKind::Children,
+                None,
+                input,
+            )?;
+            let actor = format!("run:{}", run.id);
+            let mut new_runs = Vec::with_capacity(children.len());
+            for (index, child) in children.into_iter().enumerate() {
+                let new = crate::runs::prepare(
+                    input.registry,
+                    input.max_payload,
+                    StartRun {
+                        tenant: run.tenant.clone(),
+                        workflow: child.workflow,
+                        input: child.input,
+                        idempotency_key: None,
+                        actor: actor.clone(),
+                    },
+                    input.now,
+                )
+                .map_err(|e| StepError::fatal(format!("child #{index} cannot start: {e}")))?;
+                new_runs.push(new);
+            }
+            Ok(Outcome::FanOut {
+                waiting: WaitingFor {
+                    children: Some(ChildrenWait {
+                        visit: run.visit,
+                        count: new_runs.len() as u32,
+                        policy,
+                        then,
+                        hold_on_failure: definition.on_failure == OnFailure::Hold,
+                    }),
+                    ..WaitingFor::default()
+                },
+                children: new_runs,
+            })
+        }
+        RawTransition::Complete { output } => {
+            if !definition.state(&run.state).is_some_and(|s| s.completes) {
+                return Err(StepError::fatal(format!(
+                    "state {:?} completed the run, but its definition does not declare that it completes",
+                    run.state
+                )));
+            }
+            check_size("output", &output, input.max_payload)?;
+            Ok(Outcome::Complete { output })
+        }
+        RawTransition::Abort { reason } => Ok(Outcome::Abort { reason }),
+    }
+}
+
+fn checked_target(
+    definition: &Definition,
+    run: &Run,
+    state: &str,
+    data: Value,
+    kind: EdgeKind,
+    signal: Option<&str>,
+    input: &PlanInput<'_>,
+) -> Result<Target, StepError> {
+    if !definition.allows(&run.state, state, kind, signal) {
+        let how = match (kind, signal) {
+            (EdgeKind::Next, _) => "an edge".to_owned(),
+            (EdgeKind::Timer, _) => "a timer edge".to_owned(),
+            (EdgeKind::Signal, Some(signal)) => format!("an edge on signal {signal:?}"),
+            (EdgeKind::Signal, None) => "a signal edge".to_owned(),
+            (EdgeKind::Children, _) => "a children edge".to_owned(),
         };
         return Err(StepError::fatal(format!(
             "undeclared transition: state {:?} has no {how} to {state:?}",
@@ -96,32 +223,10 @@ fn enter(
         )));
     }
     check_size("state data", &data, input.max_payload)?;
-    let capability = definition
-        .state(&state)
-        .and_then(|s| s.capability)
-        .map(str::to_owned);
-    let next = match wake {
-        Some(at) => Next::Sleep(at),
-        None => {
-            let capable = capability
-                .as_ref()
-                .is_none_or(|c| input.capabilities.contains(c));
-            if input.may_hold && capable {
-                Next::Hold
-            } else {
-                Next::Release
-            }
-        }
-    };
-    Ok(Outcome::Enter {
-        state,
-        data,
-        capability,
-        next,
-    })
+    Ok(target(definition, state, data))
 }
 
-fn check_size(what: &str, value: &serde_json::Value, limit: usize) -> Result<(), StepError> {
+fn check_size(what: &str, value: &Value, limit: usize) -> Result<(), StepError> {
     let size = value.to_string().len();
     if size > limit {
         Err(StepError::fatal(format!(
@@ -151,8 +256,56 @@ fn failure(
             Cause::Retry,
         )
     } else {
-        (Outcome::Fail { error }, Cause::Failed)
+        (
+            Outcome::Fail {
+                error,
+                hold: definition.on_failure == OnFailure::Hold,
+            },
+            Cause::Failed,
+        )
     }
+}
+
+/// Decides the commit after running the compensation of `compensation` (a visit of a
+/// compensable state), under that state's retry policy.
+pub fn plan_compensation(
+    definition: &Definition,
+    run: &Run,
+    compensation: &CompensationRecord,
+    result: Result<(), StepError>,
+    input: &PlanInput<'_>,
+) -> Commit {
+    let outcome = match result {
+        Ok(()) => Outcome::Compensated {
+            visit: compensation.visit,
+            state: compensation.state.clone(),
+        },
+        Err(error) => {
+            let policy = definition.retry_for(&compensation.state);
+            let attempt = run.attempt.max(1) as u32;
+            if error.is_retryable() && policy.allows_retry_after(attempt) {
+                let delay = chrono::Duration::from_std(policy.backoff(attempt + 1))
+                    .unwrap_or(chrono::Duration::MAX);
+                Outcome::CompensationRetry {
+                    error,
+                    due_at: input.now + delay,
+                }
+            } else {
+                Outcome::CompensationFailed { error }
+            }
+        }
+    };
+    commit(run, outcome, Cause::Step, input)
+}
+
+/// The commit that ends a compensating run with nothing left to undo.
+pub fn plan_compensation_done(run: &Run, input: &PlanInput<'_>) -> Commit {
+    commit(run, Outcome::CompensationDone, Cause::Step, input)
+}
+
+/// The commit that applies a cancellation to a step that did not return in its grace.
+pub fn plan_abandon(run: &Run, input: &PlanInput<'_>) -> Commit {
+    commit(run, Outcome::Abandon, Cause::Step, input)
 }
 
 #[cfg(test)]
@@ -211,8 +364,11 @@ mod tests {
         }
     }
 
-    fn input(caps: &[String]) -> PlanInput<'_> {
+    fn input<'a>(caps: &'a [String]) -> PlanInput<'a> {
+        static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
         PlanInput {
+            registry: REGISTRY.get_or_init(Registry::new),
+            upgrade: None,
             now: Utc::now(),
             step_started_at: Utc::now(),
             lease: Duration::from_secs(30),
@@ -239,9 +395,12 @@ mod tests {
         assert_eq!(
             commit.outcome,
             Outcome::Enter {
-                state: "b".into(),
-                data: json!("b"),
-                capability: Some("gpu".into()),
+                target: Target {
+                    state: "b".into(),
+                    data: json!("b"),
+                    capability: Some("gpu".into()),
+                    compensable: false,
+                },
                 next: Next::Hold
             }
         );
@@ -328,7 +487,13 @@ mod tests {
             matches!(commit.outcome, Outcome::Retry { due_at, .. } if due_at == i.now + chrono::Duration::seconds(20))
         );
         let commit = plan(&definition(), &run_in("c", 3), Err(err.clone()), &i);
-        assert_eq!(commit.outcome, Outcome::Fail { error: err });
+        assert_eq!(
+            commit.outcome,
+            Outcome::Fail {
+                error: err,
+                hold: false
+            }
+        );
         assert_eq!(commit.cause, Cause::Failed);
     }
 
@@ -341,6 +506,12 @@ mod tests {
             Err(err.clone()),
             &input(&[]),
         );
-        assert_eq!(commit.outcome, Outcome::Fail { error: err });
+        assert_eq!(
+            commit.outcome,
+            Outcome::Fail {
+                error: err,
+                hold: false
+            }
+        );
     }
 }

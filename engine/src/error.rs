@@ -94,6 +94,10 @@ pub enum StoreError {
     LeaseLost { run_id: Uuid, token: i64 },
     #[error("run {0} not found")]
     RunNotFound(Uuid),
+    /// The operation does not fit the run's current state (a signal to a finished run,
+    /// a retry of a compensated one…).
+    #[error("{0}")]
+    Conflict(String),
     /// The idempotency key was used before with a different input.
     #[error("idempotency key {key:?} was already used for run {existing} with a different input")]
     IdempotencyConflict { key: String, existing: Uuid },

@@ -23,7 +23,10 @@ pub mod workflow;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{ErrorKind, ResultExt, StepError, StoreError};
 pub use retry::RetryPolicy;
-pub use runs::{Engine, EngineError, Limits, StartRun};
+pub use runs::{Engine, EngineError, Limits, SendSignal, StartRun};
 pub use status::RunStatus;
 pub use store::{Run, Store, StoreConfig, TenantScope};
-pub use workflow::{Definition, StateDef, StepContext, Transition, Wake, Workflow, WorkflowState};
+pub use workflow::{
+    Definition, FanOut, NoSignal, OnFailure, Persisted, StateDef, StepContext, Transition, Wait,
+    Wake, Workflow, WorkflowSignal, WorkflowState,
+};

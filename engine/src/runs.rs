@@ -8,7 +8,7 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::error::StoreError;
-use crate::store::{NewRun, Started, Store};
+use crate::store::{NewRun, NewSignal, Run, SignalReceipt, Started, Store, TenantScope};
 use crate::workflow::{DecodeError, Registry};
 
 /// Size limits on what runs carry.
@@ -49,6 +49,33 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("start_in needs the PostgreSQL store")]
     NotPostgres,
+    #[error("run {0} not found")]
+    RunNotFound(Uuid),
+    #[error("workflow {workflow:?} has no signal {signal:?}")]
+    UnknownSignal { workflow: String, signal: String },
+    #[error("{0}")]
+    Conflict(String),
+}
+
+impl EngineError {
+    fn from_store(error: StoreError) -> Self {
+        match error {
+            StoreError::RunNotFound(id) => EngineError::RunNotFound(id),
+            StoreError::Conflict(message) => EngineError::Conflict(message),
+            other => EngineError::Store(other),
+        }
+    }
+}
+
+/// A signal to deliver to a run.
+#[derive(Debug, Clone)]
+pub struct SendSignal {
+    pub run_id: Uuid,
+    pub name: String,
+    pub payload: Value,
+    pub idempotency_key: Option<String>,
+    /// Who sent it, for history.
+    pub actor: String,
 }
 
 /// Whether `s` is a valid tenant slug: `^[a-z][a-z0-9-]{2,39}$`.
@@ -59,6 +86,46 @@ pub fn is_valid_tenant(s: &str) -> bool {
         && bytes[1..]
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+/// Checks a start request against the registry and limits and builds the run to insert.
+pub(crate) fn prepare(
+    registry: &Registry,
+    max_payload: usize,
+    req: StartRun,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<NewRun, EngineError> {
+    if !is_valid_tenant(&req.tenant) {
+        return Err(EngineError::InvalidTenant(req.tenant));
+    }
+    let workflow = registry
+        .get(&req.workflow)
+        .ok_or_else(|| EngineError::UnknownWorkflow(req.workflow.clone()))?;
+    let size = req.input.to_string().len();
+    if size > max_payload {
+        return Err(StoreError::PayloadTooLarge {
+            what: "input",
+            size,
+            limit: max_payload,
+        }
+        .into());
+    }
+    let (state, state_data) = workflow.initial_state(&req.input)?;
+    let initial = crate::advance::target(workflow.definition(), &state, state_data);
+    Ok(NewRun {
+        id: Uuid::now_v7(),
+        tenant: req.tenant,
+        workflow: workflow.name().to_owned(),
+        workflow_version: workflow.version(),
+        input: req.input,
+        state: initial.state,
+        state_data: initial.data,
+        capability: initial.capability,
+        compensable: initial.compensable,
+        idempotency_key: req.idempotency_key,
+        actor: req.actor,
+        now,
+    })
 }
 
 /// Store, registry, clock and limits: what starting and advancing runs needs.
@@ -86,41 +153,182 @@ impl Engine {
     }
 
     fn prepare(&self, req: StartRun) -> Result<NewRun, EngineError> {
-        if !is_valid_tenant(&req.tenant) {
-            return Err(EngineError::InvalidTenant(req.tenant));
-        }
+        prepare(
+            &self.registry,
+            self.limits.max_payload,
+            req,
+            self.clock.now(),
+        )
+    }
+
+    /// Delivers a signal after checking its name and payload against the workflow.
+    pub async fn signal(
+        &self,
+        scope: &TenantScope,
+        req: SendSignal,
+    ) -> Result<SignalReceipt, EngineError> {
+        let run = self
+            .store
+            .run_get(scope, req.run_id)
+            .await?
+            .ok_or(EngineError::RunNotFound(req.run_id))?;
         let workflow = self
             .registry
-            .get(&req.workflow)
-            .ok_or_else(|| EngineError::UnknownWorkflow(req.workflow.clone()))?;
-        let size = req.input.to_string().len();
+            .get(&run.workflow)
+            .ok_or_else(|| EngineError::UnknownWorkflow(run.workflow.clone()))?;
+        let declared = workflow.definition().signal_def(&req.name).ok_or_else(|| {
+            EngineError::UnknownSignal {
+                workflow: run.workflow.clone(),
+                signal: req.name.clone(),
+            }
+        })?;
+        let size = req.payload.to_string().len();
         if size > self.limits.max_payload {
             return Err(StoreError::PayloadTooLarge {
-                what: "input",
+                what: "signal payload",
                 size,
                 limit: self.limits.max_payload,
             }
             .into());
         }
-        let (state, state_data) = workflow.initial_state(&req.input)?;
-        let capability = workflow
-            .definition()
-            .state(&state)
-            .and_then(|s| s.capability)
-            .map(str::to_owned);
-        Ok(NewRun {
+        workflow.check_signal(&req.name, &req.payload)?;
+        let signal = NewSignal {
             id: Uuid::now_v7(),
-            tenant: req.tenant,
-            workflow: workflow.name().to_owned(),
-            workflow_version: workflow.version(),
-            input: req.input,
-            state,
-            state_data,
-            capability,
+            name: req.name,
+            payload: req.payload,
             idempotency_key: req.idempotency_key,
             actor: req.actor,
             now: self.clock.now(),
-        })
+            only_while_waiting: declared.only_while_waiting,
+        };
+        self.store
+            .run_signal(scope, run.id, &signal)
+            .await
+            .map_err(EngineError::from_store)
+    }
+
+    /// Cancels a live run: its compensations run, then it ends `cancelled`.
+    pub async fn cancel(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Run, EngineError> {
+        self.store
+            .run_cancel(scope, id, actor, reason, self.clock.now())
+            .await
+            .map_err(EngineError::from_store)
+    }
+
+    /// Ends a live run at once without compensation (an operator's last resort).
+    pub async fn terminate(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+    ) -> Result<Run, EngineError> {
+        self.store
+            .run_terminate(scope, id, actor, reason, self.clock.now())
+            .await
+            .map_err(EngineError::from_store)
+    }
+
+    /// Retries a run held after failing, or a failed compensation.
+    pub async fn retry(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+    ) -> Result<Run, EngineError> {
+        self.store
+            .run_retry(scope, id, actor, self.clock.now())
+            .await
+            .map_err(EngineError::from_store)
+    }
+
+    /// Skips a failed compensation; the others go on.
+    pub async fn skip_compensation(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+    ) -> Result<Run, EngineError> {
+        self.store
+            .run_skip_compensation(scope, id, actor, self.clock.now())
+            .await
+            .map_err(EngineError::from_store)
+    }
+
+    /// Why a claimable run is not being picked up, if the worker registry explains it:
+    /// no live worker knows its workflow at its version, or offers its capability.
+    /// `live_within` is how recent a heartbeat must be.
+    pub async fn pending_reason(
+        &self,
+        run: &Run,
+        live_within: std::time::Duration,
+    ) -> Result<Option<String>, EngineError> {
+        use crate::status::RunStatus;
+        let claimable = matches!(
+            run.status,
+            RunStatus::Pending
+                | RunStatus::Retrying
+                | RunStatus::Sleeping
+                | RunStatus::Compensating
+        ) && run.locked_by.is_none();
+        if !claimable {
+            return Ok(None);
+        }
+        let cutoff = chrono::Utc::now()
+            - chrono::Duration::from_std(live_within).unwrap_or(chrono::Duration::MAX);
+        let live: Vec<_> = self
+            .store
+            .worker_list()
+            .await?
+            .into_iter()
+            .filter(|w| w.stopped_at.is_none() && w.last_heartbeat_at >= cutoff)
+            .collect();
+        let knows = |w: &crate::store::WorkerInfo| {
+            w.workflows.iter().any(|entry| {
+                entry.rsplit_once('@').is_some_and(|(name, v)| {
+                    name == run.workflow
+                        && v.parse::<u32>().is_ok_and(|v| v >= run.workflow_version)
+                })
+            })
+        };
+        let knowing: Vec<_> = live.iter().filter(|w| knows(w)).collect();
+        if knowing.is_empty() {
+            let mut known: Vec<String> = live
+                .iter()
+                .flat_map(|w| w.workflows.clone())
+                .filter(|e| e.starts_with(&format!("{}@", run.workflow)))
+                .collect();
+            known.sort();
+            known.dedup();
+            return Ok(Some(format!(
+                "no live worker knows workflow {} at version {} (live workers know: {})",
+                run.workflow,
+                run.workflow_version,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            )));
+        }
+        if let Some(capability) = run
+            .capability
+            .as_ref()
+            .filter(|_| run.status != RunStatus::Compensating)
+        {
+            if !knowing.iter().any(|w| w.capabilities.contains(capability)) {
+                return Ok(Some(format!(
+                    "no live worker offers capability {capability:?}"
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// Starts a run (idempotently when a key is given).

@@ -30,6 +30,29 @@ pub trait WorkflowState: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// A workflow's signals: an enum, serialised adjacently tagged
+/// (`#[serde(tag = "signal", content = "payload")]`), so a delivered signal's name picks
+/// the variant and its payload is checked against the variant's type.
+pub trait WorkflowSignal: Serialize + DeserializeOwned + Send + Sync + 'static {}
+
+/// The signal type of a workflow that takes none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "signal", content = "payload")]
+pub enum NoSignal {}
+
+impl WorkflowSignal for NoSignal {}
+
+/// What persisted JSON an upcaster is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Persisted {
+    Input,
+    /// The state enum with its data.
+    State,
+    /// A signal as `{"signal": name, "payload": …}`.
+    Signal,
+}
+
 /// A business process as an explicit state machine.
 pub trait Workflow: Send + Sync + 'static {
     /// Stable name, used in URLs and rows. Never rename a workflow with runs in flight.
@@ -41,6 +64,8 @@ pub trait Workflow: Send + Sync + 'static {
     type Input: Serialize + DeserializeOwned + Send + Sync + 'static;
     type State: WorkflowState;
     type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// The signals it accepts ([`NoSignal`] for none).
+    type Signal: WorkflowSignal;
 
     /// The transition table: states, their edges, timers, retry policies, capabilities.
     fn definition() -> Definition;
@@ -56,6 +81,28 @@ pub trait Workflow: Send + Sync + 'static {
         input: &Self::Input,
         state: Self::State,
     ) -> impl Future<Output = Result<Transition<Self::State, Self::Output>, StepError>> + Send;
+
+    /// Undoes what a visit of `state` did. Called, newest visit first, for each visit of a
+    /// state that declares [`StateDef::compensates`] when the run fails, is cancelled or
+    /// aborts — the interrupted visit included, so it must tolerate resources that were
+    /// never created. At least once, like a step: use `ctx.idempotency_key`.
+    fn compensate(
+        &self,
+        ctx: &StepContext,
+        input: &Self::Input,
+        state: Self::State,
+    ) -> impl Future<Output = Result<(), StepError>> + Send {
+        let _ = (ctx, input, state);
+        async { Ok(()) }
+    }
+
+    /// Rewrites JSON persisted under version `from` into the shape of version `from + 1`.
+    /// Runs persisted under older versions are upcast step by step when a worker loads
+    /// them, so they advance to completion under new code.
+    fn upcast(kind: Persisted, from: u32, value: Value) -> Result<Value, String> {
+        let _ = value;
+        Err(format!("no upcaster for {kind:?} from version {from}"))
+    }
 }
 
 /// What a step decided.
@@ -65,8 +112,121 @@ pub enum Transition<S, O> {
     Next(S),
     /// Enter `S` once the durable timer fires.
     Sleep { next: S, wake: Wake },
+    /// Wait for one of some signals (each leading to its own state), optionally with a
+    /// timeout leading to another. The run is `waiting` meanwhile.
+    Wait(Wait<S>),
+    /// Start child runs and wait for them; then enter the given state.
+    FanOut(FanOut<S>),
     /// Finish the run with an output.
     Complete(O),
+    /// The business decided to stop: compensate, then end `cancelled` with this reason.
+    Abort(String),
+}
+
+/// Which signals a waiting state takes, and where each leads.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Wait<S> {
+    pub on: Vec<(&'static str, S)>,
+    pub timeout: Option<(Wake, S)>,
+}
+
+impl<S> Wait<S> {
+    /// Waits for `signal`, then enters `state`.
+    pub fn on(signal: &'static str, state: S) -> Self {
+        Self {
+            on: vec![(signal, state)],
+            timeout: None,
+        }
+    }
+
+    /// Also waits for `signal`, leading to `state`.
+    pub fn or(mut self, signal: &'static str, state: S) -> Self {
+        self.on.push((signal, state));
+        self
+    }
+
+    /// Gives up after `delay`, entering `state`.
+    pub fn timeout_after(mut self, delay: Duration, state: S) -> Self {
+        self.timeout = Some((Wake::After(delay), state));
+        self
+    }
+
+    pub fn timeout_at(mut self, at: DateTime<Utc>, state: S) -> Self {
+        self.timeout = Some((Wake::At(at), state));
+        self
+    }
+}
+
+impl<S, O> From<Wait<S>> for Transition<S, O> {
+    fn from(wait: Wait<S>) -> Self {
+        Transition::Wait(wait)
+    }
+}
+
+/// What a fan-out does when a child fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FanOutPolicy {
+    /// The first failed child cancels its siblings and fails the parent's step.
+    #[default]
+    FailFast,
+    /// Every child runs to its end; the next state gets each output or error.
+    Collect,
+}
+
+/// A child run to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildSpec {
+    pub workflow: String,
+    pub input: Value,
+}
+
+/// Child runs started together, and the state the parent enters when they are done.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FanOut<S> {
+    pub children: Vec<ChildSpec>,
+    pub then: S,
+    pub policy: FanOutPolicy,
+}
+
+impl<S> FanOut<S> {
+    pub fn new(then: S) -> Self {
+        Self {
+            children: Vec::new(),
+            then,
+            policy: FanOutPolicy::FailFast,
+        }
+    }
+
+    /// Adds a child of workflow `W`; children are numbered in the order added.
+    pub fn child<W: Workflow>(mut self, input: &W::Input) -> Result<Self, StepError> {
+        self.children.push(ChildSpec {
+            workflow: W::NAME.to_owned(),
+            input: encode(input, "child input")?,
+        });
+        Ok(self)
+    }
+
+    /// Adds a child by workflow name with JSON input.
+    pub fn child_json(mut self, workflow: &str, input: Value) -> Self {
+        self.children.push(ChildSpec {
+            workflow: workflow.to_owned(),
+            input,
+        });
+        self
+    }
+
+    /// Lets every child finish and hands each output or error to the next state.
+    pub fn collect(mut self) -> Self {
+        self.policy = FanOutPolicy::Collect;
+        self
+    }
+}
+
+impl<S, O> From<FanOut<S>> for Transition<S, O> {
+    fn from(fan_out: FanOut<S>) -> Self {
+        Transition::FanOut(fan_out)
+    }
 }
 
 impl<S, O> Transition<S, O> {
@@ -120,14 +280,20 @@ impl Wake {
 pub enum EdgeKind {
     /// Straight to the next state.
     Next,
-    /// Through a durable timer.
+    /// Through a durable timer (a sleep, or a wait's timeout).
     Timer,
+    /// When the named signal arrives.
+    Signal,
+    /// When the children started here are done.
+    Children,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Edge {
     pub to: &'static str,
     pub kind: EdgeKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub signal: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -138,8 +304,10 @@ pub struct StateDef {
     pub completes: bool,
     /// The capability a worker must advertise to run this state's step.
     pub capability: Option<&'static str>,
-    /// Overrides the workflow's retry policy for this state.
+    /// Overrides the workflow's retry policy for this state (its compensation too).
     pub retry: Option<RetryPolicy>,
+    /// Whether visits of this state are undone by [`Workflow::compensate`].
+    pub compensates: bool,
 }
 
 impl StateDef {
@@ -150,24 +318,39 @@ impl StateDef {
             completes: false,
             capability: None,
             retry: None,
+            compensates: false,
         }
     }
 
-    /// May go to `to` immediately.
-    pub fn next(mut self, to: &'static str) -> Self {
-        self.edges.push(Edge {
-            to,
-            kind: EdgeKind::Next,
-        });
+    fn edge(mut self, to: &'static str, kind: EdgeKind, signal: Option<&'static str>) -> Self {
+        self.edges.push(Edge { to, kind, signal });
         self
     }
 
-    /// May go to `to` through a durable timer.
-    pub fn timer(mut self, to: &'static str) -> Self {
-        self.edges.push(Edge {
-            to,
-            kind: EdgeKind::Timer,
-        });
+    /// May go to `to` immediately.
+    pub fn next(self, to: &'static str) -> Self {
+        self.edge(to, EdgeKind::Next, None)
+    }
+
+    /// May go to `to` through a durable timer (a sleep or a wait's timeout).
+    pub fn timer(self, to: &'static str) -> Self {
+        self.edge(to, EdgeKind::Timer, None)
+    }
+
+    /// May wait for `signal` and then go to `to`.
+    pub fn on_signal(self, signal: &'static str, to: &'static str) -> Self {
+        self.edge(to, EdgeKind::Signal, Some(signal))
+    }
+
+    /// May start child runs and go to `to` when they are done.
+    pub fn children(self, to: &'static str) -> Self {
+        self.edge(to, EdgeKind::Children, None)
+    }
+
+    /// Visits of this state are undone by the workflow's `compensate` on failure,
+    /// cancellation or abort.
+    pub fn compensates(mut self) -> Self {
+        self.compensates = true;
         self
     }
 
@@ -187,19 +370,71 @@ impl StateDef {
     }
 }
 
+/// A signal a workflow accepts.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SignalDef {
+    pub name: &'static str,
+    /// Refused (a conflict) unless the run is waiting for it right now, instead of
+    /// being queued for a later wait.
+    pub only_while_waiting: bool,
+}
+
+/// What happens when a run fails after its retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Run the compensations of the visited states, newest first; the run ends
+    /// `failed` for good.
+    #[default]
+    Compensate,
+    /// No compensation: the run stays `failed` and an operator may retry it from there.
+    Hold,
+}
+
 /// A workflow's whole transition table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Definition {
     pub states: Vec<StateDef>,
+    pub signals: Vec<SignalDef>,
     pub retry: RetryPolicy,
+    pub on_failure: OnFailure,
 }
 
 impl Definition {
     pub fn new(states: impl IntoIterator<Item = StateDef>) -> Self {
         Self {
             states: states.into_iter().collect(),
+            signals: Vec::new(),
             retry: RetryPolicy::default(),
+            on_failure: OnFailure::Compensate,
         }
+    }
+
+    /// Declares a signal, queued until a state waits for it.
+    pub fn signal(mut self, name: &'static str) -> Self {
+        self.signals.push(SignalDef {
+            name,
+            only_while_waiting: false,
+        });
+        self
+    }
+
+    /// Declares a signal accepted only while the run waits for it.
+    pub fn signal_only_while_waiting(mut self, name: &'static str) -> Self {
+        self.signals.push(SignalDef {
+            name,
+            only_while_waiting: true,
+        });
+        self
+    }
+
+    pub fn on_failure(mut self, on_failure: OnFailure) -> Self {
+        self.on_failure = on_failure;
+        self
+    }
+
+    pub fn signal_def(&self, name: &str) -> Option<&SignalDef> {
+        self.signals.iter().find(|s| s.name == name)
     }
 
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
@@ -235,6 +470,14 @@ impl Definition {
                         state.name, edge.to
                     ));
                 }
+                if let Some(signal) = edge.signal {
+                    if self.signal_def(signal).is_none() {
+                        return Err(format!(
+                            "state {:?} waits for undeclared signal {signal:?}",
+                            state.name
+                        ));
+                    }
+                }
             }
         }
         if self.states.is_empty() {
@@ -243,10 +486,13 @@ impl Definition {
         Ok(())
     }
 
-    /// Whether `from` may go to `to` by `kind`.
-    pub fn allows(&self, from: &str, to: &str, kind: EdgeKind) -> bool {
-        self.state(from)
-            .is_some_and(|s| s.edges.iter().any(|e| e.to == to && e.kind == kind))
+    /// Whether `from` may go to `to` by `kind` (for signals, by that signal).
+    pub fn allows(&self, from: &str, to: &str, kind: EdgeKind, signal: Option<&str>) -> bool {
+        self.state(from).is_some_and(|s| {
+            s.edges
+                .iter()
+                .any(|e| e.to == to && e.kind == kind && e.signal == signal)
+        })
     }
 }
 
@@ -267,7 +513,37 @@ pub struct StepContext {
     /// Fires when the run is cancelled or its lease is lost; a step should stop soon.
     pub cancel: CancellationToken,
     pub clock: SharedClock,
+    /// What this visit received: the signal that led here, or the children's results.
+    pub received: Option<Received>,
+    /// True while running a compensation; keys then differ from the forward step's.
+    pub compensating: bool,
     progress: Option<ProgressSink>,
+}
+
+/// A signal as the step that follows it sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReceivedSignal {
+    pub id: Uuid,
+    pub name: String,
+    pub payload: Value,
+    pub actor: String,
+}
+
+/// One child's end, as the state after a fan-out sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChildResult {
+    pub index: u32,
+    pub run_id: Uuid,
+    pub workflow: String,
+    pub status: crate::status::RunStatus,
+    pub output: Option<Value>,
+    pub error: Option<StepError>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    Signal(ReceivedSignal),
+    Children(Vec<ChildResult>),
 }
 
 #[derive(Clone)]
@@ -305,7 +581,45 @@ impl StepContext {
             attempt,
             cancel,
             clock,
+            received: None,
+            compensating: false,
             progress: None,
+        }
+    }
+
+    pub fn with_received(mut self, received: Option<Received>) -> Self {
+        self.received = received;
+        self
+    }
+
+    pub fn for_compensation(mut self) -> Self {
+        self.compensating = true;
+        self
+    }
+
+    /// The signal that led to this state, decoded as the workflow's signal type.
+    pub fn signal<T: DeserializeOwned>(&self) -> Result<Option<T>, StepError> {
+        match &self.received {
+            Some(Received::Signal(s)) => decode_signal::<T>(&s.name, &s.payload)
+                .map(Some)
+                .map_err(|e| StepError::fatal(e.to_string())),
+            _ => Ok(None),
+        }
+    }
+
+    /// The signal that led to this state, as delivered.
+    pub fn received_signal(&self) -> Option<&ReceivedSignal> {
+        match &self.received {
+            Some(Received::Signal(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The children's results (ordered by child index) after a fan-out.
+    pub fn children(&self) -> &[ChildResult] {
+        match &self.received {
+            Some(Received::Children(c)) => c,
+            _ => &[],
         }
     }
 
@@ -318,7 +632,11 @@ impl StepContext {
     /// The key for the `call`-th side effect of this visit: the same on every retry
     /// of the visit, different on the next visit of the same state.
     pub fn idempotency_key(&self, call: u32) -> String {
-        format!("{}:{}:{}", self.run_id, self.visit, call)
+        if self.compensating {
+            format!("{}:{}:c{}", self.run_id, self.visit, call)
+        } else {
+            format!("{}:{}:{}", self.run_id, self.visit, call)
+        }
     }
 
     /// Reports progress (a fraction 0.0..=1.0 and a message) on the run's status.
@@ -350,9 +668,41 @@ pub enum RawTransition {
         data: Value,
         wake: Wake,
     },
+    Wait {
+        /// (signal, state, data)
+        on: Vec<(String, String, Value)>,
+        timeout: Option<(Wake, String, Value)>,
+    },
+    FanOut {
+        children: Vec<ChildSpec>,
+        then: (String, Value),
+        policy: FanOutPolicy,
+    },
     Complete {
         output: Value,
     },
+    Abort {
+        reason: String,
+    },
+}
+
+/// Decodes a delivered signal into a signal enum: the name picks the variant.
+pub fn decode_signal<T: DeserializeOwned>(name: &str, payload: &Value) -> Result<T, DecodeError> {
+    let tagged = serde_json::json!({ "signal": name, "payload": payload });
+    serde_json::from_value(tagged)
+        .or_else(|first| {
+            // A variant without data takes no payload: accept an absent, null or empty one.
+            let empty = payload.is_null() || payload.as_object().is_some_and(|m| m.is_empty());
+            if empty {
+                serde_json::from_value(serde_json::json!({ "signal": name }))
+            } else {
+                Err(first)
+            }
+        })
+        .map_err(|e| DecodeError {
+            what: "signal payload",
+            message: e.to_string(),
+        })
 }
 
 /// Why a JSON document did not fit a workflow's types.
@@ -372,12 +722,22 @@ pub trait ErasedWorkflow: Send + Sync {
     fn definition(&self) -> &Definition;
     /// Checks `input` against the input type and returns the initial state.
     fn initial_state(&self, input: &Value) -> Result<(String, Value), DecodeError>;
+    /// Checks a signal's payload against its variant.
+    fn check_signal(&self, name: &str, payload: &Value) -> Result<(), DecodeError>;
+    /// Brings `value`, persisted under version `from`, to the current version.
+    fn upcast(&self, kind: Persisted, from: u32, value: Value) -> Result<Value, DecodeError>;
     fn step<'a>(
         &'a self,
         ctx: &'a StepContext,
         input: &'a Value,
         state: &'a Value,
     ) -> BoxFuture<'a, Result<RawTransition, StepError>>;
+    fn compensate<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        input: &'a Value,
+        state: &'a Value,
+    ) -> BoxFuture<'a, Result<(), StepError>>;
 }
 
 struct Erased<W: Workflow> {
@@ -415,6 +775,37 @@ impl<W: Workflow> ErasedWorkflow for Erased<W> {
         Ok((state.name().to_owned(), data))
     }
 
+    fn check_signal(&self, name: &str, payload: &Value) -> Result<(), DecodeError> {
+        decode_signal::<W::Signal>(name, payload).map(|_| ())
+    }
+
+    fn upcast(&self, kind: Persisted, from: u32, mut value: Value) -> Result<Value, DecodeError> {
+        let mut version = from;
+        while version < W::VERSION {
+            value = W::upcast(kind, version, value).map_err(|message| DecodeError {
+                what: "persisted data",
+                message: format!("upcasting {kind:?} from version {version}: {message}"),
+            })?;
+            version += 1;
+        }
+        Ok(value)
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        ctx: &'a StepContext,
+        input: &'a Value,
+        state: &'a Value,
+    ) -> BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            let input: W::Input = serde_json::from_value(input.clone())
+                .map_err(|e| StepError::fatal(format!("stored input does not decode: {e}")))?;
+            let state: W::State = serde_json::from_value(state.clone())
+                .map_err(|e| StepError::fatal(format!("stored state does not decode: {e}")))?;
+            self.workflow.compensate(ctx, &input, state).await
+        })
+    }
+
     fn step<'a>(
         &'a self,
         ctx: &'a StepContext,
@@ -438,9 +829,37 @@ impl<W: Workflow> ErasedWorkflow for Erased<W> {
                     data: encode(&next, "state")?,
                     wake,
                 },
+                Transition::Wait(wait) => RawTransition::Wait {
+                    on: wait
+                        .on
+                        .into_iter()
+                        .map(|(signal, state)| {
+                            Ok((
+                                signal.to_owned(),
+                                state.name().to_owned(),
+                                encode(&state, "state")?,
+                            ))
+                        })
+                        .collect::<Result<_, StepError>>()?,
+                    timeout: match wait.timeout {
+                        Some((wake, state)) => {
+                            Some((wake, state.name().to_owned(), encode(&state, "state")?))
+                        }
+                        None => None,
+                    },
+                },
+                Transition::FanOut(fan_out) => RawTransition::FanOut {
+                    children: fan_out.children,
+                    then: (
+                        fan_out.then.name().to_owned(),
+                        encode(&fan_out.then, "state")?,
+                    ),
+                    policy: fan_out.policy,
+                },
                 Transition::Complete(output) => RawTransition::Complete {
                     output: encode(&output, "output")?,
                 },
+                Transition::Abort(reason) => RawTransition::Abort { reason },
             })
         })
     }

@@ -32,6 +32,20 @@ CREATE TABLE waymark_runs (
     locked_by         uuid,
     -- Judged by database time (now()), never by a worker's clock.
     lease_expires_at  timestamptz,
+    -- Child runs: the parent, the parent's visit that started them, and their order.
+    parent_id         uuid,
+    parent_visit      bigint,
+    child_index       integer,
+    -- While waiting: the signals awaited and where each leads, the timeout, children.
+    waiting_for       jsonb,
+    -- What this visit received: the consumed signal, or the visit whose children it gathers.
+    received          jsonb,
+    -- An operator asked to cancel while a worker held the run (who, why, when).
+    cancel_request    jsonb,
+    -- Why the run is compensating (and how it will end: failed or cancelled); kept after.
+    ending            jsonb,
+    -- Failed under `on_failure: hold`: an operator may retry it from its failed state.
+    held              boolean     NOT NULL DEFAULT false,
     progress_pct      real,
     progress_message  text,
     created_at        timestamptz NOT NULL,
@@ -42,19 +56,29 @@ CREATE TABLE waymark_runs (
         'pending', 'running', 'sleeping', 'waiting', 'retrying',
         'compensating', 'completed', 'failed', 'cancelled', 'compensation_failed')),
     -- A run is leased exactly when it is running (or compensating under a worker).
+    -- Leased exactly when running; a compensating run may or may not be leased.
     CONSTRAINT waymark_runs_lease_iff_running CHECK (
         (status = 'running') = (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL)
-        OR (status = 'compensating')),
+        OR (status = 'compensating'
+            AND (locked_by IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT waymark_runs_due_when_claimable CHECK (
-        status NOT IN ('pending', 'sleeping', 'retrying', 'running') OR due_at IS NOT NULL),
+        status NOT IN ('pending', 'sleeping', 'retrying', 'running', 'compensating')
+        OR due_at IS NOT NULL),
     CONSTRAINT waymark_runs_finished_iff_terminal CHECK (
         (status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)),
     CONSTRAINT waymark_runs_terminal_not_due CHECK (
-        status NOT IN ('completed', 'failed', 'cancelled') OR due_at IS NULL),
+        status NOT IN ('completed', 'failed', 'cancelled', 'compensation_failed') OR due_at IS NULL),
     CONSTRAINT waymark_runs_output_iff_completed CHECK (
         (status = 'completed') = (output IS NOT NULL)),
     CONSTRAINT waymark_runs_failed_has_error CHECK (
-        status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL)
+        status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL
+        OR ending IS NOT NULL),
+    CONSTRAINT waymark_runs_waiting_has_what CHECK (
+        status <> 'waiting' OR waiting_for IS NOT NULL),
+    CONSTRAINT waymark_runs_compensating_has_ending CHECK (
+        status NOT IN ('compensating', 'compensation_failed', 'cancelled') OR ending IS NOT NULL),
+    CONSTRAINT waymark_runs_child_complete CHECK (
+        (parent_id IS NULL) = (parent_visit IS NULL) AND (parent_id IS NULL) = (child_index IS NULL))
 );
 
 CREATE UNIQUE INDEX waymark_runs_idempotency
@@ -68,6 +92,13 @@ CREATE INDEX waymark_runs_expired_leases ON waymark_runs (lease_expires_at)
     WHERE status = 'running';
 CREATE INDEX waymark_runs_locked_by ON waymark_runs (locked_by) WHERE locked_by IS NOT NULL;
 CREATE INDEX waymark_runs_tenant_created ON waymark_runs (tenant, created_at DESC, id DESC);
+CREATE UNIQUE INDEX waymark_runs_children
+    ON waymark_runs (parent_id, parent_visit, child_index) WHERE parent_id IS NOT NULL;
+-- Compensating runs waiting for a worker, and waits whose timeout is due.
+CREATE INDEX waymark_runs_compensating ON waymark_runs (due_at)
+    WHERE status = 'compensating' AND locked_by IS NULL;
+CREATE INDEX waymark_runs_wait_timeouts ON waymark_runs (due_at)
+    WHERE status = 'waiting' AND due_at IS NOT NULL;
 CREATE INDEX waymark_runs_finished ON waymark_runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE waymark_history (
@@ -87,6 +118,36 @@ CREATE TABLE waymark_history (
     error        jsonb
 );
 CREATE INDEX waymark_history_run ON waymark_history (run_id, id);
+
+-- Signals: persisted on arrival, consumed by the waiting state in the same transaction
+-- as its transition, or recorded as unconsumed when the run ends.
+CREATE TABLE waymark_signals (
+    id              uuid        PRIMARY KEY,
+    run_id          uuid        NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    name            text        NOT NULL,
+    payload         jsonb       NOT NULL,
+    idempotency_key text,
+    actor           text        NOT NULL,
+    received_at     timestamptz NOT NULL,
+    status          text        NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'consumed', 'unconsumed')),
+    consumed_visit  bigint,
+    CHECK ((status = 'consumed') = (consumed_visit IS NOT NULL))
+);
+CREATE UNIQUE INDEX waymark_signals_idempotency ON waymark_signals (run_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX waymark_signals_queued ON waymark_signals (run_id, received_at) WHERE status = 'queued';
+
+-- One row per visit of a state that declares a compensation, written when the state is
+-- entered; compensation runs them newest first.
+CREATE TABLE waymark_compensations (
+    run_id      uuid    NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    visit       bigint  NOT NULL,
+    state       text    NOT NULL,
+    state_data  jsonb   NOT NULL,
+    status      text    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'skipped')),
+    PRIMARY KEY (run_id, visit)
+);
 
 CREATE TABLE waymark_workers (
     id                uuid        PRIMARY KEY,

@@ -21,6 +21,20 @@ CREATE TABLE waymark_runs (
     lease_token       INTEGER NOT NULL DEFAULT 0,
     locked_by         TEXT,
     lease_expires_at  INTEGER,
+    -- Child runs: the parent, the parent's visit that started them, and their order.
+    parent_id         TEXT,
+    parent_visit      INTEGER,
+    child_index       INTEGER,
+    -- While waiting: the signals awaited and where each leads, the timeout, children.
+    waiting_for       TEXT,
+    -- What this visit received: the consumed signal, or the visit whose children it gathers.
+    received          TEXT,
+    -- An operator asked to cancel while a worker held the run (who, why, when).
+    cancel_request    TEXT,
+    -- Why the run is compensating (and how it will end: failed or cancelled); kept after.
+    ending            TEXT,
+    -- Failed under `on_failure: hold`: an operator may retry it from its failed state.
+    held              INTEGER NOT NULL DEFAULT 0,
     progress_pct      REAL,
     progress_message  TEXT,
     created_at        INTEGER NOT NULL,
@@ -30,19 +44,29 @@ CREATE TABLE waymark_runs (
     CONSTRAINT waymark_runs_status_known CHECK (status IN (
         'pending', 'running', 'sleeping', 'waiting', 'retrying',
         'compensating', 'completed', 'failed', 'cancelled', 'compensation_failed')),
+    -- Leased exactly when running; a compensating run may or may not be leased.
     CONSTRAINT waymark_runs_lease_iff_running CHECK (
         (status = 'running') = (locked_by IS NOT NULL AND lease_expires_at IS NOT NULL)
-        OR (status = 'compensating')),
+        OR (status = 'compensating'
+            AND (locked_by IS NULL) = (lease_expires_at IS NULL))),
     CONSTRAINT waymark_runs_due_when_claimable CHECK (
-        status NOT IN ('pending', 'sleeping', 'retrying', 'running') OR due_at IS NOT NULL),
+        status NOT IN ('pending', 'sleeping', 'retrying', 'running', 'compensating')
+        OR due_at IS NOT NULL),
     CONSTRAINT waymark_runs_finished_iff_terminal CHECK (
         (status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)),
     CONSTRAINT waymark_runs_terminal_not_due CHECK (
-        status NOT IN ('completed', 'failed', 'cancelled') OR due_at IS NULL),
+        status NOT IN ('completed', 'failed', 'cancelled', 'compensation_failed') OR due_at IS NULL),
     CONSTRAINT waymark_runs_output_iff_completed CHECK (
         (status = 'completed') = (output IS NOT NULL)),
     CONSTRAINT waymark_runs_failed_has_error CHECK (
-        status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL)
+        status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL
+        OR ending IS NOT NULL),
+    CONSTRAINT waymark_runs_waiting_has_what CHECK (
+        status <> 'waiting' OR waiting_for IS NOT NULL),
+    CONSTRAINT waymark_runs_compensating_has_ending CHECK (
+        status NOT IN ('compensating', 'compensation_failed', 'cancelled') OR ending IS NOT NULL),
+    CONSTRAINT waymark_runs_child_complete CHECK (
+        (parent_id IS NULL) = (parent_visit IS NULL) AND (parent_id IS NULL) = (child_index IS NULL))
 );
 
 CREATE UNIQUE INDEX waymark_runs_idempotency
@@ -54,6 +78,13 @@ CREATE INDEX waymark_runs_expired_leases ON waymark_runs (lease_expires_at)
     WHERE status = 'running';
 CREATE INDEX waymark_runs_locked_by ON waymark_runs (locked_by) WHERE locked_by IS NOT NULL;
 CREATE INDEX waymark_runs_tenant_created ON waymark_runs (tenant, created_at DESC, id DESC);
+CREATE UNIQUE INDEX waymark_runs_children
+    ON waymark_runs (parent_id, parent_visit, child_index) WHERE parent_id IS NOT NULL;
+-- Compensating runs waiting for a worker, and waits whose timeout is due.
+CREATE INDEX waymark_runs_compensating ON waymark_runs (due_at)
+    WHERE status = 'compensating' AND locked_by IS NULL;
+CREATE INDEX waymark_runs_wait_timeouts ON waymark_runs (due_at)
+    WHERE status = 'waiting' AND due_at IS NOT NULL;
 CREATE INDEX waymark_runs_finished ON waymark_runs (finished_at) WHERE finished_at IS NOT NULL;
 
 CREATE TABLE waymark_history (
@@ -73,6 +104,32 @@ CREATE TABLE waymark_history (
     error        TEXT
 );
 CREATE INDEX waymark_history_run ON waymark_history (run_id, id);
+
+CREATE TABLE waymark_signals (
+    id              TEXT    PRIMARY KEY NOT NULL,
+    run_id          TEXT    NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    name            TEXT    NOT NULL,
+    payload         TEXT    NOT NULL,
+    idempotency_key TEXT,
+    actor           TEXT    NOT NULL,
+    received_at     INTEGER NOT NULL,
+    status          TEXT    NOT NULL DEFAULT 'queued'
+                    CHECK (status IN ('queued', 'consumed', 'unconsumed')),
+    consumed_visit  INTEGER,
+    CHECK ((status = 'consumed') = (consumed_visit IS NOT NULL))
+);
+CREATE UNIQUE INDEX waymark_signals_idempotency ON waymark_signals (run_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE INDEX waymark_signals_queued ON waymark_signals (run_id, received_at) WHERE status = 'queued';
+
+CREATE TABLE waymark_compensations (
+    run_id      TEXT    NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    visit       INTEGER NOT NULL,
+    state       TEXT    NOT NULL,
+    state_data  TEXT    NOT NULL,
+    status      TEXT    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'skipped')),
+    PRIMARY KEY (run_id, visit)
+);
 
 CREATE TABLE waymark_workers (
     id                TEXT    PRIMARY KEY NOT NULL,

@@ -8,7 +8,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use waymark_engine::{
-    Definition, RetryPolicy, StateDef, StepContext, StepError, Transition, Workflow, WorkflowState,
+    Definition, NoSignal, RetryPolicy, StateDef, StepContext, StepError, Transition, Workflow,
+    WorkflowState,
 };
 
 /// `a → b → c → completed`, each step trivial. Its output echoes the input.
@@ -42,6 +43,7 @@ impl Workflow for ThreeStep {
     type Input = Number;
     type State = Abc;
     type Output = Number;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([
@@ -111,6 +113,7 @@ impl Workflow for Flaky {
     type Input = FlakyInput;
     type State = Only;
     type Output = u32;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([StateDef::new("only").completes()]).with_retry(flaky_policy())
@@ -171,6 +174,7 @@ impl Workflow for Sleeper {
     type Input = Days;
     type State = Nap;
     type Output = String;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([
@@ -219,6 +223,7 @@ impl Workflow for Gated {
     type Input = serde_json::Value;
     type State = Only;
     type Output = String;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([StateDef::new("only").completes()])
@@ -254,6 +259,7 @@ impl Workflow for NeedsGpu {
     type Input = serde_json::Value;
     type State = Only;
     type Output = String;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([StateDef::new("only").capability("gpu").completes()])
@@ -281,6 +287,7 @@ impl Workflow for Bloat {
     type Input = Number;
     type State = Abc;
     type Output = String;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([StateDef::new("a").next("b"), StateDef::new("b").completes()])
@@ -311,6 +318,7 @@ impl Workflow for Hang {
     type Input = serde_json::Value;
     type State = Only;
     type Output = String;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([StateDef::new("only").completes().retry(RetryPolicy {

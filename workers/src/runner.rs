@@ -2,14 +2,16 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 use waymark_engine::advance::{self, PlanInput};
-use waymark_engine::store::{ClaimRequest, Lease, WorkerInfo};
-use waymark_engine::{Engine, RunStatus, StepContext, StepError, StoreError};
+use waymark_engine::store::{ClaimRequest, Inbox, Lease, Upgrade, WorkerInfo};
+use waymark_engine::workflow::{ChildResult, ErasedWorkflow, Received};
+use waymark_engine::{Engine, Persisted, RunStatus, StepContext, StepError, StoreError};
 
 /// How a runner behaves. `RunnerConfig::default()` is what `waymark serve` uses.
 #[derive(Debug, Clone)]
@@ -26,6 +28,8 @@ pub struct RunnerConfig {
     /// On shutdown, how long running steps may take to finish before their runs are
     /// released to other workers.
     pub shutdown_grace: Duration,
+    /// After a run is cancelled, how long its running step may take to return.
+    pub cancel_grace: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -37,6 +41,7 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_secs(5),
             capabilities: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
+            cancel_grace: Duration::from_secs(10),
         }
     }
 }
@@ -52,6 +57,8 @@ struct InHand {
     lease: Lease,
     /// Fires when the lease is lost: the step's result would be discarded anyway.
     lost: CancellationToken,
+    /// Fires when an operator cancels the run: the step gets a grace to return.
+    cancel: CancellationToken,
 }
 
 type InHandMap = Arc<Mutex<HashMap<Uuid, InHand>>>;
@@ -113,6 +120,9 @@ impl Runner {
         let mut claim_backoff = Duration::from_millis(100);
 
         while !shutdown.is_cancelled() {
+            if let Err(error) = store.runs_fire_timeouts(self.engine.clock.now(), 100).await {
+                tracing::warn!(error = %error_chain(&error), "cannot fire wait timeouts");
+            }
             let free = permits.available_permits();
             let mut claimed = 0;
             if free > 0 {
@@ -135,20 +145,25 @@ impl Runner {
                                 .expect("claimed no more runs than free permits");
                             let Some(lease) = run.lease() else { continue };
                             let lost = CancellationToken::new();
+                            let cancel = lost.child_token();
                             in_hand.lock().expect("in-hand lock").insert(
                                 run.id,
                                 InHand {
                                     lease,
                                     lost: lost.clone(),
+                                    cancel: cancel.clone(),
                                 },
                             );
                             tasks.spawn(drive(
                                 self.engine.clone(),
                                 self.config.clone(),
                                 run,
-                                lost,
-                                shutdown.clone(),
-                                abandon.clone(),
+                                Tokens {
+                                    lost,
+                                    cancel,
+                                    shutdown: shutdown.clone(),
+                                    abandon: abandon.clone(),
+                                },
                                 in_hand.clone(),
                                 permit,
                             ));
@@ -254,20 +269,13 @@ async fn drive(
     engine: Engine,
     config: RunnerConfig,
     mut run: waymark_engine::Run,
-    lost: CancellationToken,
-    shutdown: CancellationToken,
-    abandon: CancellationToken,
+    tokens: Tokens,
     in_hand: InHandMap,
     _permit: OwnedSemaphorePermit,
 ) {
     let _guard = InHandGuard {
         in_hand,
         run_id: run.id,
-    };
-    let tokens = Tokens {
-        lost,
-        shutdown,
-        abandon,
     };
     loop {
         let span = tracing::info_span!("step", run = %run.id, workflow = %run.workflow,
@@ -285,14 +293,16 @@ async fn drive(
 struct Tokens {
     /// The lease was lost: stop at once, commit nothing.
     lost: CancellationToken,
+    /// An operator cancelled the run: the step is told and gets the cancel grace.
+    cancel: CancellationToken,
     /// The runner is stopping: finish this step, then hand the run on.
     shutdown: CancellationToken,
     /// The shutdown grace is over: stop at once and release the run.
     abandon: CancellationToken,
 }
 
-/// Runs the current state's step and commits its transition. Returns the run when the
-/// lease was kept for its next state.
+/// Runs the current state's step (or the next compensation) and commits what came
+/// of it. Returns the run when the lease was kept for its next step.
 async fn advance_once(
     engine: &Engine,
     config: &RunnerConfig,
@@ -307,9 +317,56 @@ async fn advance_once(
         return None;
     };
     let definition = workflow.definition();
-    let policy = definition.retry_for(&run.state);
     let started = engine.clock.now();
+    let actor = format!("worker:{}", config.worker_id);
+    let mut plan_input = PlanInput {
+        now: started,
+        step_started_at: started,
+        lease: config.lease,
+        max_payload: engine.limits.max_payload,
+        actor: &actor,
+        capabilities: &config.capabilities,
+        may_hold: !tokens.shutdown.is_cancelled(),
+        registry: &engine.registry,
+        upgrade: None,
+    };
 
+    // Runs persisted by an older version of the workflow are brought up to date first.
+    let (input, state_data, received) = match load(engine, workflow.as_ref(), run).await {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            let commit = advance::plan(definition, run, Err(error), &plan_input);
+            return commit_and_continue(engine, &lease, &commit).await;
+        }
+    };
+    if run.workflow_version < workflow.version() {
+        plan_input.upgrade = Some(Upgrade {
+            version: workflow.version(),
+            input: input.clone(),
+            state_data: state_data.clone(),
+        });
+    }
+
+    if run.status == RunStatus::Compensating {
+        return compensate_once(
+            engine,
+            config,
+            run,
+            workflow.as_ref(),
+            &input,
+            tokens,
+            plan_input,
+        )
+        .await;
+    }
+    if run.cancel_request.is_some() {
+        // Cancelled while no worker held it (its previous worker died): do not start
+        // the step, apply the cancellation.
+        let commit = advance::plan_abandon(run, &plan_input);
+        return commit_and_continue(engine, &lease, &commit).await;
+    }
+
+    let policy = definition.retry_for(&run.state);
     let result = if run.attempt as u32 > policy.max_attempts {
         // Earlier attempts' workers died mid-step (their leases expired): a step that
         // keeps killing its worker must not be retried forever.
@@ -325,55 +382,253 @@ async fn advance_once(
             run.state.clone(),
             run.visit,
             run.attempt,
-            tokens.lost.child_token(),
+            tokens.cancel.clone(),
             engine.clock.clone(),
         )
+        .with_received(received)
         .with_progress(engine.store.clone(), lease);
         let step = tokio::time::timeout(
             policy.step_timeout,
-            workflow.step(&ctx, &run.input, &run.state_data),
+            workflow.step(&ctx, &input, &state_data),
         );
-        tokio::select! {
-            // Step first: when the lease is lost, a step that watches its token gets to
-            // see it and return (its result is then refused by the fence); one that
-            // does not is dropped.
-            biased;
-            outcome = step => match outcome {
-                Ok(result) => result,
-                Err(_) => Err(StepError::retryable(format!(
-                    "step timed out after {}", humanize(policy.step_timeout)))),
-            },
-            _ = tokens.lost.cancelled() => {
+        let timed_out = || {
+            Err(StepError::retryable(format!(
+                "step timed out after {}",
+                humanize(policy.step_timeout)
+            )))
+        };
+        match run_cancellable(step, tokens, config.cancel_grace).await {
+            Finished::Done(Ok(result)) => result,
+            Finished::Done(Err(_)) => timed_out(),
+            Finished::Lost => {
                 tracing::error!("lease lost while the step ran; its result is discarded");
                 return None;
             }
-            _ = tokens.abandon.cancelled() => {
+            Finished::Abandoned => {
                 release(engine, &lease).await;
                 return None;
             }
+            Finished::CancelGraceOver => {
+                tracing::warn!("cancelled step did not return within its grace; abandoning it");
+                let commit = advance::plan_abandon(
+                    run,
+                    &PlanInput {
+                        now: engine.clock.now(),
+                        ..plan_input
+                    },
+                );
+                return commit_and_continue(engine, &lease, &commit).await;
+            }
         }
     };
-
-    let actor = format!("worker:{}", config.worker_id);
     let commit = advance::plan(
         definition,
         run,
         result,
         &PlanInput {
             now: engine.clock.now(),
-            step_started_at: started,
-            lease: config.lease,
-            max_payload: engine.limits.max_payload,
-            actor: &actor,
-            capabilities: &config.capabilities,
-            may_hold: !tokens.shutdown.is_cancelled(),
+            ..plan_input
         },
     );
     if let Some(error) = commit_error(&commit) {
         tracing::warn!(error = %error, causes = ?error.causes, "step failed");
     }
-    match commit_with_retry(engine, &lease, &commit).await {
-        Ok(next) if next.status == RunStatus::Running => Some(next),
+    commit_and_continue(engine, &lease, &commit).await
+}
+
+/// Input, state data and received items of `run`, upcast to the workflow's version,
+/// with a fan-out's child results loaded.
+async fn load(
+    engine: &Engine,
+    workflow: &dyn ErasedWorkflow,
+    run: &waymark_engine::Run,
+) -> Result<(Value, Value, Option<Received>), StepError> {
+    let from = run.workflow_version;
+    let upcast = |kind, value: &Value| {
+        workflow
+            .upcast(kind, from, value.clone())
+            .map_err(|e| StepError::fatal(e.to_string()))
+    };
+    let input = upcast(Persisted::Input, &run.input)?;
+    let state_data = upcast(Persisted::State, &run.state_data)?;
+    let received = match &run.received {
+        None => None,
+        Some(Inbox::Signal(signal)) => {
+            let tagged = serde_json::json!({ "signal": signal.name, "payload": signal.payload });
+            let upcasted = upcast(Persisted::Signal, &tagged)?;
+            let mut signal = signal.clone();
+            signal.payload = upcasted.get("payload").cloned().unwrap_or(Value::Null);
+            Some(Received::Signal(signal))
+        }
+        Some(Inbox::Children { visit }) => {
+            let children = engine
+                .store
+                .run_children(run.id, *visit)
+                .await
+                .map_err(|e| StepError::retryable_from(&e))?;
+            Some(Received::Children(
+                children
+                    .into_iter()
+                    .map(|c| ChildResult {
+                        index: c.child_index.unwrap_or_default() as u32,
+                        run_id: c.id,
+                        workflow: c.workflow,
+                        status: c.status,
+                        output: c.output,
+                        error: c.error.or_else(|| {
+                            c.ending
+                                .map(|e| StepError::fatal(format!("{}: {}", e.status, e.reason)))
+                        }),
+                    })
+                    .collect(),
+            ))
+        }
+    };
+    Ok((input, state_data, received))
+}
+
+/// Runs the newest pending compensation, or ends the run when none is left.
+async fn compensate_once(
+    engine: &Engine,
+    config: &RunnerConfig,
+    run: &waymark_engine::Run,
+    workflow: &dyn ErasedWorkflow,
+    input: &Value,
+    tokens: &Tokens,
+    plan_input: PlanInput<'_>,
+) -> Option<waymark_engine::Run> {
+    let lease = run.lease()?;
+    let compensations = match engine.store.run_compensations(run.id).await {
+        Ok(list) => list,
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot read compensations; releasing");
+            release(engine, &lease).await;
+            return None;
+        }
+    };
+    let Some(next) = compensations
+        .into_iter()
+        .rev()
+        .find(|c| c.status == "pending")
+    else {
+        let commit = advance::plan_compensation_done(run, &plan_input);
+        return commit_and_continue(engine, &lease, &commit).await;
+    };
+    let definition = workflow.definition();
+    let policy = definition.retry_for(&next.state);
+    let state_data = match workflow.upcast(
+        Persisted::State,
+        run.workflow_version,
+        next.state_data.clone(),
+    ) {
+        Ok(data) => data,
+        Err(error) => {
+            let commit = advance::plan_compensation(
+                definition,
+                run,
+                &next,
+                Err(StepError::fatal(error.to_string())),
+                &plan_input,
+            );
+            return commit_and_continue(engine, &lease, &commit).await;
+        }
+    };
+    let ctx = StepContext::new(
+        run.id,
+        run.tenant.clone(),
+        workflow.name(),
+        next.state.clone(),
+        next.visit,
+        run.attempt,
+        tokens.cancel.clone(),
+        engine.clock.clone(),
+    )
+    .for_compensation()
+    .with_progress(engine.store.clone(), lease);
+    let step = tokio::time::timeout(
+        policy.step_timeout,
+        workflow.compensate(&ctx, input, &state_data),
+    );
+    // A compensating run cannot be cancelled, so only a lost lease or shutdown stops it.
+    let result = match run_cancellable(step, tokens, config.cancel_grace).await {
+        Finished::Done(Ok(result)) => result,
+        Finished::Done(Err(_)) => Err(StepError::retryable(format!(
+            "compensation timed out after {}",
+            humanize(policy.step_timeout)
+        ))),
+        Finished::Lost => return None,
+        Finished::Abandoned | Finished::CancelGraceOver => {
+            release(engine, &lease).await;
+            return None;
+        }
+    };
+    if let Err(error) = &result {
+        tracing::warn!(error = %error, state = %next.state, "compensation failed");
+    }
+    let commit = advance::plan_compensation(
+        definition,
+        run,
+        &next,
+        result,
+        &PlanInput {
+            now: engine.clock.now(),
+            ..plan_input
+        },
+    );
+    commit_and_continue(engine, &lease, &commit).await
+}
+
+enum Finished<T> {
+    Done(T),
+    /// The lease was lost.
+    Lost,
+    /// The shutdown grace ran out.
+    Abandoned,
+    /// The run was cancelled and the step did not return within the cancel grace.
+    CancelGraceOver,
+}
+
+/// Awaits a step, watching the lease, shutdown and cancellation.
+async fn run_cancellable<F: std::future::Future>(
+    step: F,
+    tokens: &Tokens,
+    cancel_grace: Duration,
+) -> Finished<F::Output> {
+    tokio::pin!(step);
+    tokio::select! {
+        // Step first: when the lease is lost, a step that watches its token gets to
+        // see it and return (its result is then refused by the fence); one that
+        // does not is dropped.
+        biased;
+        outcome = &mut step => return Finished::Done(outcome),
+        _ = tokens.lost.cancelled() => return Finished::Lost,
+        _ = tokens.abandon.cancelled() => return Finished::Abandoned,
+        _ = tokens.cancel.cancelled() => {}
+    }
+    // Cancelled: the step saw its token fire and has the grace to return; a success it
+    // returns is committed (and then compensated).
+    tokio::select! {
+        biased;
+        outcome = &mut step => Finished::Done(outcome),
+        _ = tokens.lost.cancelled() => Finished::Lost,
+        _ = tokens.abandon.cancelled() => Finished::Abandoned,
+        _ = tokio::time::sleep(cancel_grace) => Finished::CancelGraceOver,
+    }
+}
+
+/// Commits and returns the run if this worker kept its lease for the next step.
+async fn commit_and_continue(
+    engine: &Engine,
+    lease: &Lease,
+    commit: &waymark_engine::store::Commit,
+) -> Option<waymark_engine::Run> {
+    match commit_with_retry(engine, lease, commit).await {
+        Ok(next)
+            if next.locked_by == Some(lease.worker_id)
+                && matches!(next.status, RunStatus::Running | RunStatus::Compensating) =>
+        {
+            Some(next)
+        }
         Ok(next) => {
             tracing::debug!(status = %next.status, state = %next.state, "committed");
             None
@@ -388,7 +643,9 @@ async fn advance_once(
 fn commit_error(commit: &waymark_engine::store::Commit) -> Option<&StepError> {
     match &commit.outcome {
         waymark_engine::store::Outcome::Retry { error, .. }
-        | waymark_engine::store::Outcome::Fail { error } => Some(error),
+        | waymark_engine::store::Outcome::Fail { error, .. }
+        | waymark_engine::store::Outcome::CompensationRetry { error, .. }
+        | waymark_engine::store::Outcome::CompensationFailed { error } => Some(error),
         _ => None,
     }
 }
@@ -463,10 +720,20 @@ async fn heartbeat_loop(
         {
             Ok(held) => {
                 let map = in_hand.lock().expect("in-hand lock");
-                for lease in snapshot.iter().filter(|l| !held.contains(l)) {
-                    if let Some(h) = map.get(&lease.run_id).filter(|h| h.lease == *lease) {
-                        tracing::error!(run = %lease.run_id, token = lease.token, "lease lost; cancelling the step");
-                        h.lost.cancel();
+                for lease in &snapshot {
+                    let Some(h) = map.get(&lease.run_id).filter(|h| h.lease == *lease) else {
+                        continue;
+                    };
+                    match held.iter().find(|held| held.lease == *lease) {
+                        None => {
+                            tracing::error!(run = %lease.run_id, token = lease.token, "lease lost; cancelling the step");
+                            h.lost.cancel();
+                        }
+                        Some(held) if held.cancel_requested && !h.cancel.is_cancelled() => {
+                            tracing::info!(run = %lease.run_id, "run cancelled; telling its step");
+                            h.cancel.cancel();
+                        }
+                        Some(_) => {}
                     }
                 }
             }

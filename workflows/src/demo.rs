@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waymark_engine::{
-    Definition, StateDef, StepContext, StepError, Transition, Workflow, WorkflowState,
+    Definition, NoSignal, StateDef, StepContext, StepError, Transition, Workflow, WorkflowState,
 };
 
 pub struct Demo;
@@ -63,6 +63,7 @@ impl Workflow for Demo {
     type Input = DemoInput;
     type State = DemoState;
     type Output = DemoOutput;
+    type Signal = NoSignal;
 
     fn definition() -> Definition {
         Definition::new([

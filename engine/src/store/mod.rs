@@ -9,6 +9,8 @@
 //! Reads that serve a caller take a [`TenantScope`], so tenant isolation is a property
 //! of the signatures rather than a filter each handler must remember.
 
+mod logic;
+mod model;
 mod postgres;
 mod sqlite;
 
@@ -16,11 +18,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -28,253 +30,6 @@ use crate::error::{StepError, StoreError};
 use crate::status::RunStatus;
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// Which tenants' rows a read may see.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TenantScope {
-    /// Every tenant (admin, or the engine itself).
-    All,
-    /// One tenant only; everything else looks like it does not exist.
-    Tenant(String),
-}
-
-impl TenantScope {
-    pub(crate) fn tenant(&self) -> Option<&str> {
-        match self {
-            TenantScope::All => None,
-            TenantScope::Tenant(t) => Some(t),
-        }
-    }
-}
-
-/// A run to insert.
-#[derive(Debug, Clone)]
-pub struct NewRun {
-    pub id: Uuid,
-    pub tenant: String,
-    pub workflow: String,
-    pub workflow_version: u32,
-    pub input: Value,
-    pub state: String,
-    pub state_data: Value,
-    pub capability: Option<String>,
-    pub idempotency_key: Option<String>,
-    pub actor: String,
-    pub now: DateTime<Utc>,
-}
-
-/// A run as stored.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct Run {
-    pub id: Uuid,
-    pub tenant: String,
-    pub workflow: String,
-    pub workflow_version: u32,
-    pub status: RunStatus,
-    pub state: String,
-    pub state_data: Value,
-    pub input: Value,
-    pub output: Option<Value>,
-    pub error: Option<StepError>,
-    pub idempotency_key: Option<String>,
-    pub capability: Option<String>,
-    pub visit: i64,
-    pub attempt: i32,
-    pub due_at: Option<DateTime<Utc>>,
-    #[serde(skip)]
-    pub lease_token: i64,
-    pub locked_by: Option<Uuid>,
-    pub lease_expires_at: Option<DateTime<Utc>>,
-    pub progress_pct: Option<f32>,
-    pub progress_message: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub finished_at: Option<DateTime<Utc>>,
-}
-
-impl Run {
-    /// The lease a worker holds on this run after claiming it.
-    pub fn lease(&self) -> Option<Lease> {
-        Some(Lease {
-            run_id: self.id,
-            token: self.lease_token,
-            worker_id: self.locked_by?,
-        })
-    }
-}
-
-/// Proof of a claim: every write after it names the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    pub run_id: Uuid,
-    pub token: i64,
-    pub worker_id: Uuid,
-}
-
-/// The result of an idempotent start.
-#[derive(Debug, Clone)]
-pub struct Started {
-    pub run: Run,
-    /// False when the idempotency key matched an existing run with the same input.
-    pub created: bool,
-}
-
-/// What a worker asks for.
-#[derive(Debug, Clone)]
-pub struct ClaimRequest {
-    pub worker_id: Uuid,
-    /// (workflow, highest version known): runs of newer versions are left alone.
-    pub workflows: Vec<(String, u32)>,
-    pub capabilities: Vec<String>,
-    pub limit: u32,
-    pub lease: Duration,
-    /// The engine clock's now: what is due is judged by it.
-    pub now: DateTime<Utc>,
-}
-
-/// Where a committed transition leaves the run.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Enter `state` (a new visit).
-    Enter {
-        state: String,
-        data: Value,
-        capability: Option<String>,
-        next: Next,
-    },
-    /// Stay in the current visit and try again at `due_at`.
-    Retry {
-        error: StepError,
-        due_at: DateTime<Utc>,
-    },
-    Complete {
-        output: Value,
-    },
-    Fail {
-        error: StepError,
-    },
-}
-
-/// How the entered state's step gets run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    /// The committing worker keeps the lease and runs the step at once.
-    Hold,
-    /// Any worker may claim it now.
-    Release,
-    /// A durable timer: claimable at this instant.
-    Sleep(DateTime<Utc>),
-}
-
-/// Why a transition happened, as history shows it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Cause {
-    Started,
-    Step,
-    Retry,
-    Failed,
-}
-
-impl Cause {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Cause::Started => "started",
-            Cause::Step => "step",
-            Cause::Retry => "retry",
-            Cause::Failed => "failed",
-        }
-    }
-}
-
-/// One transition to commit, in one transaction, fenced by the lease.
-#[derive(Debug, Clone)]
-pub struct Commit {
-    pub from_state: String,
-    /// (visit, attempt) of the step that produced this transition, for history.
-    pub from_position: (i64, i32),
-    pub outcome: Outcome,
-    pub cause: Cause,
-    pub actor: String,
-    pub step_started_at: DateTime<Utc>,
-    pub now: DateTime<Utc>,
-    /// How far a held lease is extended.
-    pub lease: Duration,
-}
-
-impl Commit {
-    pub(crate) fn to_status(&self) -> RunStatus {
-        match &self.outcome {
-            Outcome::Enter { next, .. } => match next {
-                Next::Hold => RunStatus::Running,
-                Next::Release => RunStatus::Pending,
-                Next::Sleep(_) => RunStatus::Sleeping,
-            },
-            Outcome::Retry { .. } => RunStatus::Retrying,
-            Outcome::Complete { .. } => RunStatus::Completed,
-            Outcome::Fail { .. } => RunStatus::Failed,
-        }
-    }
-
-    pub(crate) fn to_state(&self) -> &str {
-        match &self.outcome {
-            Outcome::Enter { state, .. } => state,
-            _ => &self.from_state,
-        }
-    }
-
-    pub(crate) fn error(&self) -> Option<&StepError> {
-        match &self.outcome {
-            Outcome::Retry { error, .. } | Outcome::Fail { error } => Some(error),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn due_at(&self) -> Option<DateTime<Utc>> {
-        match &self.outcome {
-            Outcome::Enter { next, .. } => Some(match next {
-                Next::Hold | Next::Release => self.now,
-                Next::Sleep(at) => *at,
-            }),
-            Outcome::Retry { due_at, .. } => Some(*due_at),
-            Outcome::Complete { .. } | Outcome::Fail { .. } => None,
-        }
-    }
-}
-
-/// One row of a run's history.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct HistoryEntry {
-    pub id: i64,
-    pub run_id: Uuid,
-    pub from_state: Option<String>,
-    pub to_state: String,
-    pub from_status: Option<RunStatus>,
-    pub to_status: RunStatus,
-    pub cause: String,
-    pub visit: i64,
-    pub attempt: i32,
-    pub actor: String,
-    pub worker_id: Option<Uuid>,
-    pub started_at: DateTime<Utc>,
-    pub committed_at: DateTime<Utc>,
-    pub error: Option<StepError>,
-}
-
-/// A worker process as the registry shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct WorkerInfo {
-    pub id: Uuid,
-    pub host: String,
-    pub pid: i32,
-    pub version: String,
-    pub capabilities: Vec<String>,
-    pub workflows: Vec<String>,
-    pub started_at: DateTime<Utc>,
-    pub last_heartbeat_at: DateTime<Utc>,
-    pub runs_in_hand: i32,
-    pub stopped_at: Option<DateTime<Utc>>,
-}
 
 /// Where the data lives.
 #[derive(Debug, Clone)]
@@ -353,19 +108,103 @@ impl Store {
         dispatch!(self, s => s.run_history(scope, id).await)
     }
 
+    /// Every signal delivered to a run, oldest first, with what became of it.
+    pub async fn run_signals(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<Vec<SignalRecord>>> {
+        dispatch!(self, s => s.run_signals(scope, id).await)
+    }
+
+    /// The children `parent` started in its visit `visit`, by child index.
+    pub async fn run_children(&self, parent: Uuid, visit: i64) -> StoreResult<Vec<Run>> {
+        dispatch!(self, s => s.run_children(parent, visit).await)
+    }
+
+    /// The visits of compensable states a run made, oldest first, with their status.
+    pub async fn run_compensations(&self, id: Uuid) -> StoreResult<Vec<CompensationRecord>> {
+        dispatch!(self, s => s.run_compensations(id).await)
+    }
+
     /// Claims up to `limit` due runs (and runs whose lease expired by database time),
     /// incrementing each one's fence token and attempt.
     pub async fn run_claim(&self, req: &ClaimRequest) -> StoreResult<Vec<Run>> {
         dispatch!(self, s => s.run_claim(req).await)
     }
 
-    /// Commits one transition: the run's new checkpoint and its history row, in one
-    /// transaction, only if `lease` still holds. Returns the run as committed.
+    /// Commits one transition: the run's new checkpoint, its history, and what it
+    /// starts, in one transaction, only if `lease` still holds. Returns the run as
+    /// committed.
     pub async fn run_commit(&self, lease: &Lease, commit: &Commit) -> StoreResult<Run> {
         dispatch!(self, s => s.run_commit(lease, commit).await)
     }
 
-    /// Gives a claimed run back (shutdown): it is pending again at once, and the
+    /// Delivers a signal: persisted, and taken by the run in the same transaction if it
+    /// waits for it. Idempotent on the signal's key.
+    pub async fn run_signal(
+        &self,
+        scope: &TenantScope,
+        run_id: Uuid,
+        signal: &NewSignal,
+    ) -> StoreResult<SignalReceipt> {
+        dispatch!(self, s => s.run_signal(scope, run_id, signal).await)
+    }
+
+    /// Cancels a live run (a conflict for ended or compensating ones): compensation,
+    /// then `cancelled`, cascading to children. A run a worker holds is asked to stop
+    /// and cancelled when its step returns.
+    pub async fn run_cancel(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        dispatch!(self, s => s.run_cancel(scope, id, actor, reason, now).await)
+    }
+
+    /// Ends a live run at once as `cancelled`, without compensation, children too.
+    pub async fn run_terminate(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        dispatch!(self, s => s.run_terminate(scope, id, actor, reason, now).await)
+    }
+
+    /// Retries a run failed under `on_failure: hold`, or a failed compensation.
+    pub async fn run_retry(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        dispatch!(self, s => s.run_retry(scope, id, actor, now).await)
+    }
+
+    /// Skips the compensation that failed and goes on with the next.
+    pub async fn run_skip_compensation(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        dispatch!(self, s => s.run_skip_compensation(scope, id, actor, now).await)
+    }
+
+    /// Moves waits whose timeout passed (by the engine clock) to their timeout state.
+    pub async fn runs_fire_timeouts(&self, now: DateTime<Utc>, limit: u32) -> StoreResult<u32> {
+        dispatch!(self, s => s.runs_fire_timeouts(now, limit).await)
+    }
+
+    /// Gives a claimed run back (shutdown): it is claimable again at once, and the
     /// interrupted attempt does not count against its retries.
     pub async fn run_release(&self, lease: &Lease, now: DateTime<Utc>) -> StoreResult<()> {
         dispatch!(self, s => s.run_release(lease, now).await)
@@ -382,13 +221,14 @@ impl Store {
 
     /// Extends, in one statement, the unexpired leases `worker_id` holds on `runs` (the
     /// runs it is actually working on, so a run it forgot cannot be kept alive) and
-    /// returns those still held: any of `runs` missing from the answer lost its lease.
+    /// returns those still held, flagging cancellation requests: any of `runs` missing
+    /// from the answer lost its lease.
     pub async fn runs_heartbeat(
         &self,
         worker_id: Uuid,
         runs: &[Uuid],
         lease: Duration,
-    ) -> StoreResult<Vec<Lease>> {
+    ) -> StoreResult<Vec<Held>> {
         dispatch!(self, s => s.runs_heartbeat(worker_id, runs, lease).await)
     }
 
@@ -455,4 +295,24 @@ pub(crate) fn parse_error(value: Option<Value>) -> StoreResult<Option<StepError>
 
 pub(crate) fn parse_status(s: &str) -> StoreResult<RunStatus> {
     s.parse().map_err(|e| StoreError::Corrupt(format!("{e}")))
+}
+
+pub(crate) fn to_json<T: serde::Serialize>(value: &Option<T>) -> Option<Value> {
+    value
+        .as_ref()
+        .map(|v| serde_json::to_value(v).expect("store records serialise"))
+}
+
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(
+    value: Value,
+    column: &str,
+) -> StoreResult<T> {
+    serde_json::from_value(value).map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
+}
+
+pub(crate) fn opt_from_json<T: serde::de::DeserializeOwned>(
+    value: Option<Value>,
+    column: &str,
+) -> StoreResult<Option<T>> {
+    value.map(|v| from_json(v, column)).transpose()
 }

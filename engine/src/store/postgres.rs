@@ -1,9 +1,10 @@
 //! PostgreSQL store: many worker processes share one database.
 //!
-//! Claims are one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)` statement; each
-//! commit is one statement whose CTEs update the run and append its history row, so a
-//! transition is one round trip and one transaction, and a fence mismatch inserts no
-//! history at all.
+//! Claims are one `UPDATE … FROM (SELECT … FOR UPDATE SKIP LOCKED)` statement. The hot
+//! transitions (enter a state, retry, complete, for runs without parents, pending
+//! cancellations or queued signals) commit in one statement whose CTEs update the run
+//! and append its history row. Everything else goes through the shared rules in
+//! `logic.rs` inside one transaction, with the run locked `FOR UPDATE`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,14 +13,16 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::postgres::{PgListener, PgPoolOptions};
-use sqlx::{PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::logic::{self, Ops};
 use super::{
-    check_schema_not_newer, json_error, latest_version, parse_error, parse_status, ClaimRequest,
-    Commit, HistoryEntry, Lease, NewRun, Outcome, Run, Started, StoreResult, TenantScope,
-    WorkerInfo,
+    check_schema_not_newer, from_json, json_error, latest_version, opt_from_json, parse_error,
+    parse_status, to_json, ClaimRequest, Commit, CompensationRecord, Held, HistoryEntry, Lease,
+    NewHistory, NewRun, NewSignal, Next, Outcome, Run, SignalReceipt, SignalRecord, Started,
+    StoreResult, TenantScope, WorkerInfo,
 };
 use crate::error::StoreError;
 
@@ -57,6 +60,14 @@ struct RunRow {
     lease_expires_at: Option<DateTime<Utc>>,
     progress_pct: Option<f32>,
     progress_message: Option<String>,
+    parent_id: Option<Uuid>,
+    parent_visit: Option<i64>,
+    child_index: Option<i32>,
+    waiting_for: Option<Value>,
+    received: Option<Value>,
+    cancel_request: Option<Value>,
+    ending: Option<Value>,
+    held: bool,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
@@ -87,6 +98,14 @@ impl TryFrom<RunRow> for Run {
             lease_expires_at: r.lease_expires_at,
             progress_pct: r.progress_pct,
             progress_message: r.progress_message,
+            parent_id: r.parent_id,
+            parent_visit: r.parent_visit,
+            child_index: r.child_index,
+            waiting_for: opt_from_json(r.waiting_for, "waiting_for")?,
+            received: opt_from_json(r.received, "received")?,
+            cancel_request: opt_from_json(r.cancel_request, "cancel_request")?,
+            ending: opt_from_json(r.ending, "ending")?,
+            held: r.held,
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
@@ -110,6 +129,35 @@ struct HistoryRow {
     started_at: DateTime<Utc>,
     committed_at: DateTime<Utc>,
     error: Option<Value>,
+}
+
+#[derive(sqlx::FromRow)]
+struct SignalRow {
+    id: Uuid,
+    run_id: Uuid,
+    name: String,
+    payload: Value,
+    idempotency_key: Option<String>,
+    actor: String,
+    received_at: DateTime<Utc>,
+    status: String,
+    consumed_visit: Option<i64>,
+}
+
+impl From<SignalRow> for SignalRecord {
+    fn from(s: SignalRow) -> Self {
+        SignalRecord {
+            id: s.id,
+            run_id: s.run_id,
+            name: s.name,
+            payload: s.payload,
+            idempotency_key: s.idempotency_key,
+            actor: s.actor,
+            received_at: s.received_at,
+            status: s.status,
+            consumed_visit: s.consumed_visit,
+        }
+    }
 }
 
 #[derive(sqlx::FromRow)]
@@ -138,10 +186,13 @@ const INSERT_RUN: &str = r#"
 WITH ins AS (
     INSERT INTO waymark_runs (id, tenant, workflow, workflow_version, status, state, state_data,
                               input, idempotency_key, capability, visit, attempt, due_at,
-                              created_at, updated_at)
-    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, 1, 0, $10, $10, $10)
-    ON CONFLICT (tenant, workflow, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                              created_at, updated_at, parent_id, parent_visit, child_index)
+    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, 1, 0, $10, $10, $10, $13, $14, $15)
+    ON CONFLICT DO NOTHING
     RETURNING *
+), comp AS (
+    INSERT INTO waymark_compensations (run_id, visit, state, state_data)
+    SELECT id, 1, state, state_data FROM ins WHERE $12
 ), hist AS (
     INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status, cause,
                                  visit, attempt, actor, started_at, committed_at)
@@ -150,7 +201,10 @@ WITH ins AS (
 SELECT * FROM ins
 "#;
 
-const COMMIT: &str = r#"
+/// The one-statement commit for hot transitions. Its extra conditions (no parent, no
+/// pending cancellation, no queued signal when the run ends) send every other case to
+/// the transactional path, which re-checks the fence and applies the full rules.
+const COMMIT_FAST: &str = r#"
 WITH upd AS (
     UPDATE waymark_runs SET
         status           = $3,
@@ -166,10 +220,14 @@ WITH upd AS (
         lease_expires_at = CASE WHEN $3 = 'running' THEN now() + make_interval(secs => $11) END,
         progress_pct     = CASE WHEN $8 THEN NULL ELSE progress_pct END,
         progress_message = CASE WHEN $8 THEN NULL ELSE progress_message END,
+        received         = CASE WHEN $8 THEN NULL ELSE received END,
         finished_at      = $12,
         updated_at       = $13
     WHERE id = $1 AND lease_token = $2 AND locked_by = $14 AND visit = $17
       AND status = 'running' AND lease_expires_at > now()
+      AND parent_id IS NULL AND cancel_request IS NULL
+      AND ($12::timestamptz IS NULL OR NOT EXISTS (
+          SELECT 1 FROM waymark_signals s WHERE s.run_id = $1 AND s.status = 'queued'))
     RETURNING *
 ), hist AS (
     INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status, cause,
@@ -178,6 +236,275 @@ WITH upd AS (
 )
 SELECT * FROM upd
 "#;
+
+/// Runs one of the shared rules in its own transaction.
+macro_rules! in_tx {
+    ($store:ident, $ops:ident => $body:expr) => {{
+        let mut tx_ops = PgOps {
+            tx: $store.pool.begin().await?,
+        };
+        let value = {
+            let $ops = &mut tx_ops;
+            $body.await?
+        };
+        tx_ops.tx.commit().await?;
+        Ok(value)
+    }};
+}
+
+/// The transactional side: the shared rules run over these primitives.
+struct PgOps {
+    tx: Transaction<'static, Postgres>,
+}
+
+impl Ops for PgOps {
+    async fn db_now(&mut self) -> StoreResult<DateTime<Utc>> {
+        Ok(sqlx::query_scalar("SELECT now()")
+            .fetch_one(&mut *self.tx)
+            .await?)
+    }
+
+    async fn run_lock(&mut self, id: Uuid) -> StoreResult<Option<Run>> {
+        let row: Option<RunRow> =
+            sqlx::query_as("SELECT * FROM waymark_runs WHERE id = $1 FOR UPDATE")
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
+        row.map(Run::try_from).transpose()
+    }
+
+    async fn run_write(&mut self, r: &Run) -> StoreResult<()> {
+        sqlx::query(
+            r#"UPDATE waymark_runs SET
+                   workflow_version = $2, status = $3, state = $4, state_data = $5, input = $6,
+                   output = $7, error = $8, capability = $9, visit = $10, attempt = $11,
+                   due_at = $12, lease_token = $13, locked_by = $14, lease_expires_at = $15,
+                   progress_pct = $16, progress_message = $17, waiting_for = $18, received = $19,
+                   cancel_request = $20, ending = $21, held = $22, updated_at = $23,
+                   finished_at = $24
+               WHERE id = $1"#,
+        )
+        .bind(r.id)
+        .bind(r.workflow_version as i32)
+        .bind(r.status.as_str())
+        .bind(&r.state)
+        .bind(&r.state_data)
+        .bind(&r.input)
+        .bind(&r.output)
+        .bind(json_error(&r.error))
+        .bind(&r.capability)
+        .bind(r.visit)
+        .bind(r.attempt)
+        .bind(r.due_at)
+        .bind(r.lease_token)
+        .bind(r.locked_by)
+        .bind(r.lease_expires_at)
+        .bind(r.progress_pct)
+        .bind(&r.progress_message)
+        .bind(to_json(&r.waiting_for))
+        .bind(to_json(&r.received))
+        .bind(to_json(&r.cancel_request))
+        .bind(to_json(&r.ending))
+        .bind(r.held)
+        .bind(r.updated_at)
+        .bind(r.finished_at)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn child_insert(&mut self, new: &NewRun, parent: (Uuid, i64, i32)) -> StoreResult<bool> {
+        let row = insert_run(&mut self.tx, new, Some(parent)).await?;
+        Ok(row.is_some())
+    }
+
+    async fn children(&mut self, parent: Uuid, visit: i64) -> StoreResult<Vec<Run>> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT * FROM waymark_runs WHERE parent_id = $1 AND parent_visit = $2 ORDER BY child_index",
+        )
+        .bind(parent)
+        .bind(visit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows_to_runs(rows)
+    }
+
+    async fn children_active(&mut self, parent: Uuid) -> StoreResult<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs WHERE parent_id = $1
+                 AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY child_index"#,
+        )
+        .bind(parent)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
+    async fn history_insert(&mut self, h: &NewHistory) -> StoreResult<()> {
+        insert_history(&mut self.tx, h).await
+    }
+
+    async fn signal_by_key(&mut self, run: Uuid, key: &str) -> StoreResult<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM waymark_signals WHERE run_id = $1 AND idempotency_key = $2",
+        )
+        .bind(run)
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
+    async fn signal_insert(&mut self, run: Uuid, s: &NewSignal) -> StoreResult<()> {
+        sqlx::query(
+            r#"INSERT INTO waymark_signals (id, run_id, name, payload, idempotency_key, actor, received_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+        )
+        .bind(s.id)
+        .bind(run)
+        .bind(&s.name)
+        .bind(&s.payload)
+        .bind(&s.idempotency_key)
+        .bind(&s.actor)
+        .bind(s.now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn signal_oldest_queued(
+        &mut self,
+        run: Uuid,
+        names: &[String],
+    ) -> StoreResult<Option<SignalRecord>> {
+        let row: Option<SignalRow> = sqlx::query_as(
+            r#"SELECT * FROM waymark_signals WHERE run_id = $1 AND status = 'queued' AND name = ANY($2)
+               ORDER BY received_at, id LIMIT 1 FOR UPDATE"#,
+        )
+        .bind(run)
+        .bind(names)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.map(Into::into))
+    }
+
+    async fn signals_queued(&mut self, run: Uuid) -> StoreResult<Vec<SignalRecord>> {
+        let rows: Vec<SignalRow> = sqlx::query_as(
+            "SELECT * FROM waymark_signals WHERE run_id = $1 AND status = 'queued' ORDER BY received_at, id",
+        )
+        .bind(run)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
+    }
+
+    async fn signal_set_status(
+        &mut self,
+        id: Uuid,
+        status: &str,
+        visit: Option<i64>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE waymark_signals SET status = $2, consumed_visit = $3 WHERE id = $1")
+            .bind(id)
+            .bind(status)
+            .bind(visit)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn compensation_insert(&mut self, c: &CompensationRecord) -> StoreResult<()> {
+        sqlx::query(
+            r#"INSERT INTO waymark_compensations (run_id, visit, state, state_data)
+               VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING"#,
+        )
+        .bind(c.run_id)
+        .bind(c.visit)
+        .bind(&c.state)
+        .bind(&c.state_data)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn compensation_next(&mut self, run: Uuid) -> StoreResult<Option<CompensationRecord>> {
+        let row: Option<(Uuid, i64, String, Value, String)> = sqlx::query_as(
+            r#"SELECT run_id, visit, state, state_data, status FROM waymark_compensations
+               WHERE run_id = $1 AND status = 'pending' ORDER BY visit DESC LIMIT 1"#,
+        )
+        .bind(run)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(row.map(
+            |(run_id, visit, state, state_data, status)| CompensationRecord {
+                run_id,
+                visit,
+                state,
+                state_data,
+                status,
+            },
+        ))
+    }
+
+    async fn compensation_set(&mut self, run: Uuid, visit: i64, status: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE waymark_compensations SET status = $3 WHERE run_id = $1 AND visit = $2",
+        )
+        .bind(run)
+        .bind(visit)
+        .bind(status)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn insert_run(
+    conn: &mut PgConnection,
+    new: &NewRun,
+    parent: Option<(Uuid, i64, i32)>,
+) -> StoreResult<Option<RunRow>> {
+    Ok(sqlx::query_as(INSERT_RUN)
+        .bind(new.id)
+        .bind(&new.tenant)
+        .bind(&new.workflow)
+        .bind(new.workflow_version as i32)
+        .bind(&new.state)
+        .bind(&new.state_data)
+        .bind(&new.input)
+        .bind(&new.idempotency_key)
+        .bind(&new.capability)
+        .bind(new.now)
+        .bind(&new.actor)
+        .bind(new.compensable)
+        .bind(parent.map(|p| p.0))
+        .bind(parent.map(|p| p.1))
+        .bind(parent.map(|p| p.2))
+        .fetch_optional(&mut *conn)
+        .await?)
+}
+
+async fn insert_history(conn: &mut PgConnection, h: &NewHistory) -> StoreResult<()> {
+    sqlx::query(
+        r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status, cause,
+               visit, attempt, actor, worker_id, started_at, committed_at, error)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"#,
+    )
+    .bind(h.run_id)
+    .bind(&h.from_state)
+    .bind(&h.to_state)
+    .bind(h.from_status.map(|s| s.as_str()))
+    .bind(h.to_status.as_str())
+    .bind(&h.cause)
+    .bind(h.visit)
+    .bind(h.attempt)
+    .bind(&h.actor)
+    .bind(h.worker_id)
+    .bind(h.started_at)
+    .bind(h.committed_at)
+    .bind(json_error(&h.error))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
 
 impl PgStore {
     pub async fn connect(url: &str, max_connections: u32) -> StoreResult<PgStore> {
@@ -245,21 +572,7 @@ impl PgStore {
     /// Starts a run inside the caller's own transaction (`&mut *tx`), so a business row
     /// and its run commit (or roll back) together. Workers are woken at commit.
     pub async fn run_start_in(&self, conn: &mut PgConnection, new: NewRun) -> StoreResult<Started> {
-        let inserted: Option<RunRow> = sqlx::query_as(INSERT_RUN)
-            .bind(new.id)
-            .bind(&new.tenant)
-            .bind(&new.workflow)
-            .bind(new.workflow_version as i32)
-            .bind(&new.state)
-            .bind(&new.state_data)
-            .bind(&new.input)
-            .bind(&new.idempotency_key)
-            .bind(&new.capability)
-            .bind(new.now)
-            .bind(&new.actor)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if let Some(row) = inserted {
+        if let Some(row) = insert_run(conn, &new, None).await? {
             return Ok(Started {
                 run: row.try_into()?,
                 created: true,
@@ -267,15 +580,20 @@ impl PgStore {
         }
         // The key named an existing run: the same input is a replay, another is a conflict.
         let key = new.idempotency_key.clone().unwrap_or_default();
-        let existing: RunRow = sqlx::query_as(
+        let existing: Option<RunRow> = sqlx::query_as(
             "SELECT * FROM waymark_runs WHERE tenant = $1 AND workflow = $2 AND idempotency_key = $3",
         )
         .bind(&new.tenant)
         .bind(&new.workflow)
         .bind(&key)
-        .fetch_one(&mut *conn)
+        .fetch_optional(&mut *conn)
         .await?;
-        let run = Run::try_from(existing)?;
+        let run = Run::try_from(existing.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "run {} was not inserted and no run holds its key",
+                new.id
+            ))
+        })?)?;
         if run.input != new.input {
             return Err(StoreError::IdempotencyConflict {
                 key,
@@ -297,6 +615,17 @@ impl PgStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(Run::try_from).transpose()
+    }
+
+    pub(super) async fn run_children(&self, parent: Uuid, visit: i64) -> StoreResult<Vec<Run>> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT * FROM waymark_runs WHERE parent_id = $1 AND parent_visit = $2 ORDER BY child_index",
+        )
+        .bind(parent)
+        .bind(visit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows_to_runs(rows)
     }
 
     pub(super) async fn run_history(
@@ -335,6 +664,44 @@ impl PgStore {
             .map(Some)
     }
 
+    pub(super) async fn run_signals(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<Vec<SignalRecord>>> {
+        if self.run_get(scope, id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<SignalRow> = sqlx::query_as(
+            "SELECT * FROM waymark_signals WHERE run_id = $1 ORDER BY received_at, id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(Some(rows.into_iter().map(Into::into).collect()))
+    }
+
+    pub(super) async fn run_compensations(&self, id: Uuid) -> StoreResult<Vec<CompensationRecord>> {
+        let rows: Vec<(Uuid, i64, String, Value, String)> = sqlx::query_as(
+            "SELECT run_id, visit, state, state_data, status FROM waymark_compensations WHERE run_id = $1 ORDER BY visit",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(run_id, visit, state, state_data, status)| CompensationRecord {
+                    run_id,
+                    visit,
+                    state,
+                    state_data,
+                    status,
+                },
+            )
+            .collect())
+    }
+
     pub(super) async fn run_claim(&self, req: &ClaimRequest) -> StoreResult<Vec<Run>> {
         let (names, versions): (Vec<String>, Vec<i32>) = req
             .workflows
@@ -346,16 +713,18 @@ impl PgStore {
             WITH due AS (
                 SELECT r.id FROM waymark_runs r
                 WHERE ((r.status IN ('pending', 'sleeping', 'retrying') AND r.due_at <= $1)
-                       OR (r.status = 'running' AND r.lease_expires_at < now()))
+                       OR (r.status = 'compensating' AND r.locked_by IS NULL AND r.due_at <= $1)
+                       OR (r.status IN ('running', 'compensating') AND r.lease_expires_at < now()))
                   AND EXISTS (SELECT 1 FROM unnest($2::text[], $3::int4[]) AS k(name, version)
                               WHERE k.name = r.workflow AND r.workflow_version <= k.version)
-                  AND (r.capability IS NULL OR r.capability = ANY($4::text[]))
+                  AND (r.capability IS NULL OR r.capability = ANY($4::text[])
+                       OR r.status = 'compensating')
                 ORDER BY r.due_at
                 LIMIT $5
                 FOR UPDATE SKIP LOCKED
             )
             UPDATE waymark_runs r SET
-                status = 'running',
+                status = CASE WHEN r.status = 'compensating' THEN 'compensating' ELSE 'running' END,
                 lease_token = r.lease_token + 1,
                 locked_by = $6,
                 lease_expires_at = now() + make_interval(secs => $7),
@@ -378,27 +747,72 @@ impl PgStore {
     }
 
     pub(super) async fn run_commit(&self, lease: &Lease, commit: &Commit) -> StoreResult<Run> {
-        let (data, output, entering, capability) = match &commit.outcome {
-            Outcome::Enter {
-                data, capability, ..
-            } => (Some(data), None, true, capability.clone()),
-            Outcome::Complete { output } => (None, Some(output), false, None),
-            Outcome::Retry { .. } | Outcome::Fail { .. } => (None, None, false, None),
-        };
-        let to_status = commit.to_status();
-        let finished_at = to_status.is_terminal().then_some(commit.now);
+        if let Some(run) = self.commit_fast(lease, commit).await? {
+            return Ok(run);
+        }
+        in_tx!(self, ops => logic::commit(ops, lease, commit))
+    }
+
+    /// The one-statement path; `None` when the commit is not a hot one or its extra
+    /// conditions did not hold (the transactional path then decides).
+    async fn commit_fast(&self, lease: &Lease, commit: &Commit) -> StoreResult<Option<Run>> {
+        if commit.upgrade.is_some() {
+            return Ok(None);
+        }
+        let (to_status, state, data, output, error, entering, capability, due_at) =
+            match &commit.outcome {
+                Outcome::Enter { target, next } if !target.compensable => {
+                    let (status, due) = match next {
+                        Next::Hold => ("running", commit.now),
+                        Next::Release => ("pending", commit.now),
+                        Next::Sleep(at) => ("sleeping", *at),
+                    };
+                    (
+                        status,
+                        target.state.as_str(),
+                        Some(&target.data),
+                        None,
+                        None,
+                        true,
+                        target.capability.clone(),
+                        Some(due),
+                    )
+                }
+                Outcome::Complete { output } => (
+                    "completed",
+                    commit.from_state.as_str(),
+                    None,
+                    Some(output),
+                    None,
+                    false,
+                    None,
+                    None,
+                ),
+                Outcome::Retry { error, due_at } => (
+                    "retrying",
+                    commit.from_state.as_str(),
+                    None,
+                    None,
+                    Some(error.clone()),
+                    false,
+                    None,
+                    Some(*due_at),
+                ),
+                _ => return Ok(None),
+            };
+        let finished_at = (to_status == "completed").then_some(commit.now);
         let (from_visit, from_attempt) = commit.from_position;
-        let row: Option<RunRow> = sqlx::query_as(COMMIT)
+        let row: Option<RunRow> = sqlx::query_as(COMMIT_FAST)
             .bind(lease.run_id)
             .bind(lease.token)
-            .bind(to_status.as_str())
-            .bind(commit.to_state())
+            .bind(to_status)
+            .bind(state)
             .bind(data)
             .bind(output)
-            .bind(json_error(&commit.error().cloned()))
+            .bind(json_error(&error))
             .bind(entering)
             .bind(capability)
-            .bind(commit.due_at())
+            .bind(due_at)
             .bind(secs(commit.lease))
             .bind(finished_at)
             .bind(commit.now)
@@ -411,20 +825,92 @@ impl PgStore {
             .bind(commit.step_started_at)
             .fetch_optional(&self.pool)
             .await?;
-        match row {
-            Some(row) => row.try_into(),
-            None => Err(StoreError::LeaseLost {
-                run_id: lease.run_id,
-                token: lease.token,
-            }),
+        row.map(Run::try_from).transpose()
+    }
+
+    pub(super) async fn run_signal(
+        &self,
+        scope: &TenantScope,
+        run_id: Uuid,
+        signal: &NewSignal,
+    ) -> StoreResult<SignalReceipt> {
+        in_tx!(self, ops => logic::signal(ops, scope, run_id, signal))
+    }
+
+    pub(super) async fn run_cancel(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        in_tx!(self, ops => logic::cancel(ops, scope, id, actor, reason, now))
+    }
+
+    pub(super) async fn run_terminate(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        in_tx!(self, ops => logic::terminate(ops, scope, id, actor, reason, now))
+    }
+
+    pub(super) async fn run_retry(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        in_tx!(self, ops => logic::retry(ops, scope, id, actor, now))
+    }
+
+    pub(super) async fn run_skip_compensation(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        in_tx!(self, ops => logic::skip_compensation(ops, scope, id, actor, now))
+    }
+
+    pub(super) async fn runs_fire_timeouts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u32> {
+        let due: Vec<Uuid> = sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs WHERE status = 'waiting' AND due_at <= $1
+               ORDER BY due_at LIMIT $2"#,
+        )
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut fired = 0;
+        for id in due {
+            let fired_one: StoreResult<bool> =
+                in_tx!(self, ops => logic::fire_timeout(ops, id, now));
+            if fired_one? {
+                fired += 1;
+            }
         }
+        Ok(fired)
     }
 
     pub(super) async fn run_release(&self, lease: &Lease, now: DateTime<Utc>) -> StoreResult<()> {
         let done = sqlx::query(
-            r#"UPDATE waymark_runs SET status = 'pending', locked_by = NULL, lease_expires_at = NULL,
+            r#"UPDATE waymark_runs SET
+                   status = CASE WHEN status = 'compensating' THEN 'compensating' ELSE 'pending' END,
+                   locked_by = NULL, lease_expires_at = NULL,
                    attempt = GREATEST(attempt - 1, 0), due_at = $4, updated_at = $4
-               WHERE id = $1 AND lease_token = $2 AND locked_by = $3 AND status = 'running'"#,
+               WHERE id = $1 AND lease_token = $2 AND locked_by = $3
+                 AND status IN ('running', 'compensating')"#,
         )
         .bind(lease.run_id)
         .bind(lease.token)
@@ -444,7 +930,7 @@ impl PgStore {
         let done = sqlx::query(
             r#"UPDATE waymark_runs SET progress_pct = $4, progress_message = $5
                WHERE id = $1 AND lease_token = $2 AND locked_by = $3
-                 AND status = 'running' AND lease_expires_at > now()"#,
+                 AND status IN ('running', 'compensating') AND lease_expires_at > now()"#,
         )
         .bind(lease.run_id)
         .bind(lease.token)
@@ -461,12 +947,12 @@ impl PgStore {
         worker_id: Uuid,
         runs: &[Uuid],
         lease: Duration,
-    ) -> StoreResult<Vec<Lease>> {
-        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+    ) -> StoreResult<Vec<Held>> {
+        let rows: Vec<(Uuid, i64, bool)> = sqlx::query_as(
             r#"UPDATE waymark_runs SET lease_expires_at = now() + make_interval(secs => $2)
-               WHERE locked_by = $1 AND id = ANY($3) AND status = 'running'
+               WHERE locked_by = $1 AND id = ANY($3) AND status IN ('running', 'compensating')
                  AND lease_expires_at > now()
-               RETURNING id, lease_token"#,
+               RETURNING id, lease_token, cancel_request IS NOT NULL"#,
         )
         .bind(worker_id)
         .bind(secs(lease))
@@ -475,17 +961,22 @@ impl PgStore {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(run_id, token)| Lease {
-                run_id,
-                token,
-                worker_id,
+            .map(|(run_id, token, cancel_requested)| Held {
+                lease: Lease {
+                    run_id,
+                    token,
+                    worker_id,
+                },
+                cancel_requested,
             })
             .collect())
     }
 
     pub(super) async fn run_next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
         Ok(sqlx::query_scalar(
-            "SELECT min(due_at) FROM waymark_runs WHERE status IN ('pending', 'sleeping', 'retrying')",
+            r#"SELECT min(due_at) FROM waymark_runs
+               WHERE status IN ('pending', 'sleeping', 'retrying', 'waiting')
+                  OR (status = 'compensating' AND locked_by IS NULL)"#,
         )
         .fetch_one(&self.pool)
         .await?)
@@ -557,10 +1048,8 @@ impl PgStore {
                     host: w.host,
                     pid: w.pid,
                     version: w.version,
-                    capabilities: serde_json::from_value(w.capabilities)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    workflows: serde_json::from_value(w.workflows)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                    capabilities: from_json(w.capabilities, "capabilities")?,
+                    workflows: from_json(w.workflows, "workflows")?,
                     started_at: w.started_at,
                     last_heartbeat_at: w.last_heartbeat_at,
                     runs_in_hand: w.runs_in_hand,

@@ -2,8 +2,10 @@
 //!
 //! The pool has a single connection. Embedded mode is one process by design, so
 //! serialising every statement through one connection costs little and rules out
-//! SQLITE_BUSY upgrade failures between concurrent transactions. Timestamps are
-//! integer milliseconds (UTC); "database time" for leases is SQLite's own clock.
+//! SQLITE_BUSY upgrade failures between concurrent transactions; it also makes every
+//! transaction here as isolated as PostgreSQL's row locks make them there. Every
+//! transition goes through the shared rules in `logic.rs`. Timestamps are integer
+//! milliseconds (UTC); "database time" for leases is SQLite's own clock.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -13,14 +15,16 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::Value;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::SqlitePool;
+use sqlx::{Sqlite, SqlitePool, Transaction};
 use tokio::sync::watch;
 use uuid::Uuid;
 
+use super::logic::{self, Ops};
 use super::{
-    check_schema_not_newer, json_error, latest_version, parse_error, parse_status, ClaimRequest,
-    Commit, HistoryEntry, Lease, NewRun, Outcome, Run, RunStatus, Started, StoreResult,
-    TenantScope, WorkerInfo,
+    check_schema_not_newer, json_error, latest_version, parse_error, parse_status, to_json,
+    ClaimRequest, Commit, CompensationRecord, Held, HistoryEntry, Lease, NewHistory, NewRun,
+    NewSignal, Run, RunStatus, SignalReceipt, SignalRecord, Started, StoreResult, TenantScope,
+    WorkerInfo,
 };
 use crate::error::StoreError;
 
@@ -61,6 +65,17 @@ fn opt_json(s: Option<String>) -> StoreResult<Option<Value>> {
     s.as_deref().map(json).transpose()
 }
 
+fn typed<T: serde::de::DeserializeOwned>(
+    s: Option<String>,
+    column: &str,
+) -> StoreResult<Option<T>> {
+    super::opt_from_json(opt_json(s)?, column)
+}
+
+fn text<T: serde::Serialize>(value: &Option<T>) -> Option<String> {
+    to_json(value).map(|v| v.to_string())
+}
+
 fn lease_ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
@@ -87,6 +102,14 @@ struct RunRow {
     lease_expires_at: Option<i64>,
     progress_pct: Option<f64>,
     progress_message: Option<String>,
+    parent_id: Option<String>,
+    parent_visit: Option<i64>,
+    child_index: Option<i64>,
+    waiting_for: Option<String>,
+    received: Option<String>,
+    cancel_request: Option<String>,
+    ending: Option<String>,
+    held: bool,
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
@@ -117,6 +140,14 @@ impl TryFrom<RunRow> for Run {
             lease_expires_at: opt_from_ms(r.lease_expires_at)?,
             progress_pct: r.progress_pct.map(|p| p as f32),
             progress_message: r.progress_message,
+            parent_id: r.parent_id.as_deref().map(uuid).transpose()?,
+            parent_visit: r.parent_visit,
+            child_index: r.child_index.map(|i| i as i32),
+            waiting_for: typed(r.waiting_for, "waiting_for")?,
+            received: typed(r.received, "received")?,
+            cancel_request: typed(r.cancel_request, "cancel_request")?,
+            ending: typed(r.ending, "ending")?,
+            held: r.held,
             created_at: from_ms(r.created_at)?,
             updated_at: from_ms(r.updated_at)?,
             finished_at: opt_from_ms(r.finished_at)?,
@@ -143,6 +174,60 @@ struct HistoryRow {
 }
 
 #[derive(sqlx::FromRow)]
+struct SignalRow {
+    id: String,
+    run_id: String,
+    name: String,
+    payload: String,
+    idempotency_key: Option<String>,
+    actor: String,
+    received_at: i64,
+    status: String,
+    consumed_visit: Option<i64>,
+}
+
+impl TryFrom<SignalRow> for SignalRecord {
+    type Error = StoreError;
+
+    fn try_from(s: SignalRow) -> StoreResult<Self> {
+        Ok(SignalRecord {
+            id: uuid(&s.id)?,
+            run_id: uuid(&s.run_id)?,
+            name: s.name,
+            payload: json(&s.payload)?,
+            idempotency_key: s.idempotency_key,
+            actor: s.actor,
+            received_at: from_ms(s.received_at)?,
+            status: s.status,
+            consumed_visit: s.consumed_visit,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct CompensationRow {
+    run_id: String,
+    visit: i64,
+    state: String,
+    state_data: String,
+    status: String,
+}
+
+impl TryFrom<CompensationRow> for CompensationRecord {
+    type Error = StoreError;
+
+    fn try_from(c: CompensationRow) -> StoreResult<Self> {
+        Ok(CompensationRecord {
+            run_id: uuid(&c.run_id)?,
+            visit: c.visit,
+            state: c.state,
+            state_data: json(&c.state_data)?,
+            status: c.status,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
 struct WorkerRow {
     id: String,
     host: String,
@@ -154,6 +239,299 @@ struct WorkerRow {
     last_heartbeat_at: i64,
     runs_in_hand: i64,
     stopped_at: Option<i64>,
+}
+
+fn rows_to_runs(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
+    rows.into_iter().map(Run::try_from).collect()
+}
+
+/// Runs one of the shared rules in its own transaction.
+macro_rules! in_tx {
+    ($store:ident, $ops:ident => $body:expr) => {{
+        let mut tx_ops = SqliteOps {
+            tx: $store.pool.begin().await?,
+        };
+        let value = {
+            let $ops = &mut tx_ops;
+            $body.await?
+        };
+        tx_ops.tx.commit().await?;
+        Ok(value)
+    }};
+}
+
+struct SqliteOps {
+    tx: Transaction<'static, Sqlite>,
+}
+
+impl Ops for SqliteOps {
+    async fn db_now(&mut self) -> StoreResult<DateTime<Utc>> {
+        let now: i64 = sqlx::query_scalar(&format!("SELECT {DB_NOW}"))
+            .fetch_one(&mut *self.tx)
+            .await?;
+        from_ms(now)
+    }
+
+    async fn run_lock(&mut self, id: Uuid) -> StoreResult<Option<Run>> {
+        let row: Option<RunRow> = sqlx::query_as("SELECT * FROM waymark_runs WHERE id = ?1")
+            .bind(id.to_string())
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(Run::try_from).transpose()
+    }
+
+    async fn run_write(&mut self, r: &Run) -> StoreResult<()> {
+        sqlx::query(
+            r#"UPDATE waymark_runs SET
+                   workflow_version = ?2, status = ?3, state = ?4, state_data = ?5, input = ?6,
+                   output = ?7, error = ?8, capability = ?9, visit = ?10, attempt = ?11,
+                   due_at = ?12, lease_token = ?13, locked_by = ?14, lease_expires_at = ?15,
+                   progress_pct = ?16, progress_message = ?17, waiting_for = ?18, received = ?19,
+                   cancel_request = ?20, ending = ?21, held = ?22, updated_at = ?23,
+                   finished_at = ?24
+               WHERE id = ?1"#,
+        )
+        .bind(r.id.to_string())
+        .bind(r.workflow_version as i64)
+        .bind(r.status.as_str())
+        .bind(&r.state)
+        .bind(r.state_data.to_string())
+        .bind(r.input.to_string())
+        .bind(r.output.as_ref().map(|o| o.to_string()))
+        .bind(json_error(&r.error).map(|v| v.to_string()))
+        .bind(&r.capability)
+        .bind(r.visit)
+        .bind(r.attempt as i64)
+        .bind(r.due_at.map(ms))
+        .bind(r.lease_token)
+        .bind(r.locked_by.map(|u| u.to_string()))
+        .bind(r.lease_expires_at.map(ms))
+        .bind(r.progress_pct.map(|p| p as f64))
+        .bind(&r.progress_message)
+        .bind(text(&r.waiting_for))
+        .bind(text(&r.received))
+        .bind(text(&r.cancel_request))
+        .bind(text(&r.ending))
+        .bind(r.held)
+        .bind(ms(r.updated_at))
+        .bind(r.finished_at.map(ms))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn child_insert(&mut self, new: &NewRun, parent: (Uuid, i64, i32)) -> StoreResult<bool> {
+        Ok(insert_run(&mut self.tx, new, Some(parent)).await?.is_some())
+    }
+
+    async fn children(&mut self, parent: Uuid, visit: i64) -> StoreResult<Vec<Run>> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT * FROM waymark_runs WHERE parent_id = ?1 AND parent_visit = ?2 ORDER BY child_index",
+        )
+        .bind(parent.to_string())
+        .bind(visit)
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows_to_runs(rows)
+    }
+
+    async fn children_active(&mut self, parent: Uuid) -> StoreResult<Vec<Uuid>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs WHERE parent_id = ?1
+                 AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY child_index"#,
+        )
+        .bind(parent.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.iter().map(|s| uuid(s)).collect()
+    }
+
+    async fn history_insert(&mut self, h: &NewHistory) -> StoreResult<()> {
+        sqlx::query(
+            r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status,
+                   cause, visit, attempt, actor, worker_id, started_at, committed_at, error)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"#,
+        )
+        .bind(h.run_id.to_string())
+        .bind(&h.from_state)
+        .bind(&h.to_state)
+        .bind(h.from_status.map(|s| s.as_str()))
+        .bind(h.to_status.as_str())
+        .bind(&h.cause)
+        .bind(h.visit)
+        .bind(h.attempt as i64)
+        .bind(&h.actor)
+        .bind(h.worker_id.map(|u| u.to_string()))
+        .bind(ms(h.started_at))
+        .bind(ms(h.committed_at))
+        .bind(json_error(&h.error).map(|v| v.to_string()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn signal_by_key(&mut self, run: Uuid, key: &str) -> StoreResult<Option<Uuid>> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM waymark_signals WHERE run_id = ?1 AND idempotency_key = ?2",
+        )
+        .bind(run.to_string())
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        id.as_deref().map(uuid).transpose()
+    }
+
+    async fn signal_insert(&mut self, run: Uuid, s: &NewSignal) -> StoreResult<()> {
+        sqlx::query(
+            r#"INSERT INTO waymark_signals (id, run_id, name, payload, idempotency_key, actor, received_at)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"#,
+        )
+        .bind(s.id.to_string())
+        .bind(run.to_string())
+        .bind(&s.name)
+        .bind(s.payload.to_string())
+        .bind(&s.idempotency_key)
+        .bind(&s.actor)
+        .bind(ms(s.now))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn signal_oldest_queued(
+        &mut self,
+        run: Uuid,
+        names: &[String],
+    ) -> StoreResult<Option<SignalRecord>> {
+        let row: Option<SignalRow> = sqlx::query_as(
+            r#"SELECT * FROM waymark_signals WHERE run_id = ?1 AND status = 'queued'
+                 AND name IN (SELECT value FROM json_each(?2))
+               ORDER BY received_at, rowid LIMIT 1"#,
+        )
+        .bind(run.to_string())
+        .bind(serde_json::json!(names).to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(SignalRecord::try_from).transpose()
+    }
+
+    async fn signals_queued(&mut self, run: Uuid) -> StoreResult<Vec<SignalRecord>> {
+        let rows: Vec<SignalRow> = sqlx::query_as(
+            "SELECT * FROM waymark_signals WHERE run_id = ?1 AND status = 'queued' ORDER BY received_at, rowid",
+        )
+        .bind(run.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        rows.into_iter().map(SignalRecord::try_from).collect()
+    }
+
+    async fn signal_set_status(
+        &mut self,
+        id: Uuid,
+        status: &str,
+        visit: Option<i64>,
+    ) -> StoreResult<()> {
+        sqlx::query("UPDATE waymark_signals SET status = ?2, consumed_visit = ?3 WHERE id = ?1")
+            .bind(id.to_string())
+            .bind(status)
+            .bind(visit)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn compensation_insert(&mut self, c: &CompensationRecord) -> StoreResult<()> {
+        sqlx::query(
+            r#"INSERT INTO waymark_compensations (run_id, visit, state, state_data)
+               VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING"#,
+        )
+        .bind(c.run_id.to_string())
+        .bind(c.visit)
+        .bind(&c.state)
+        .bind(c.state_data.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    async fn compensation_next(&mut self, run: Uuid) -> StoreResult<Option<CompensationRecord>> {
+        let row: Option<CompensationRow> = sqlx::query_as(
+            r#"SELECT * FROM waymark_compensations WHERE run_id = ?1 AND status = 'pending'
+               ORDER BY visit DESC LIMIT 1"#,
+        )
+        .bind(run.to_string())
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        row.map(CompensationRecord::try_from).transpose()
+    }
+
+    async fn compensation_set(&mut self, run: Uuid, visit: i64, status: &str) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE waymark_compensations SET status = ?3 WHERE run_id = ?1 AND visit = ?2",
+        )
+        .bind(run.to_string())
+        .bind(visit)
+        .bind(status)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+}
+
+async fn insert_run(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewRun,
+    parent: Option<(Uuid, i64, i32)>,
+) -> StoreResult<Option<Run>> {
+    let inserted: Option<RunRow> = sqlx::query_as(
+        r#"INSERT INTO waymark_runs (id, tenant, workflow, workflow_version, status, state,
+               state_data, input, idempotency_key, capability, visit, attempt, due_at,
+               created_at, updated_at, parent_id, parent_visit, child_index)
+           VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, 1, 0, ?10, ?10, ?10, ?11, ?12, ?13)
+           ON CONFLICT DO NOTHING
+           RETURNING *"#,
+    )
+    .bind(new.id.to_string())
+    .bind(&new.tenant)
+    .bind(&new.workflow)
+    .bind(new.workflow_version as i64)
+    .bind(&new.state)
+    .bind(new.state_data.to_string())
+    .bind(new.input.to_string())
+    .bind(&new.idempotency_key)
+    .bind(&new.capability)
+    .bind(ms(new.now))
+    .bind(parent.map(|p| p.0.to_string()))
+    .bind(parent.map(|p| p.1))
+    .bind(parent.map(|p| p.2 as i64))
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(row) = inserted else {
+        return Ok(None);
+    };
+    let run = Run::try_from(row)?;
+    sqlx::query(
+        r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status,
+               to_status, cause, visit, attempt, actor, started_at, committed_at)
+           VALUES (?1, NULL, ?2, NULL, 'pending', 'started', 1, 0, ?3, ?4, ?4)"#,
+    )
+    .bind(run.id.to_string())
+    .bind(&run.state)
+    .bind(&new.actor)
+    .bind(ms(new.now))
+    .execute(&mut *conn)
+    .await?;
+    if new.compensable {
+        sqlx::query(
+            "INSERT INTO waymark_compensations (run_id, visit, state, state_data) VALUES (?1, 1, ?2, ?3)",
+        )
+        .bind(run.id.to_string())
+        .bind(&run.state)
+        .bind(run.state_data.to_string())
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(run))
 }
 
 impl SqliteStore {
@@ -193,6 +571,15 @@ impl SqliteStore {
         self.wake.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Wakes local workers if `run` became claimable.
+    fn bump_if_claimable(&self, run: &Run) {
+        if matches!(run.status, RunStatus::Pending | RunStatus::Compensating)
+            && run.locked_by.is_none()
+        {
+            self.bump();
+        }
+    }
+
     pub(super) async fn migrate(&self) -> StoreResult<()> {
         check_schema_not_newer(&MIGRATOR, self.applied_version().await?)?;
         MIGRATOR.run(&self.pool).await?;
@@ -225,54 +612,24 @@ impl SqliteStore {
 
     pub(super) async fn run_start(&self, new: NewRun) -> StoreResult<Started> {
         let mut tx = self.pool.begin().await?;
-        let inserted: Option<RunRow> = sqlx::query_as(
-            r#"INSERT INTO waymark_runs (id, tenant, workflow, workflow_version, status, state,
-                   state_data, input, idempotency_key, capability, visit, attempt, due_at,
-                   created_at, updated_at)
-               VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, 1, 0, ?10, ?10, ?10)
-               ON CONFLICT (tenant, workflow, idempotency_key) WHERE idempotency_key IS NOT NULL
-               DO NOTHING
-               RETURNING *"#,
-        )
-        .bind(new.id.to_string())
-        .bind(&new.tenant)
-        .bind(&new.workflow)
-        .bind(new.workflow_version as i64)
-        .bind(&new.state)
-        .bind(new.state_data.to_string())
-        .bind(new.input.to_string())
-        .bind(&new.idempotency_key)
-        .bind(&new.capability)
-        .bind(ms(new.now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let started = match inserted {
-            Some(row) => {
-                let run = Run::try_from(row)?;
-                sqlx::query(
-                    r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status,
-                           to_status, cause, visit, attempt, actor, started_at, committed_at)
-                       VALUES (?1, NULL, ?2, NULL, 'pending', 'started', 1, 0, ?3, ?4, ?4)"#,
-                )
-                .bind(run.id.to_string())
-                .bind(&run.state)
-                .bind(&new.actor)
-                .bind(ms(new.now))
-                .execute(&mut *tx)
-                .await?;
-                Started { run, created: true }
-            }
+        let started = match insert_run(&mut tx, &new, None).await? {
+            Some(run) => Started { run, created: true },
             None => {
                 let key = new.idempotency_key.clone().unwrap_or_default();
-                let row: RunRow = sqlx::query_as(
+                let row: Option<RunRow> = sqlx::query_as(
                     "SELECT * FROM waymark_runs WHERE tenant = ?1 AND workflow = ?2 AND idempotency_key = ?3",
                 )
                 .bind(&new.tenant)
                 .bind(&new.workflow)
                 .bind(&key)
-                .fetch_one(&mut *tx)
+                .fetch_optional(&mut *tx)
                 .await?;
-                let run = Run::try_from(row)?;
+                let run = Run::try_from(row.ok_or_else(|| {
+                    StoreError::Corrupt(format!(
+                        "run {} was not inserted and no run holds its key",
+                        new.id
+                    ))
+                })?)?;
                 if run.input != new.input {
                     return Err(StoreError::IdempotencyConflict {
                         key,
@@ -301,6 +658,17 @@ impl SqliteStore {
         .fetch_optional(&self.pool)
         .await?;
         row.map(Run::try_from).transpose()
+    }
+
+    pub(super) async fn run_children(&self, parent: Uuid, visit: i64) -> StoreResult<Vec<Run>> {
+        let rows: Vec<RunRow> = sqlx::query_as(
+            "SELECT * FROM waymark_runs WHERE parent_id = ?1 AND parent_visit = ?2 ORDER BY child_index",
+        )
+        .bind(parent.to_string())
+        .bind(visit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows_to_runs(rows)
     }
 
     pub(super) async fn run_history(
@@ -339,12 +707,41 @@ impl SqliteStore {
             .map(Some)
     }
 
+    pub(super) async fn run_signals(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<Vec<SignalRecord>>> {
+        if self.run_get(scope, id).await?.is_none() {
+            return Ok(None);
+        }
+        let rows: Vec<SignalRow> = sqlx::query_as(
+            "SELECT * FROM waymark_signals WHERE run_id = ?1 ORDER BY received_at, rowid",
+        )
+        .bind(id.to_string())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(SignalRecord::try_from)
+            .collect::<StoreResult<Vec<_>>>()
+            .map(Some)
+    }
+
+    pub(super) async fn run_compensations(&self, id: Uuid) -> StoreResult<Vec<CompensationRecord>> {
+        let rows: Vec<CompensationRow> =
+            sqlx::query_as("SELECT * FROM waymark_compensations WHERE run_id = ?1 ORDER BY visit")
+                .bind(id.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(CompensationRecord::try_from).collect()
+    }
+
     pub(super) async fn run_claim(&self, req: &ClaimRequest) -> StoreResult<Vec<Run>> {
         let workflows = serde_json::json!(req.workflows).to_string();
         let capabilities = serde_json::json!(req.capabilities).to_string();
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             r#"UPDATE waymark_runs SET
-                   status = 'running',
+                   status = CASE WHEN status = 'compensating' THEN 'compensating' ELSE 'running' END,
                    lease_token = lease_token + 1,
                    locked_by = ?1,
                    lease_expires_at = {DB_NOW} + ?2,
@@ -353,12 +750,14 @@ impl SqliteStore {
                WHERE id IN (
                    SELECT r.id FROM waymark_runs r
                    WHERE ((r.status IN ('pending', 'sleeping', 'retrying') AND r.due_at <= ?3)
-                          OR (r.status = 'running' AND r.lease_expires_at < {DB_NOW}))
+                          OR (r.status = 'compensating' AND r.locked_by IS NULL AND r.due_at <= ?3)
+                          OR (r.status IN ('running', 'compensating') AND r.lease_expires_at < {DB_NOW}))
                      AND EXISTS (SELECT 1 FROM json_each(?4) k
                                  WHERE json_extract(k.value, '$[0]') = r.workflow
                                    AND r.workflow_version <= json_extract(k.value, '$[1]'))
                      AND (r.capability IS NULL
-                          OR r.capability IN (SELECT value FROM json_each(?5)))
+                          OR r.capability IN (SELECT value FROM json_each(?5))
+                          OR r.status = 'compensating')
                    ORDER BY r.due_at
                    LIMIT ?6)
                RETURNING *"#
@@ -371,100 +770,123 @@ impl SqliteStore {
         .bind(req.limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter().map(Run::try_from).collect()
+        rows_to_runs(rows)
     }
 
     pub(super) async fn run_commit(&self, lease: &Lease, commit: &Commit) -> StoreResult<Run> {
-        let (data, output, entering, capability) = match &commit.outcome {
-            Outcome::Enter {
-                data, capability, ..
-            } => (Some(data.to_string()), None, true, capability.clone()),
-            Outcome::Complete { output } => (None, Some(output.to_string()), false, None),
-            Outcome::Retry { .. } | Outcome::Fail { .. } => (None, None, false, None),
-        };
-        let to_status = commit.to_status();
-        let holding = to_status == RunStatus::Running;
-        let finished_at = to_status.is_terminal().then_some(ms(commit.now));
-        let error = json_error(&commit.error().cloned()).map(|v| v.to_string());
-        let mut tx = self.pool.begin().await?;
-        let row: Option<RunRow> = sqlx::query_as(&format!(
-            r#"UPDATE waymark_runs SET
-                   status           = ?3,
-                   state            = ?4,
-                   state_data       = COALESCE(?5, state_data),
-                   output           = ?6,
-                   error            = ?7,
-                   capability       = CASE WHEN ?8 THEN ?9 ELSE capability END,
-                   visit            = visit + CASE WHEN ?8 THEN 1 ELSE 0 END,
-                   attempt          = CASE WHEN ?15 THEN 1 WHEN ?8 THEN 0 ELSE attempt END,
-                   due_at           = ?10,
-                   locked_by        = CASE WHEN ?15 THEN locked_by END,
-                   lease_expires_at = CASE WHEN ?15 THEN {DB_NOW} + ?11 END,
-                   progress_pct     = CASE WHEN ?8 THEN NULL ELSE progress_pct END,
-                   progress_message = CASE WHEN ?8 THEN NULL ELSE progress_message END,
-                   finished_at      = ?12,
-                   updated_at       = ?13
-               WHERE id = ?1 AND lease_token = ?2 AND locked_by = ?14 AND visit = ?16
-                 AND status = 'running' AND lease_expires_at > {DB_NOW}
-               RETURNING *"#
-        ))
-        .bind(lease.run_id.to_string())
-        .bind(lease.token)
-        .bind(to_status.as_str())
-        .bind(commit.to_state())
-        .bind(data)
-        .bind(output)
-        .bind(&error)
-        .bind(entering)
-        .bind(capability)
-        .bind(commit.due_at().map(ms))
-        .bind(lease_ms(commit.lease))
-        .bind(finished_at)
-        .bind(ms(commit.now))
-        .bind(lease.worker_id.to_string())
-        .bind(holding)
-        .bind(commit.from_position.0)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(row) = row else {
-            return Err(StoreError::LeaseLost {
-                run_id: lease.run_id,
-                token: lease.token,
-            });
-        };
-        let run = Run::try_from(row)?;
-        let (from_visit, from_attempt) = commit.from_position;
-        sqlx::query(
-            r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status,
-                   cause, visit, attempt, actor, worker_id, started_at, committed_at, error)
-               VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)"#,
-        )
-        .bind(run.id.to_string())
-        .bind(&commit.from_state)
-        .bind(&run.state)
-        .bind(run.status.as_str())
-        .bind(commit.cause.as_str())
-        .bind(from_visit)
-        .bind(from_attempt as i64)
-        .bind(&commit.actor)
-        .bind(lease.worker_id.to_string())
-        .bind(ms(commit.step_started_at))
-        .bind(ms(commit.now))
-        .bind(&error)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        if run.status == RunStatus::Pending {
+        let run: StoreResult<Run> = in_tx!(self, ops => logic::commit(ops, lease, commit));
+        let run = run?;
+        self.bump_if_claimable(&run);
+        // A finished child may have moved its parent on.
+        if run.parent_id.is_some() && run.status.is_terminal() {
             self.bump();
         }
         Ok(run)
     }
 
+    pub(super) async fn run_signal(
+        &self,
+        scope: &TenantScope,
+        run_id: Uuid,
+        signal: &NewSignal,
+    ) -> StoreResult<SignalReceipt> {
+        let receipt: StoreResult<SignalReceipt> =
+            in_tx!(self, ops => logic::signal(ops, scope, run_id, signal));
+        let receipt = receipt?;
+        if receipt.consumed {
+            self.bump();
+        }
+        Ok(receipt)
+    }
+
+    pub(super) async fn run_cancel(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        let run: StoreResult<Run> =
+            in_tx!(self, ops => logic::cancel(ops, scope, id, actor, reason, now));
+        self.bump();
+        run
+    }
+
+    pub(super) async fn run_terminate(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        let run: StoreResult<Run> =
+            in_tx!(self, ops => logic::terminate(ops, scope, id, actor, reason, now));
+        self.bump();
+        run
+    }
+
+    pub(super) async fn run_retry(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        let run: StoreResult<Run> = in_tx!(self, ops => logic::retry(ops, scope, id, actor, now));
+        self.bump();
+        run
+    }
+
+    pub(super) async fn run_skip_compensation(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+    ) -> StoreResult<Run> {
+        let run: StoreResult<Run> =
+            in_tx!(self, ops => logic::skip_compensation(ops, scope, id, actor, now));
+        self.bump();
+        run
+    }
+
+    pub(super) async fn runs_fire_timeouts(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<u32> {
+        let due: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM waymark_runs WHERE status = 'waiting' AND due_at <= ?1 ORDER BY due_at LIMIT ?2",
+        )
+        .bind(ms(now))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut fired = 0;
+        for id in due {
+            let id = uuid(&id)?;
+            let fired_one: StoreResult<bool> =
+                in_tx!(self, ops => logic::fire_timeout(ops, id, now));
+            if fired_one? {
+                fired += 1;
+            }
+        }
+        if fired > 0 {
+            self.bump();
+        }
+        Ok(fired)
+    }
+
     pub(super) async fn run_release(&self, lease: &Lease, now: DateTime<Utc>) -> StoreResult<()> {
         let done = sqlx::query(
-            r#"UPDATE waymark_runs SET status = 'pending', locked_by = NULL, lease_expires_at = NULL,
+            r#"UPDATE waymark_runs SET
+                   status = CASE WHEN status = 'compensating' THEN 'compensating' ELSE 'pending' END,
+                   locked_by = NULL, lease_expires_at = NULL,
                    attempt = max(attempt - 1, 0), due_at = ?4, updated_at = ?4
-               WHERE id = ?1 AND lease_token = ?2 AND locked_by = ?3 AND status = 'running'"#,
+               WHERE id = ?1 AND lease_token = ?2 AND locked_by = ?3
+                 AND status IN ('running', 'compensating')"#,
         )
         .bind(lease.run_id.to_string())
         .bind(lease.token)
@@ -486,7 +908,7 @@ impl SqliteStore {
         let done = sqlx::query(&format!(
             r#"UPDATE waymark_runs SET progress_pct = ?4, progress_message = ?5
                WHERE id = ?1 AND lease_token = ?2 AND locked_by = ?3
-                 AND status = 'running' AND lease_expires_at > {DB_NOW}"#
+                 AND status IN ('running', 'compensating') AND lease_expires_at > {DB_NOW}"#
         ))
         .bind(lease.run_id.to_string())
         .bind(lease.token)
@@ -503,13 +925,13 @@ impl SqliteStore {
         worker_id: Uuid,
         runs: &[Uuid],
         lease: Duration,
-    ) -> StoreResult<Vec<Lease>> {
+    ) -> StoreResult<Vec<Held>> {
         let ids = serde_json::json!(runs).to_string();
-        let rows: Vec<(String, i64)> = sqlx::query_as(&format!(
+        let rows: Vec<(String, i64, bool)> = sqlx::query_as(&format!(
             r#"UPDATE waymark_runs SET lease_expires_at = {DB_NOW} + ?2
                WHERE locked_by = ?1 AND id IN (SELECT value FROM json_each(?3))
-                 AND status = 'running' AND lease_expires_at > {DB_NOW}
-               RETURNING id, lease_token"#
+                 AND status IN ('running', 'compensating') AND lease_expires_at > {DB_NOW}
+               RETURNING id, lease_token, cancel_request IS NOT NULL"#
         ))
         .bind(worker_id.to_string())
         .bind(lease_ms(lease))
@@ -517,11 +939,14 @@ impl SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(id, token)| {
-                Ok(Lease {
-                    run_id: uuid(&id)?,
-                    token,
-                    worker_id,
+            .map(|(id, token, cancel_requested)| {
+                Ok(Held {
+                    lease: Lease {
+                        run_id: uuid(&id)?,
+                        token,
+                        worker_id,
+                    },
+                    cancel_requested,
                 })
             })
             .collect()
@@ -529,7 +954,9 @@ impl SqliteStore {
 
     pub(super) async fn run_next_due(&self) -> StoreResult<Option<DateTime<Utc>>> {
         let next: Option<i64> = sqlx::query_scalar(
-            "SELECT min(due_at) FROM waymark_runs WHERE status IN ('pending', 'sleeping', 'retrying')",
+            r#"SELECT min(due_at) FROM waymark_runs
+               WHERE status IN ('pending', 'sleeping', 'retrying', 'waiting')
+                  OR (status = 'compensating' AND locked_by IS NULL)"#,
         )
         .fetch_one(&self.pool)
         .await?;
