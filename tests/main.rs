@@ -9,3 +9,4 @@ mod support;
 mod binary;
 mod conformance;
 mod engine;
+mod semantics;

@@ -200,6 +200,7 @@ impl Engine {
             actor: req.actor,
             now: self.clock.now(),
             only_while_waiting: declared.only_while_waiting,
+            version: workflow.version(),
         };
         self.store
             .run_signal(scope, run.id, &signal)

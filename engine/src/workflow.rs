@@ -527,6 +527,13 @@ pub struct ReceivedSignal {
     pub name: String,
     pub payload: Value,
     pub actor: String,
+    /// The workflow version whose signal type the payload was written for.
+    #[serde(default = "first_version")]
+    pub version: u32,
+}
+
+fn first_version() -> u32 {
+    1
 }
 
 /// One child's end, as the state after a fan-out sees it.

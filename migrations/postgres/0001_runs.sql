@@ -68,8 +68,10 @@ CREATE TABLE waymark_runs (
         (status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)),
     CONSTRAINT waymark_runs_terminal_not_due CHECK (
         status NOT IN ('completed', 'failed', 'cancelled', 'compensation_failed') OR due_at IS NULL),
-    CONSTRAINT waymark_runs_output_iff_completed CHECK (
-        (status = 'completed') = (output IS NOT NULL)),
+    -- A completed run has its output; a completed child whose parent compensates keeps
+    -- it while it is undone.
+    CONSTRAINT waymark_runs_completed_has_output CHECK (
+        status <> 'completed' OR output IS NOT NULL),
     CONSTRAINT waymark_runs_failed_has_error CHECK (
         status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL
         OR ending IS NOT NULL),
@@ -131,6 +133,8 @@ CREATE TABLE waymark_signals (
     received_at     timestamptz NOT NULL,
     status          text        NOT NULL DEFAULT 'queued'
                     CHECK (status IN ('queued', 'consumed', 'unconsumed')),
+    -- The workflow version whose types the payload was checked against.
+    workflow_version integer     NOT NULL DEFAULT 1,
     consumed_visit  bigint,
     CHECK ((status = 'consumed') = (consumed_visit IS NOT NULL))
 );

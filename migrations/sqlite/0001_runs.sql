@@ -56,8 +56,10 @@ CREATE TABLE waymark_runs (
         (status IN ('completed', 'failed', 'cancelled')) = (finished_at IS NOT NULL)),
     CONSTRAINT waymark_runs_terminal_not_due CHECK (
         status NOT IN ('completed', 'failed', 'cancelled', 'compensation_failed') OR due_at IS NULL),
-    CONSTRAINT waymark_runs_output_iff_completed CHECK (
-        (status = 'completed') = (output IS NOT NULL)),
+    -- A completed run has its output; a completed child whose parent compensates keeps
+    -- it while it is undone.
+    CONSTRAINT waymark_runs_completed_has_output CHECK (
+        status <> 'completed' OR output IS NOT NULL),
     CONSTRAINT waymark_runs_failed_has_error CHECK (
         status NOT IN ('failed', 'retrying', 'compensation_failed') OR error IS NOT NULL
         OR ending IS NOT NULL),
@@ -115,6 +117,8 @@ CREATE TABLE waymark_signals (
     received_at     INTEGER NOT NULL,
     status          TEXT    NOT NULL DEFAULT 'queued'
                     CHECK (status IN ('queued', 'consumed', 'unconsumed')),
+    -- The workflow version whose types the payload was checked against.
+    workflow_version INTEGER NOT NULL DEFAULT 1,
     consumed_visit  INTEGER,
     CHECK ((status = 'consumed') = (consumed_visit IS NOT NULL))
 );

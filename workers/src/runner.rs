@@ -454,8 +454,12 @@ async fn load(
     let received = match &run.received {
         None => None,
         Some(Inbox::Signal(signal)) => {
+            // Signals are upcast from the version they were written for, which may be
+            // older than the run's own (queued before the run was upgraded).
             let tagged = serde_json::json!({ "signal": signal.name, "payload": signal.payload });
-            let upcasted = upcast(Persisted::Signal, &tagged)?;
+            let upcasted = workflow
+                .upcast(Persisted::Signal, signal.version, tagged)
+                .map_err(|e| StepError::fatal(e.to_string()))?;
             let mut signal = signal.clone();
             signal.payload = upcasted.get("payload").cloned().unwrap_or(Value::Null);
             Some(Received::Signal(signal))

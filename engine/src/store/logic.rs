@@ -44,6 +44,11 @@ pub(crate) trait Ops: Send {
         &mut self,
         parent: Uuid,
     ) -> impl Future<Output = StoreResult<Vec<Uuid>>> + Send;
+    /// Ids of `parent`'s completed children that have visits left to compensate.
+    fn children_to_compensate(
+        &mut self,
+        parent: Uuid,
+    ) -> impl Future<Output = StoreResult<Vec<Uuid>>> + Send;
     fn history_insert(
         &mut self,
         entry: &NewHistory,
@@ -375,6 +380,10 @@ async fn begin_compensation<O: Ops>(
         )
         .await?;
     }
+    // Undoing the parent undoes what its completed children did too.
+    for child in ops.children_to_compensate(run.id).await? {
+        reopen_for_compensation(ops, child, run.id, now).await?;
+    }
     run.waiting_for = None;
     run.unlock();
     run.attempt = 0;
@@ -394,6 +403,46 @@ async fn begin_compensation<O: Ops>(
         finish(ops, run, now, notify_parent).await?;
     }
     Ok(())
+}
+
+/// A completed child whose parent compensates runs its own compensations, then ends
+/// `cancelled`.
+async fn reopen_for_compensation<O: Ops>(
+    ops: &mut O,
+    id: Uuid,
+    parent: Uuid,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    let Some(mut child) = ops.run_lock(id).await? else {
+        return Ok(());
+    };
+    if child.status != RunStatus::Completed {
+        return Ok(());
+    }
+    let from = (child.state.clone(), child.status);
+    let actor = format!("run:{parent}");
+    child.status = RunStatus::Compensating;
+    child.finished_at = None;
+    child.due_at = Some(now);
+    child.attempt = 0;
+    child.updated_at = now;
+    child.ending = Some(Ending {
+        status: RunStatus::Cancelled,
+        reason: format!("parent {parent} is compensating"),
+        actor: actor.clone(),
+        error: None,
+    });
+    ops.history_insert(&history(
+        &child,
+        (&from.0, from.1),
+        "compensate",
+        &actor,
+        None,
+        now,
+        now,
+    ))
+    .await?;
+    ops.run_write(&child).await
 }
 
 fn ending_word(status: RunStatus) -> &'static str {
@@ -592,6 +641,7 @@ async fn consume_signal<O: Ops>(
         name: signal.name.clone(),
         payload: signal.payload.clone(),
         actor: signal.actor.clone(),
+        version: signal.version,
     }));
     make_pending(run, now);
     ops.history_insert(&history(

@@ -380,6 +380,8 @@ pub struct NewSignal {
     pub now: DateTime<Utc>,
     /// Refuse unless the run waits for this signal right now.
     pub only_while_waiting: bool,
+    /// The workflow version whose signal type the payload was checked against.
+    pub version: u32,
 }
 
 /// A stored signal.
@@ -394,6 +396,7 @@ pub struct SignalRecord {
     pub received_at: DateTime<Utc>,
     /// `queued`, `consumed` or `unconsumed`.
     pub status: String,
+    pub version: u32,
     pub consumed_visit: Option<i64>,
 }
 

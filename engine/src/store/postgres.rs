@@ -141,6 +141,7 @@ struct SignalRow {
     actor: String,
     received_at: DateTime<Utc>,
     status: String,
+    workflow_version: i32,
     consumed_visit: Option<i64>,
 }
 
@@ -155,6 +156,7 @@ impl From<SignalRow> for SignalRecord {
             actor: s.actor,
             received_at: s.received_at,
             status: s.status,
+            version: s.workflow_version as u32,
             consumed_visit: s.consumed_visit,
         }
     }
@@ -339,6 +341,18 @@ impl Ops for PgOps {
         .await?)
     }
 
+    async fn children_to_compensate(&mut self, parent: Uuid) -> StoreResult<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            r#"SELECT r.id FROM waymark_runs r WHERE r.parent_id = $1 AND r.status = 'completed'
+                 AND EXISTS (SELECT 1 FROM waymark_compensations c
+                             WHERE c.run_id = r.id AND c.status = 'pending')
+               ORDER BY r.parent_visit DESC, r.child_index DESC"#,
+        )
+        .bind(parent)
+        .fetch_all(&mut *self.tx)
+        .await?)
+    }
+
     async fn history_insert(&mut self, h: &NewHistory) -> StoreResult<()> {
         insert_history(&mut self.tx, h).await
     }
@@ -355,8 +369,9 @@ impl Ops for PgOps {
 
     async fn signal_insert(&mut self, run: Uuid, s: &NewSignal) -> StoreResult<()> {
         sqlx::query(
-            r#"INSERT INTO waymark_signals (id, run_id, name, payload, idempotency_key, actor, received_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+            r#"INSERT INTO waymark_signals (id, run_id, name, payload, idempotency_key, actor,
+                   received_at, workflow_version)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"#,
         )
         .bind(s.id)
         .bind(run)
@@ -365,6 +380,7 @@ impl Ops for PgOps {
         .bind(&s.idempotency_key)
         .bind(&s.actor)
         .bind(s.now)
+        .bind(s.version as i32)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -183,6 +183,7 @@ struct SignalRow {
     actor: String,
     received_at: i64,
     status: String,
+    workflow_version: i64,
     consumed_visit: Option<i64>,
 }
 
@@ -199,6 +200,7 @@ impl TryFrom<SignalRow> for SignalRecord {
             actor: s.actor,
             received_at: from_ms(s.received_at)?,
             status: s.status,
+            version: s.workflow_version as u32,
             consumed_visit: s.consumed_visit,
         })
     }
@@ -346,6 +348,19 @@ impl Ops for SqliteOps {
         ids.iter().map(|s| uuid(s)).collect()
     }
 
+    async fn children_to_compensate(&mut self, parent: Uuid) -> StoreResult<Vec<Uuid>> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            r#"SELECT r.id FROM waymark_runs r WHERE r.parent_id = ?1 AND r.status = 'completed'
+                 AND EXISTS (SELECT 1 FROM waymark_compensations c
+                             WHERE c.run_id = r.id AND c.status = 'pending')
+               ORDER BY r.parent_visit DESC, r.child_index DESC"#,
+        )
+        .bind(parent.to_string())
+        .fetch_all(&mut *self.tx)
+        .await?;
+        ids.iter().map(|s| uuid(s)).collect()
+    }
+
     async fn history_insert(&mut self, h: &NewHistory) -> StoreResult<()> {
         sqlx::query(
             r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status,
@@ -383,8 +398,9 @@ impl Ops for SqliteOps {
 
     async fn signal_insert(&mut self, run: Uuid, s: &NewSignal) -> StoreResult<()> {
         sqlx::query(
-            r#"INSERT INTO waymark_signals (id, run_id, name, payload, idempotency_key, actor, received_at)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"#,
+            r#"INSERT INTO waymark_signals (id, run_id, name, payload, idempotency_key, actor,
+                   received_at, workflow_version)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"#,
         )
         .bind(s.id.to_string())
         .bind(run.to_string())
@@ -393,6 +409,7 @@ impl Ops for SqliteOps {
         .bind(&s.idempotency_key)
         .bind(&s.actor)
         .bind(ms(s.now))
+        .bind(s.version as i64)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
