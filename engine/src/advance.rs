@@ -318,7 +318,7 @@ mod tests {
     use super::*;
     use crate::retry::RetryPolicy;
     use crate::status::RunStatus;
-    use crate::workflow::{StateDef, Wake};
+    use crate::workflow::{OnFailure, StateDef, Wake};
 
     fn definition() -> Definition {
         Definition::new([
@@ -358,6 +358,14 @@ mod tests {
             lease_expires_at: Some(now),
             progress_pct: None,
             progress_message: None,
+            parent_id: None,
+            parent_visit: None,
+            child_index: None,
+            waiting_for: None,
+            received: None,
+            cancel_request: None,
+            ending: None,
+            held: false,
             created_at: now,
             updated_at: now,
             finished_at: None,
@@ -443,7 +451,7 @@ mod tests {
             data: json!("c"),
         };
         let commit = plan(&definition(), &run_in("a", 1), Ok(t), &input(&[]));
-        let Outcome::Fail { error } = commit.outcome else {
+        let Outcome::Fail { error, .. } = commit.outcome else {
             panic!()
         };
         assert!(error.message.contains("undeclared transition"), "{error}");
@@ -460,7 +468,7 @@ mod tests {
             data: json!("x".repeat(100)),
         };
         let commit = plan(&definition(), &run_in("a", 1), Ok(t), &input(&[]));
-        let Outcome::Fail { error } = commit.outcome else {
+        let Outcome::Fail { error, .. } = commit.outcome else {
             panic!()
         };
         assert_eq!(
@@ -511,6 +519,92 @@ mod tests {
             Outcome::Fail {
                 error: err,
                 hold: false
+            }
+        );
+    }
+
+    fn signal_definition() -> Definition {
+        Definition::new([
+            StateDef::new("a")
+                .on_signal("go", "b")
+                .timer("c")
+                .children("c"),
+            StateDef::new("b").compensates().completes(),
+            StateDef::new("c").completes(),
+        ])
+        .signal("go")
+        .on_failure(OnFailure::Hold)
+    }
+
+    #[test]
+    fn a_wait_names_each_signal_target_and_the_timeout() {
+        let i = input(&[]);
+        let t = RawTransition::Wait {
+            on: vec![("go".into(), "b".into(), json!("b"))],
+            timeout: Some((Wake::After(Duration::from_secs(60)), "c".into(), json!("c"))),
+        };
+        let commit = plan(&signal_definition(), &run_in("a", 1), Ok(t), &i);
+        let Outcome::Wait {
+            waiting,
+            timeout_at,
+        } = commit.outcome
+        else {
+            panic!("{:?}", commit.outcome)
+        };
+        assert_eq!(timeout_at, Some(i.now + chrono::Duration::seconds(60)));
+        assert_eq!(waiting.signals.len(), 1);
+        assert_eq!(waiting.signals[0].signal, "go");
+        assert!(
+            waiting.signals[0].target.compensable,
+            "b declares a compensation"
+        );
+        assert_eq!(waiting.timeout.unwrap().state, "c");
+        // A signal the table does not route from here is refused.
+        let t = RawTransition::Wait {
+            on: vec![("stop".into(), "b".into(), json!("b"))],
+            timeout: None,
+        };
+        let commit = plan(&signal_definition(), &run_in("a", 1), Ok(t), &i);
+        assert!(
+            matches!(commit.outcome, Outcome::Fail { ref error, .. } if error.message.contains("signal \"stop\""))
+        );
+        // Waiting for nothing at all is a bug in the step.
+        let t = RawTransition::Wait {
+            on: vec![],
+            timeout: None,
+        };
+        let commit = plan(&signal_definition(), &run_in("a", 1), Ok(t), &i);
+        assert!(matches!(commit.outcome, Outcome::Fail { .. }));
+    }
+
+    #[test]
+    fn a_fan_out_to_an_unknown_workflow_fails_fatally() {
+        let t = RawTransition::FanOut {
+            children: vec![crate::workflow::ChildSpec {
+                workflow: "nope".into(),
+                input: json!({}),
+            }],
+            then: ("c".into(), json!("c")),
+            policy: crate::workflow::FanOutPolicy::FailFast,
+        };
+        let commit = plan(&signal_definition(), &run_in("a", 1), Ok(t), &input(&[]));
+        let Outcome::Fail { error, hold } = commit.outcome else {
+            panic!()
+        };
+        assert!(error.message.contains("child #0 cannot start"), "{error}");
+        assert!(hold, "the workflow holds failures");
+    }
+
+    #[test]
+    fn abort_carries_its_reason() {
+        let t = RawTransition::Abort {
+            reason: "owner said stop".into(),
+        };
+        let commit = plan(&signal_definition(), &run_in("a", 1), Ok(t), &input(&[]));
+        assert_eq!(
+            commit.outcome,
+            Outcome::Abort {
+                reason: "owner said stop".into()
             }
         );
     }
