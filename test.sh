@@ -13,13 +13,27 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/ensure-postgres.sh
 
+log=""
+cleanup() {
+    if [ -n "$log" ]; then rm -f "$log"; fi
+    scripts/test-services.sh stop || true
+}
+trap cleanup EXIT
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The SMTP and S3 servers of the mail and blob tests, on free loopback ports; `cleanup`
+# stops them however this script ends.
+echo "== test services"
+scripts/test-services.sh start
+set -a
+# shellcheck source=/dev/null
+. .test-services/env
+set +a
 echo "== cargo test"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
 status=0
 cargo test --workspace --all-targets --locked -- "$@" 2>&1 | tee "$log" || status=$?
 # cargo prints one result line per test binary; the last one may be a crate with no

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand};
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Args, Parser, Subcommand};
 use waymark_engine::store::StoreConfig;
+use waymark_services::{BlobConfig, MailConfig, S3Config, SmtpOptions};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -37,7 +39,8 @@ pub struct Config {
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
     pub database_url: Option<String>,
 
-    /// Where embedded data lives (the SQLite database, later outbox and blobs).
+    /// Where embedded data lives (the SQLite database, the mail outbox, blobs and the
+    /// blob signing key).
     #[arg(
         long,
         env = "WAYMARK_DATA_DIR",
@@ -106,6 +109,74 @@ pub struct Config {
     )]
     pub db_max_connections: u32,
 
+    /// SMTP relay: `smtp://host:25`, `smtp://user:pass@host:587?tls=required` (STARTTLS)
+    /// or `smtps://user:pass@host:465`. Unset: messages are written as .eml files to
+    /// DATA_DIR/outbox.
+    #[arg(long, env = "WAYMARK_SMTP_URL", global = true, hide_env_values = true)]
+    pub smtp_url: Option<String>,
+
+    /// PEM file with an extra CA certificate to trust for SMTP TLS (a private relay).
+    #[arg(long, env = "WAYMARK_SMTP_CA_FILE", global = true)]
+    pub smtp_ca_file: Option<PathBuf>,
+
+    /// Time limit for handing one message to the SMTP relay.
+    #[arg(long, env = "WAYMARK_SMTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub smtp_timeout: Duration,
+
+    /// SMTP connections kept open per process.
+    #[arg(
+        long,
+        env = "WAYMARK_SMTP_POOL_SIZE",
+        default_value_t = 4,
+        global = true
+    )]
+    pub smtp_pool_size: u32,
+
+    /// Sender of messages that name none.
+    #[arg(
+        long,
+        env = "WAYMARK_MAIL_FROM",
+        default_value = "Waymark <waymark@localhost>",
+        global = true
+    )]
+    pub mail_from: String,
+
+    /// S3 bucket for blobs. Unset: blobs are files in DATA_DIR/blobs. Credentials come
+    /// from the standard AWS sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, profiles…).
+    #[arg(long, env = "WAYMARK_S3_BUCKET", global = true)]
+    pub s3_bucket: Option<String>,
+
+    /// S3-compatible endpoint (`http://127.0.0.1:8333`). Unset: AWS.
+    #[arg(long, env = "WAYMARK_S3_ENDPOINT", global = true)]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region. Unset: AWS_REGION or the AWS profile, else us-east-1.
+    #[arg(long, env = "WAYMARK_S3_REGION", global = true)]
+    pub s3_region: Option<String>,
+
+    /// Path-style S3 addressing (`endpoint/bucket/key`), as most S3-compatible servers need.
+    #[arg(long, env = "WAYMARK_S3_PATH_STYLE", default_value = "false", action = ArgAction::Set, value_parser = BoolishValueParser::new(), global = true)]
+    pub s3_path_style: bool,
+
+    /// Part size in bytes for multipart uploads (at least 5 MiB); larger blobs use parts.
+    #[arg(long, env = "WAYMARK_S3_PART_SIZE", default_value_t = 8 * 1024 * 1024, global = true)]
+    pub s3_part_size: u64,
+
+    /// Key (32+ characters) that signs local blob download links. Unset: a random key
+    /// kept in DATA_DIR/blob-signing.key.
+    #[arg(
+        long,
+        env = "WAYMARK_BLOB_SIGNING_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub blob_signing_key: Option<String>,
+
+    /// Where clients reach this server, for local blob download links. Unset:
+    /// http://WAYMARK_LISTEN.
+    #[arg(long, env = "WAYMARK_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
     /// Log filter (tracing EnvFilter syntax, e.g. `info,waymark_workers=debug`).
     #[arg(long, env = "WAYMARK_LOG", default_value = "info", global = true)]
     pub log: String,
@@ -121,6 +192,43 @@ impl Config {
             _ => StoreConfig::Sqlite {
                 path: self.data_dir.join("waymark.db"),
             },
+        }
+    }
+
+    pub fn mail(&self) -> MailConfig {
+        MailConfig {
+            smtp_url: self.smtp_url.clone().filter(|u| !u.is_empty()),
+            smtp: SmtpOptions {
+                timeout: self.smtp_timeout,
+                pool_size: self.smtp_pool_size,
+                ca_file: self.smtp_ca_file.clone(),
+            },
+            outbox_dir: self.data_dir.join("outbox"),
+            default_from: self.mail_from.clone(),
+        }
+    }
+
+    pub fn blobs(&self) -> BlobConfig {
+        BlobConfig {
+            local_dir: self.data_dir.join("blobs"),
+            public_url: self
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{}", self.listen)),
+            signing_key: self.blob_signing_key.clone(),
+            signing_key_file: self.data_dir.join("blob-signing.key"),
+            s3: self
+                .s3_bucket
+                .clone()
+                .filter(|b| !b.is_empty())
+                .map(|bucket| S3Config {
+                    endpoint: self.s3_endpoint.clone(),
+                    region: self.s3_region.clone(),
+                    path_style: self.s3_path_style,
+                    part_size: self.s3_part_size,
+                    credentials: None,
+                    ..S3Config::new(bucket)
+                }),
         }
     }
 

@@ -53,6 +53,16 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         return Ok(std::process::ExitCode::SUCCESS);
     }
 
+    // Built before the workflows so that a malformed SMTP URL, sender or signing key
+    // stops the process now rather than failing a step later. (S3 is first contacted by
+    // the first blob operation, so an S3 outage does not keep Waymark from starting.)
+    let mailer = waymark_services::Mailer::from_config(&config.mail(), store.clone())
+        .context("invalid mail configuration")?;
+    let blobs = waymark_services::BlobStore::from_config(config.blobs())
+        .await
+        .context("invalid blob store configuration")?;
+    tracing::info!(mail = %mailer.describe(), blobs = %blobs.describe(), "services configured");
+
     let registry = waymark_workflows::registry().context("invalid built-in workflow")?;
     let engine =
         Engine::new(store, Arc::new(registry), Arc::new(SystemClock)).with_limits(Limits {
@@ -83,6 +93,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         );
         let app = waymark_api::app(waymark_api::AppState {
             engine: engine.clone(),
+            blobs: Some(blobs.clone()),
         });
         let stop = shutdown.clone();
         axum::serve(listener, app)

@@ -7,6 +7,8 @@
 mod support;
 
 mod binary;
+mod blobs;
 mod conformance;
 mod engine;
+mod mail;
 mod semantics;

@@ -5,6 +5,7 @@
 //!   `main` serve it the same way.
 //! - `/healthz` (process up) and `/readyz` (database reachable, migrations applied) need
 //!   no key. The `/v1` routes come with the API issue.
+//! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -14,15 +15,20 @@ use axum::{Json, Router};
 use serde_json::json;
 use waymark_engine::Engine;
 
+pub mod blobs;
+
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub engine: Engine,
+    /// Serves signed links of a local blob store; `None` (or S3): `/blobs/…` is 404.
+    pub blobs: Option<waymark_services::BlobStore>,
 }
 
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(blobs::routes(state.blobs.clone()))
         .with_state(state)
 }
 
