@@ -172,6 +172,7 @@ async fn bench_waymark(url: &str, in_flight: usize, runs: usize) -> Figures {
                         workflow: "bench3".into(),
                         input: serde_json::json!({}),
                         idempotency_key: None,
+                        tags: vec![],
                         actor: "bench".into(),
                     })
                     .await

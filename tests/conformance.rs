@@ -41,6 +41,7 @@ fn new_run(workflow: &str, tenant: &str, key: Option<&str>, input: serde_json::V
         capability: None,
         compensable: false,
         idempotency_key: key.map(str::to_owned),
+        tags: vec![],
         actor: "key:test".into(),
         now: chrono::Utc::now(),
     }

@@ -1509,6 +1509,7 @@ async fn golden_fixtures_from_version_one_advance_to_completion(db: TestDb) {
                 capability: None,
                 compensable: false,
                 idempotency_key: None,
+                tags: vec![],
                 actor: "fixture".into(),
                 now: clock_now(&clock),
             })
@@ -1576,6 +1577,7 @@ async fn a_worker_leaves_runs_of_a_newer_version_alone_and_says_why(db: TestDb) 
             capability: None,
             compensable: false,
             idempotency_key: None,
+            tags: vec![],
             actor: "new-deploy".into(),
             // Due by the engine's clock: only the version keeps workers away.
             now: clock_now(&clock),

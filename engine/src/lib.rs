@@ -7,6 +7,7 @@
 //! - [`advance`]: the pure rules that turn a step's result into the commit.
 //! - [`runs`]: starting runs (`Engine::start`, `Engine::start_in`) with checks and limits.
 //! - [`store`]: PostgreSQL and SQLite behind one `Store`; all SQL lives there.
+//! - [`keys`]: API key secrets (generation, prefix, hash) and scopes.
 //! - [`clock`], [`retry`], [`error`]: time as an input, backoff, one error enum per concern.
 //!
 //! No HTTP and no process loops here: `waymark-workers` runs steps, `waymark-api` serves.
@@ -14,6 +15,7 @@
 pub mod advance;
 pub mod clock;
 pub mod error;
+pub mod keys;
 pub mod retry;
 pub mod runs;
 pub mod status;

@@ -33,6 +33,8 @@ pub struct StartRun {
     pub workflow: String,
     pub input: Value,
     pub idempotency_key: Option<String>,
+    /// Searchable labels (e.g. a business id).
+    pub tags: Vec<String>,
     /// Who started it (an API key id, a schedule, a parent run), for history.
     pub actor: String,
 }
@@ -123,6 +125,7 @@ pub(crate) fn prepare(
         capability: initial.capability,
         compensable: initial.compensable,
         idempotency_key: req.idempotency_key,
+        tags: req.tags,
         actor: req.actor,
         now,
     })

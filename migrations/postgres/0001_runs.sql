@@ -45,6 +45,8 @@ CREATE TABLE waymark_runs (
     -- Why the run is compensating (and how it will end: failed or cancelled); kept after.
     ending            jsonb,
     -- Failed under `on_failure: hold`: an operator may retry it from its failed state.
+    -- Searchable labels given at start (e.g. a business id); also in waymark_run_tags.
+    tags              jsonb       NOT NULL DEFAULT '[]',
     held              boolean     NOT NULL DEFAULT false,
     progress_pct      real,
     progress_message  text,
@@ -93,7 +95,10 @@ CREATE INDEX waymark_runs_due ON waymark_runs (due_at)
 CREATE INDEX waymark_runs_expired_leases ON waymark_runs (lease_expires_at)
     WHERE status = 'running';
 CREATE INDEX waymark_runs_locked_by ON waymark_runs (locked_by) WHERE locked_by IS NOT NULL;
-CREATE INDEX waymark_runs_tenant_created ON waymark_runs (tenant, created_at DESC, id DESC);
+-- Listing: ids are UUIDv7, so id order is creation order and keyset pages on id.
+CREATE INDEX waymark_runs_tenant_id ON waymark_runs (tenant, id DESC);
+CREATE INDEX waymark_runs_tenant_status ON waymark_runs (tenant, status, id DESC);
+CREATE INDEX waymark_runs_tenant_workflow ON waymark_runs (tenant, workflow, id DESC);
 CREATE UNIQUE INDEX waymark_runs_children
     ON waymark_runs (parent_id, parent_visit, child_index) WHERE parent_id IS NOT NULL;
 -- Compensating runs waiting for a worker, and waits whose timeout is due.
@@ -152,6 +157,53 @@ CREATE TABLE waymark_compensations (
     status      text    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'skipped')),
     PRIMARY KEY (run_id, visit)
 );
+
+CREATE TABLE waymark_run_tags (
+    run_id uuid NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    tag    text NOT NULL,
+    PRIMARY KEY (tag, run_id)
+);
+CREATE INDEX waymark_run_tags_run ON waymark_run_tags (run_id);
+
+-- API keys. Only a hash of each secret is kept; the prefix finds the row.
+CREATE TABLE waymark_keys (
+    id           uuid        PRIMARY KEY,
+    tenant       text        NOT NULL,
+    prefix       text        NOT NULL UNIQUE,
+    secret_hash  text        NOT NULL,
+    scopes       jsonb       NOT NULL,
+    name         text,
+    owner_email  text,
+    created_at   timestamptz NOT NULL,
+    created_by   text        NOT NULL,
+    expires_at   timestamptz,
+    revoked_at   timestamptz,
+    revoked_by   text,
+    last_used_at timestamptz,
+    CHECK ((revoked_at IS NULL) = (revoked_by IS NULL))
+);
+CREATE INDEX waymark_keys_tenant ON waymark_keys (tenant, created_at);
+
+-- The audit log: who did what, when, from where. Append-only, enforced below.
+CREATE TABLE waymark_audit (
+    id      bigserial   PRIMARY KEY,
+    at      timestamptz NOT NULL,
+    tenant  text        NOT NULL,
+    actor   text        NOT NULL,
+    action  text        NOT NULL,
+    target  text,
+    detail  jsonb       NOT NULL DEFAULT '{}',
+    address text
+);
+CREATE INDEX waymark_audit_tenant ON waymark_audit (tenant, id);
+
+CREATE FUNCTION waymark_audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'waymark_audit is append-only';
+END;
+$$;
+CREATE TRIGGER waymark_audit_no_update BEFORE UPDATE OR DELETE ON waymark_audit
+    FOR EACH ROW EXECUTE FUNCTION waymark_audit_append_only();
 
 CREATE TABLE waymark_workers (
     id                uuid        PRIMARY KEY,

@@ -34,6 +34,7 @@ CREATE TABLE waymark_runs (
     -- Why the run is compensating (and how it will end: failed or cancelled); kept after.
     ending            TEXT,
     -- Failed under `on_failure: hold`: an operator may retry it from its failed state.
+    tags              TEXT    NOT NULL DEFAULT '[]',
     held              INTEGER NOT NULL DEFAULT 0,
     progress_pct      REAL,
     progress_message  TEXT,
@@ -79,7 +80,10 @@ CREATE INDEX waymark_runs_due ON waymark_runs (due_at)
 CREATE INDEX waymark_runs_expired_leases ON waymark_runs (lease_expires_at)
     WHERE status = 'running';
 CREATE INDEX waymark_runs_locked_by ON waymark_runs (locked_by) WHERE locked_by IS NOT NULL;
-CREATE INDEX waymark_runs_tenant_created ON waymark_runs (tenant, created_at DESC, id DESC);
+-- Listing: ids are UUIDv7, so id order is creation order and keyset pages on id.
+CREATE INDEX waymark_runs_tenant_id ON waymark_runs (tenant, id DESC);
+CREATE INDEX waymark_runs_tenant_status ON waymark_runs (tenant, status, id DESC);
+CREATE INDEX waymark_runs_tenant_workflow ON waymark_runs (tenant, workflow, id DESC);
 CREATE UNIQUE INDEX waymark_runs_children
     ON waymark_runs (parent_id, parent_visit, child_index) WHERE parent_id IS NOT NULL;
 -- Compensating runs waiting for a worker, and waits whose timeout is due.
@@ -134,6 +138,51 @@ CREATE TABLE waymark_compensations (
     status      TEXT    NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'done', 'skipped')),
     PRIMARY KEY (run_id, visit)
 );
+
+CREATE TABLE waymark_run_tags (
+    run_id TEXT NOT NULL REFERENCES waymark_runs (id) ON DELETE CASCADE,
+    tag    TEXT NOT NULL,
+    PRIMARY KEY (tag, run_id)
+);
+CREATE INDEX waymark_run_tags_run ON waymark_run_tags (run_id);
+
+CREATE TABLE waymark_keys (
+    id           TEXT    PRIMARY KEY NOT NULL,
+    tenant       TEXT    NOT NULL,
+    prefix       TEXT    NOT NULL UNIQUE,
+    secret_hash  TEXT    NOT NULL,
+    scopes       TEXT    NOT NULL,
+    name         TEXT,
+    owner_email  TEXT,
+    created_at   INTEGER NOT NULL,
+    created_by   TEXT    NOT NULL,
+    expires_at   INTEGER,
+    revoked_at   INTEGER,
+    revoked_by   TEXT,
+    last_used_at INTEGER,
+    CHECK ((revoked_at IS NULL) = (revoked_by IS NULL))
+);
+CREATE INDEX waymark_keys_tenant ON waymark_keys (tenant, created_at);
+
+CREATE TABLE waymark_audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      INTEGER NOT NULL,
+    tenant  TEXT    NOT NULL,
+    actor   TEXT    NOT NULL,
+    action  TEXT    NOT NULL,
+    target  TEXT,
+    detail  TEXT    NOT NULL DEFAULT '{}',
+    address TEXT
+);
+CREATE INDEX waymark_audit_tenant ON waymark_audit (tenant, id);
+CREATE TRIGGER waymark_audit_no_update BEFORE UPDATE ON waymark_audit
+BEGIN
+    SELECT RAISE(ABORT, 'waymark_audit is append-only');
+END;
+CREATE TRIGGER waymark_audit_no_delete BEFORE DELETE ON waymark_audit
+BEGIN
+    SELECT RAISE(ABORT, 'waymark_audit is append-only');
+END;
 
 CREATE TABLE waymark_workers (
     id                TEXT    PRIMARY KEY NOT NULL,

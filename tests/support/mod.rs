@@ -317,6 +317,7 @@ pub fn start_req(workflow: &str, input: serde_json::Value) -> waymark_engine::St
         workflow: workflow.into(),
         input,
         idempotency_key: None,
+        tags: vec![],
         actor: "test".into(),
     }
 }

@@ -246,6 +246,72 @@ impl Store {
         dispatch!(self, s => s.runs_delete_finished(before, limit).await)
     }
 
+    /// Runs matching `filter`, newest first, `limit` at most, strictly older than the
+    /// run `before` (keyset pagination on the time-ordered id).
+    pub async fn runs_list(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<Run>> {
+        dispatch!(self, s => s.runs_list(scope, filter, before, limit).await)
+    }
+
+    /// Stores a key (its hash only) and its audit record in one transaction.
+    pub async fn key_insert(&self, key: &NewKey, audit: &NewAudit) -> StoreResult<KeyRecord> {
+        dispatch!(self, s => s.key_insert(key, audit).await)
+    }
+
+    /// The key a presented secret names, any tenant: authentication itself.
+    pub async fn key_by_prefix(&self, prefix: &str) -> StoreResult<Option<KeyRecord>> {
+        dispatch!(self, s => s.key_by_prefix(prefix).await)
+    }
+
+    pub async fn key_get(&self, scope: &TenantScope, id: Uuid) -> StoreResult<Option<KeyRecord>> {
+        dispatch!(self, s => s.key_get(scope, id).await)
+    }
+
+    pub async fn key_list(&self, scope: &TenantScope) -> StoreResult<Vec<KeyRecord>> {
+        dispatch!(self, s => s.key_list(scope).await)
+    }
+
+    /// Revokes a key (idempotently: the first revocation's time and actor stay) and
+    /// appends the audit record in the same transaction.
+    pub async fn key_revoke(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> StoreResult<Option<KeyRecord>> {
+        dispatch!(self, s => s.key_revoke(scope, id, actor, now, audit).await)
+    }
+
+    /// Records use of a key, at most once a minute per key.
+    pub async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        dispatch!(self, s => s.key_touch(id, now).await)
+    }
+
+    pub async fn keys_count(&self) -> StoreResult<i64> {
+        dispatch!(self, s => s.keys_count().await)
+    }
+
+    pub async fn audit_append(&self, audit: &NewAudit) -> StoreResult<()> {
+        dispatch!(self, s => s.audit_append(audit).await)
+    }
+
+    /// Audit records, newest first, older than `before` (an id) when given.
+    pub async fn audit_list(
+        &self,
+        scope: &TenantScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        dispatch!(self, s => s.audit_list(scope, before, limit).await)
+    }
+
     pub async fn worker_register(&self, worker: &WorkerInfo) -> StoreResult<()> {
         dispatch!(self, s => s.worker_register(worker).await)
     }

@@ -47,6 +47,8 @@ pub struct NewRun {
     /// Whether the initial state declares a compensation.
     pub compensable: bool,
     pub idempotency_key: Option<String>,
+    /// Searchable labels (e.g. a business id).
+    pub tags: Vec<String>,
     pub actor: String,
     pub now: DateTime<Utc>,
 }
@@ -163,6 +165,7 @@ pub struct Run {
     pub cancel_request: Option<CancelRequest>,
     pub ending: Option<Ending>,
     pub held: bool,
+    pub tags: Vec<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -433,4 +436,90 @@ pub struct WorkerInfo {
     pub last_heartbeat_at: DateTime<Utc>,
     pub runs_in_hand: i32,
     pub stopped_at: Option<DateTime<Utc>>,
+}
+
+/// Which runs a listing (or a bulk action) covers. Every field narrows it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RunFilter {
+    pub workflow: Option<String>,
+    pub status: Option<RunStatus>,
+    pub state: Option<String>,
+    pub created_after: Option<DateTime<Utc>>,
+    pub created_before: Option<DateTime<Utc>>,
+    pub tag: Option<String>,
+}
+
+/// A key to store: only the hash of its secret.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: Uuid,
+    pub tenant: String,
+    pub prefix: String,
+    pub secret_hash: String,
+    pub scopes: Vec<crate::keys::Scope>,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_by: String,
+    pub now: DateTime<Utc>,
+}
+
+/// A stored key (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub tenant: String,
+    pub prefix: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub scopes: Vec<crate::keys::Scope>,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRecord {
+    /// Usable now: not revoked, not expired.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+    }
+
+    /// The widest scope the key holds.
+    pub fn top_scope(&self) -> crate::keys::Scope {
+        self.scopes
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(crate::keys::Scope::Reader)
+    }
+}
+
+/// An audit record to append.
+#[derive(Debug, Clone)]
+pub struct NewAudit {
+    pub tenant: String,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: Value,
+    pub address: Option<String>,
+    pub at: DateTime<Utc>,
+}
+
+/// An audit record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub tenant: String,
+    pub actor: String,
+    pub action: String,
+    pub target: Option<String>,
+    pub detail: Value,
+    pub address: Option<String>,
 }

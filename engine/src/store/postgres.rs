@@ -20,9 +20,9 @@ use uuid::Uuid;
 use super::logic::{self, Ops};
 use super::{
     check_schema_not_newer, from_json, json_error, latest_version, opt_from_json, parse_error,
-    parse_status, to_json, ClaimRequest, Commit, CompensationRecord, Held, HistoryEntry, Lease,
-    NewHistory, NewRun, NewSignal, Next, Outcome, Run, SignalReceipt, SignalRecord, Started,
-    StoreResult, TenantScope, WorkerInfo,
+    parse_status, to_json, AuditEntry, ClaimRequest, Commit, CompensationRecord, Held,
+    HistoryEntry, KeyRecord, Lease, NewAudit, NewHistory, NewKey, NewRun, NewSignal, Next, Outcome,
+    Run, RunFilter, SignalReceipt, SignalRecord, Started, StoreResult, TenantScope, WorkerInfo,
 };
 use crate::error::StoreError;
 
@@ -68,6 +68,7 @@ struct RunRow {
     cancel_request: Option<Value>,
     ending: Option<Value>,
     held: bool,
+    tags: Value,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
@@ -106,6 +107,7 @@ impl TryFrom<RunRow> for Run {
             cancel_request: opt_from_json(r.cancel_request, "cancel_request")?,
             ending: opt_from_json(r.ending, "ending")?,
             held: r.held,
+            tags: from_json(r.tags, "tags")?,
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
@@ -188,10 +190,13 @@ const INSERT_RUN: &str = r#"
 WITH ins AS (
     INSERT INTO waymark_runs (id, tenant, workflow, workflow_version, status, state, state_data,
                               input, idempotency_key, capability, visit, attempt, due_at,
-                              created_at, updated_at, parent_id, parent_visit, child_index)
-    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, 1, 0, $10, $10, $10, $13, $14, $15)
+                              created_at, updated_at, parent_id, parent_visit, child_index, tags)
+    VALUES ($1, $2, $3, $4, 'pending', $5, $6, $7, $8, $9, 1, 0, $10, $10, $10, $13, $14, $15, $16)
     ON CONFLICT DO NOTHING
     RETURNING *
+), tag AS (
+    INSERT INTO waymark_run_tags (run_id, tag)
+    SELECT DISTINCT ins.id, t.tag FROM ins, jsonb_array_elements_text($16) AS t(tag)
 ), comp AS (
     INSERT INTO waymark_compensations (run_id, visit, state, state_data)
     SELECT id, 1, state, state_data FROM ins WHERE $12
@@ -494,6 +499,7 @@ async fn insert_run(
         .bind(parent.map(|p| p.0))
         .bind(parent.map(|p| p.1))
         .bind(parent.map(|p| p.2))
+        .bind(serde_json::json!(new.tags))
         .fetch_optional(&mut *conn)
         .await?)
 }
@@ -1073,6 +1079,261 @@ impl PgStore {
                 })
             })
             .collect()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: Uuid,
+    tenant: String,
+    prefix: String,
+    secret_hash: String,
+    scopes: Value,
+    name: Option<String>,
+    owner_email: Option<String>,
+    created_at: DateTime<Utc>,
+    created_by: String,
+    expires_at: Option<DateTime<Utc>>,
+    revoked_at: Option<DateTime<Utc>>,
+    revoked_by: Option<String>,
+    last_used_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<KeyRow> for KeyRecord {
+    type Error = StoreError;
+
+    fn try_from(k: KeyRow) -> StoreResult<Self> {
+        Ok(KeyRecord {
+            id: k.id,
+            tenant: k.tenant,
+            prefix: k.prefix,
+            secret_hash: k.secret_hash,
+            scopes: from_json(k.scopes, "scopes")?,
+            name: k.name,
+            owner_email: k.owner_email,
+            created_at: k.created_at,
+            created_by: k.created_by,
+            expires_at: k.expires_at,
+            revoked_at: k.revoked_at,
+            revoked_by: k.revoked_by,
+            last_used_at: k.last_used_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: DateTime<Utc>,
+    tenant: String,
+    actor: String,
+    action: String,
+    target: Option<String>,
+    detail: Value,
+    address: Option<String>,
+}
+
+impl From<AuditRow> for AuditEntry {
+    fn from(a: AuditRow) -> Self {
+        AuditEntry {
+            id: a.id,
+            at: a.at,
+            tenant: a.tenant,
+            actor: a.actor,
+            action: a.action,
+            target: a.target,
+            detail: a.detail,
+            address: a.address,
+        }
+    }
+}
+
+async fn insert_audit(conn: &mut PgConnection, a: &NewAudit) -> StoreResult<()> {
+    sqlx::query(
+        r#"INSERT INTO waymark_audit (at, tenant, actor, action, target, detail, address)
+           VALUES ($1, $2, $3, $4, $5, $6, $7)"#,
+    )
+    .bind(a.at)
+    .bind(&a.tenant)
+    .bind(&a.actor)
+    .bind(&a.action)
+    .bind(&a.target)
+    .bind(&a.detail)
+    .bind(&a.address)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl PgStore {
+    pub(super) async fn runs_list(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<Run>> {
+        let mut q = sqlx::QueryBuilder::<Postgres>::new("SELECT * FROM waymark_runs r WHERE true");
+        if let Some(tenant) = scope.tenant() {
+            q.push(" AND r.tenant = ").push_bind(tenant.to_owned());
+        }
+        if let Some(workflow) = &filter.workflow {
+            q.push(" AND r.workflow = ").push_bind(workflow.clone());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND r.status = ").push_bind(status.as_str());
+        }
+        if let Some(state) = &filter.state {
+            q.push(" AND r.state = ").push_bind(state.clone());
+        }
+        if let Some(after) = filter.created_after {
+            q.push(" AND r.created_at >= ").push_bind(after);
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND r.created_at < ").push_bind(before);
+        }
+        if let Some(tag) = &filter.tag {
+            q.push(
+                " AND EXISTS (SELECT 1 FROM waymark_run_tags t WHERE t.run_id = r.id AND t.tag = ",
+            )
+            .push_bind(tag.clone())
+            .push(")");
+        }
+        if let Some(cursor) = before {
+            q.push(" AND r.id < ").push_bind(cursor);
+        }
+        q.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit as i64);
+        let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        rows_to_runs(rows)
+    }
+
+    pub(super) async fn key_insert(
+        &self,
+        key: &NewKey,
+        audit: &NewAudit,
+    ) -> StoreResult<KeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row: KeyRow = sqlx::query_as(
+            r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
+                   created_at, created_by, expires_at)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *"#,
+        )
+        .bind(key.id)
+        .bind(&key.tenant)
+        .bind(&key.prefix)
+        .bind(&key.secret_hash)
+        .bind(serde_json::json!(key.scopes))
+        .bind(&key.name)
+        .bind(&key.owner_email)
+        .bind(key.now)
+        .bind(&key.created_by)
+        .bind(key.expires_at)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    pub(super) async fn key_by_prefix(&self, prefix: &str) -> StoreResult<Option<KeyRecord>> {
+        let row: Option<KeyRow> = sqlx::query_as("SELECT * FROM waymark_keys WHERE prefix = $1")
+            .bind(prefix)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_get(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<KeyRecord>> {
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT * FROM waymark_keys WHERE id = $1 AND ($2::text IS NULL OR tenant = $2)",
+        )
+        .bind(id)
+        .bind(scope.tenant())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_list(&self, scope: &TenantScope) -> StoreResult<Vec<KeyRecord>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT * FROM waymark_keys WHERE ($1::text IS NULL OR tenant = $1) ORDER BY created_at, id",
+        )
+        .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(KeyRecord::try_from).collect()
+    }
+
+    pub(super) async fn key_revoke(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<KeyRow> = sqlx::query_as(
+            r#"UPDATE waymark_keys SET revoked_at = COALESCE(revoked_at, $3),
+                   revoked_by = COALESCE(revoked_by, $4)
+               WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) RETURNING *"#,
+        )
+        .bind(id)
+        .bind(scope.tenant())
+        .bind(now)
+        .bind(actor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if row.is_some() {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            r#"UPDATE waymark_keys SET last_used_at = $2
+               WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2 - interval '60 seconds')"#,
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn keys_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM waymark_keys")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub(super) async fn audit_append(&self, audit: &NewAudit) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, audit).await
+    }
+
+    pub(super) async fn audit_list(
+        &self,
+        scope: &TenantScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            r#"SELECT * FROM waymark_audit WHERE ($1::text IS NULL OR tenant = $1)
+                 AND ($2::bigint IS NULL OR id < $2) ORDER BY id DESC LIMIT $3"#,
+        )
+        .bind(scope.tenant())
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(Into::into).collect())
     }
 }
 

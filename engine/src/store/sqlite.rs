@@ -22,9 +22,9 @@ use uuid::Uuid;
 use super::logic::{self, Ops};
 use super::{
     check_schema_not_newer, json_error, latest_version, parse_error, parse_status, to_json,
-    ClaimRequest, Commit, CompensationRecord, Held, HistoryEntry, Lease, NewHistory, NewRun,
-    NewSignal, Run, RunStatus, SignalReceipt, SignalRecord, Started, StoreResult, TenantScope,
-    WorkerInfo,
+    AuditEntry, ClaimRequest, Commit, CompensationRecord, Held, HistoryEntry, KeyRecord, Lease,
+    NewAudit, NewHistory, NewKey, NewRun, NewSignal, Run, RunFilter, RunStatus, SignalReceipt,
+    SignalRecord, Started, StoreResult, TenantScope, WorkerInfo,
 };
 use crate::error::StoreError;
 
@@ -110,6 +110,7 @@ struct RunRow {
     cancel_request: Option<String>,
     ending: Option<String>,
     held: bool,
+    tags: String,
     created_at: i64,
     updated_at: i64,
     finished_at: Option<i64>,
@@ -148,6 +149,8 @@ impl TryFrom<RunRow> for Run {
             cancel_request: typed(r.cancel_request, "cancel_request")?,
             ending: typed(r.ending, "ending")?,
             held: r.held,
+            tags: serde_json::from_str(&r.tags)
+                .map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
             created_at: from_ms(r.created_at)?,
             updated_at: from_ms(r.updated_at)?,
             finished_at: opt_from_ms(r.finished_at)?,
@@ -503,8 +506,8 @@ async fn insert_run(
     let inserted: Option<RunRow> = sqlx::query_as(
         r#"INSERT INTO waymark_runs (id, tenant, workflow, workflow_version, status, state,
                state_data, input, idempotency_key, capability, visit, attempt, due_at,
-               created_at, updated_at, parent_id, parent_visit, child_index)
-           VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, 1, 0, ?10, ?10, ?10, ?11, ?12, ?13)
+               created_at, updated_at, parent_id, parent_visit, child_index, tags)
+           VALUES (?1, ?2, ?3, ?4, 'pending', ?5, ?6, ?7, ?8, ?9, 1, 0, ?10, ?10, ?10, ?11, ?12, ?13, ?14)
            ON CONFLICT DO NOTHING
            RETURNING *"#,
     )
@@ -521,12 +524,20 @@ async fn insert_run(
     .bind(parent.map(|p| p.0.to_string()))
     .bind(parent.map(|p| p.1))
     .bind(parent.map(|p| p.2 as i64))
+    .bind(serde_json::json!(new.tags).to_string())
     .fetch_optional(&mut *conn)
     .await?;
     let Some(row) = inserted else {
         return Ok(None);
     };
     let run = Run::try_from(row)?;
+    for tag in &new.tags {
+        sqlx::query("INSERT OR IGNORE INTO waymark_run_tags (run_id, tag) VALUES (?1, ?2)")
+            .bind(run.id.to_string())
+            .bind(tag)
+            .execute(&mut *conn)
+            .await?;
+    }
     sqlx::query(
         r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status,
                to_status, cause, visit, attempt, actor, started_at, committed_at)
@@ -1057,6 +1068,264 @@ impl SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct KeyRow {
+    id: String,
+    tenant: String,
+    prefix: String,
+    secret_hash: String,
+    scopes: String,
+    name: Option<String>,
+    owner_email: Option<String>,
+    created_at: i64,
+    created_by: String,
+    expires_at: Option<i64>,
+    revoked_at: Option<i64>,
+    revoked_by: Option<String>,
+    last_used_at: Option<i64>,
+}
+
+impl TryFrom<KeyRow> for KeyRecord {
+    type Error = StoreError;
+
+    fn try_from(k: KeyRow) -> StoreResult<Self> {
+        Ok(KeyRecord {
+            id: uuid(&k.id)?,
+            tenant: k.tenant,
+            prefix: k.prefix,
+            secret_hash: k.secret_hash,
+            scopes: serde_json::from_str(&k.scopes)
+                .map_err(|e| StoreError::Corrupt(format!("scopes: {e}")))?,
+            name: k.name,
+            owner_email: k.owner_email,
+            created_at: from_ms(k.created_at)?,
+            created_by: k.created_by,
+            expires_at: opt_from_ms(k.expires_at)?,
+            revoked_at: opt_from_ms(k.revoked_at)?,
+            revoked_by: k.revoked_by,
+            last_used_at: opt_from_ms(k.last_used_at)?,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: i64,
+    tenant: String,
+    actor: String,
+    action: String,
+    target: Option<String>,
+    detail: String,
+    address: Option<String>,
+}
+
+impl TryFrom<AuditRow> for AuditEntry {
+    type Error = StoreError;
+
+    fn try_from(a: AuditRow) -> StoreResult<Self> {
+        Ok(AuditEntry {
+            id: a.id,
+            at: from_ms(a.at)?,
+            tenant: a.tenant,
+            actor: a.actor,
+            action: a.action,
+            target: a.target,
+            detail: json(&a.detail)?,
+            address: a.address,
+        })
+    }
+}
+
+async fn insert_audit(conn: &mut sqlx::SqliteConnection, a: &NewAudit) -> StoreResult<()> {
+    sqlx::query(
+        r#"INSERT INTO waymark_audit (at, tenant, actor, action, target, detail, address)
+           VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"#,
+    )
+    .bind(ms(a.at))
+    .bind(&a.tenant)
+    .bind(&a.actor)
+    .bind(&a.action)
+    .bind(&a.target)
+    .bind(a.detail.to_string())
+    .bind(&a.address)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+impl SqliteStore {
+    pub(super) async fn runs_list(
+        &self,
+        scope: &TenantScope,
+        filter: &RunFilter,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<Run>> {
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new("SELECT * FROM waymark_runs r WHERE 1");
+        if let Some(tenant) = scope.tenant() {
+            q.push(" AND r.tenant = ").push_bind(tenant.to_owned());
+        }
+        if let Some(workflow) = &filter.workflow {
+            q.push(" AND r.workflow = ").push_bind(workflow.clone());
+        }
+        if let Some(status) = filter.status {
+            q.push(" AND r.status = ").push_bind(status.as_str());
+        }
+        if let Some(state) = &filter.state {
+            q.push(" AND r.state = ").push_bind(state.clone());
+        }
+        if let Some(after) = filter.created_after {
+            q.push(" AND r.created_at >= ").push_bind(ms(after));
+        }
+        if let Some(before) = filter.created_before {
+            q.push(" AND r.created_at < ").push_bind(ms(before));
+        }
+        if let Some(tag) = &filter.tag {
+            q.push(
+                " AND EXISTS (SELECT 1 FROM waymark_run_tags t WHERE t.run_id = r.id AND t.tag = ",
+            )
+            .push_bind(tag.clone())
+            .push(")");
+        }
+        if let Some(cursor) = before {
+            q.push(" AND r.id < ").push_bind(cursor.to_string());
+        }
+        q.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit as i64);
+        let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        rows_to_runs(rows)
+    }
+
+    pub(super) async fn key_insert(
+        &self,
+        key: &NewKey,
+        audit: &NewAudit,
+    ) -> StoreResult<KeyRecord> {
+        let mut tx = self.pool.begin().await?;
+        let row: KeyRow = sqlx::query_as(
+            r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
+                   created_at, created_by, expires_at)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING *"#,
+        )
+        .bind(key.id.to_string())
+        .bind(&key.tenant)
+        .bind(&key.prefix)
+        .bind(&key.secret_hash)
+        .bind(serde_json::json!(key.scopes).to_string())
+        .bind(&key.name)
+        .bind(&key.owner_email)
+        .bind(ms(key.now))
+        .bind(&key.created_by)
+        .bind(key.expires_at.map(ms))
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        tx.commit().await?;
+        row.try_into()
+    }
+
+    pub(super) async fn key_by_prefix(&self, prefix: &str) -> StoreResult<Option<KeyRecord>> {
+        let row: Option<KeyRow> = sqlx::query_as("SELECT * FROM waymark_keys WHERE prefix = ?1")
+            .bind(prefix)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_get(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<KeyRecord>> {
+        let row: Option<KeyRow> = sqlx::query_as(
+            "SELECT * FROM waymark_keys WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+        )
+        .bind(id.to_string())
+        .bind(scope.tenant())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_list(&self, scope: &TenantScope) -> StoreResult<Vec<KeyRecord>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT * FROM waymark_keys WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_at, id",
+        )
+        .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(KeyRecord::try_from).collect()
+    }
+
+    pub(super) async fn key_revoke(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        actor: &str,
+        now: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> StoreResult<Option<KeyRecord>> {
+        let mut tx = self.pool.begin().await?;
+        let row: Option<KeyRow> = sqlx::query_as(
+            r#"UPDATE waymark_keys SET revoked_at = COALESCE(revoked_at, ?3),
+                   revoked_by = COALESCE(revoked_by, ?4)
+               WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2) RETURNING *"#,
+        )
+        .bind(id.to_string())
+        .bind(scope.tenant())
+        .bind(ms(now))
+        .bind(actor)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if row.is_some() {
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
+        sqlx::query(
+            r#"UPDATE waymark_keys SET last_used_at = ?2
+               WHERE id = ?1 AND (last_used_at IS NULL OR last_used_at < ?2 - 60000)"#,
+        )
+        .bind(id.to_string())
+        .bind(ms(now))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub(super) async fn keys_count(&self) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM waymark_keys")
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
+    pub(super) async fn audit_append(&self, audit: &NewAudit) -> StoreResult<()> {
+        let mut conn = self.pool.acquire().await?;
+        insert_audit(&mut conn, audit).await
+    }
+
+    pub(super) async fn audit_list(
+        &self,
+        scope: &TenantScope,
+        before: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Vec<AuditEntry>> {
+        let rows: Vec<AuditRow> = sqlx::query_as(
+            r#"SELECT * FROM waymark_audit WHERE (?1 IS NULL OR tenant = ?1)
+                 AND (?2 IS NULL OR id < ?2) ORDER BY id DESC LIMIT ?3"#,
+        )
+        .bind(scope.tenant())
+        .bind(before)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(AuditEntry::try_from).collect()
     }
 }
 
