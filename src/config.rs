@@ -23,14 +23,36 @@ pub struct Cli {
     pub config: Config,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// API, workers and schedules in one process (the default).
     Serve,
     /// Workers only, to scale out over PostgreSQL (refused on embedded SQLite).
     Worker,
+    /// Manage API keys directly in the database (run on the server).
+    #[command(subcommand)]
+    Keys(KeysCommand),
     /// Apply database migrations and exit.
     Migrate,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret once (recovers from a lost admin key).
+    Create {
+        /// An admin key (all tenants, everything).
+        #[arg(long)]
+        admin: bool,
+        /// The key's tenant.
+        #[arg(long, default_value = "system")]
+        tenant: String,
+        /// Scopes when not --admin: reader, operator.
+        #[arg(long, value_delimiter = ',', default_value = "reader")]
+        scopes: Vec<String>,
+        /// A name to recognise it by.
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -176,6 +198,30 @@ pub struct Config {
     /// http://WAYMARK_LISTEN.
     #[arg(long, env = "WAYMARK_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
+
+    /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
+    #[arg(
+        long,
+        env = "WAYMARK_METRICS_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub metrics_token: Option<String>,
+
+    /// API requests per second allowed per key (0: no limit).
+    #[arg(long, env = "WAYMARK_RATE_LIMIT", default_value_t = 100, global = true)]
+    pub rate_limit: u32,
+
+    /// The admin key to create on first start, instead of a generated one
+    /// (`wmk_<12 hex>_<secret>`). Unset: a key is generated, printed once and written to
+    /// `$WAYMARK_DATA_DIR/admin.key`.
+    #[arg(
+        long,
+        env = "WAYMARK_BOOTSTRAP_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub bootstrap_key: Option<String>,
 
     /// Log filter (tracing EnvFilter syntax, e.g. `info,waymark_workers=debug`).
     #[arg(long, env = "WAYMARK_LOG", default_value = "info", global = true)]

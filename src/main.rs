@@ -11,7 +11,8 @@ use waymark_engine::store::StoreConfig;
 use waymark_engine::{Engine, Limits, Store, SystemClock};
 use waymark_workers::{Runner, RunnerConfig};
 
-use crate::config::{Cli, Command, Config};
+use crate::config::{Cli, Command, Config, KeysCommand};
+use waymark_engine::keys::{IssueKey, Scope, Secret};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -51,6 +52,18 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     if matches!(command, Command::Migrate) {
         println!("waymark: database migrated ({})", store.backend());
         return Ok(std::process::ExitCode::SUCCESS);
+    }
+    if let Command::Keys(KeysCommand::Create {
+        admin,
+        tenant,
+        scopes,
+        name,
+    }) = &command
+    {
+        return keys_create(&store, *admin, tenant, scopes, name.clone()).await;
+    }
+    if matches!(command, Command::Serve) {
+        bootstrap_admin_key(&store, &config).await?;
     }
 
     // Built before the workflows so that a malformed SMTP URL, sender or signing key
@@ -94,12 +107,20 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         let app = waymark_api::app(waymark_api::AppState {
             engine: engine.clone(),
             blobs: Some(blobs.clone()),
+            api: waymark_api::ApiConfig {
+                rate_limit: config.rate_limit,
+                metrics_token: config.metrics_token.clone(),
+                ..waymark_api::ApiConfig::default()
+            },
         });
         let stop = shutdown.clone();
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
-            .context("HTTP server failed")?;
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+        .context("HTTP server failed")?;
     } else {
         println!(
             "waymark: worker {worker_id} started ({})",
@@ -110,6 +131,120 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
 
     workers.await?.context("worker failed")?;
     retention.await?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// On first start with no key at all, creates the admin key: the one given in
+/// `WAYMARK_BOOTSTRAP_KEY`, or a new one printed once and written to
+/// `$WAYMARK_DATA_DIR/admin.key` (readable by the owner only).
+async fn bootstrap_admin_key(store: &Store, config: &Config) -> anyhow::Result<()> {
+    if store.keys_count().await? > 0 {
+        return Ok(());
+    }
+    let given = match &config.bootstrap_key {
+        Some(text) => Some(Secret::parse(text).context(
+            "WAYMARK_BOOTSTRAP_KEY must look like wmk_<12 lowercase hex>_<at least 32 characters of A-Z a-z 0-9 - _>",
+        )?),
+        None => None,
+    };
+    let from_env = given.is_some();
+    let (record, secret) = waymark_engine::keys::issue(
+        store,
+        IssueKey {
+            tenant: "system".into(),
+            scopes: vec![Scope::Admin],
+            name: Some("bootstrap admin".into()),
+            owner_email: None,
+            expires_at: None,
+            actor: "bootstrap".into(),
+            address: None,
+        },
+        given,
+        chrono::Utc::now(),
+    )
+    .await
+    .context("cannot create the bootstrap admin key")?;
+    if from_env {
+        tracing::info!(key = %record.id, "created the admin key from WAYMARK_BOOTSTRAP_KEY");
+        return Ok(());
+    }
+    let path = config.data_dir.join("admin.key");
+    write_private(&path, secret.expose())
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!(
+        "waymark: created the admin key (shown once, also in {}): {}",
+        path.display(),
+        secret.expose()
+    );
+    Ok(())
+}
+
+/// Writes `content` to a new file only its owner can read.
+fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path)?;
+    writeln!(file, "{content}")
+}
+
+async fn keys_create(
+    store: &Store,
+    admin: bool,
+    tenant: &str,
+    scopes: &[String],
+    name: Option<String>,
+) -> anyhow::Result<std::process::ExitCode> {
+    if !waymark_engine::is_valid_tenant(tenant) {
+        eprintln!(
+            "waymark: --tenant {tenant:?} is not a valid slug (expected ^[a-z][a-z0-9-]{{2,39}}$)"
+        );
+        return Ok(std::process::ExitCode::from(2));
+    }
+    let scopes = if admin {
+        vec![Scope::Admin]
+    } else {
+        let mut parsed = Vec::new();
+        for scope in scopes {
+            match Scope::parse(scope) {
+                Some(Scope::Admin) | None => {
+                    eprintln!("waymark: --scopes {scope:?} is not reader or operator (use --admin for an admin key)");
+                    return Ok(std::process::ExitCode::from(2));
+                }
+                Some(s) => parsed.push(s),
+            }
+        }
+        parsed
+    };
+    let (record, secret) = waymark_engine::keys::issue(
+        store,
+        IssueKey {
+            tenant: tenant.to_owned(),
+            scopes,
+            name,
+            owner_email: None,
+            expires_at: None,
+            actor: "cli".into(),
+            address: None,
+        },
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .context("cannot create the key")?;
+    println!(
+        "waymark: created key {} (tenant {}); its secret, shown once:",
+        record.id, record.tenant
+    );
+    println!("{}", secret.expose());
     Ok(std::process::ExitCode::SUCCESS)
 }
 

@@ -20,6 +20,8 @@ const BIN: &str = env!("CARGO_BIN_EXE_waymark");
 struct Proc {
     child: Child,
     addr: Option<String>,
+    /// What it printed before it started.
+    printed: Vec<String>,
 }
 
 impl Drop for Proc {
@@ -59,18 +61,36 @@ fn command(db: &TestDb, args: &[&str]) -> Command {
 /// Starts `waymark` and waits for its first stdout line (the listening address, or
 /// the worker's start line).
 async fn spawn(db: &TestDb, args: &[&str]) -> Proc {
-    let mut child = command(db, args).spawn().expect("spawn waymark");
+    spawn_with(command(db, args)).await
+}
+
+/// Starts `waymark` and reads its stdout up to the line saying it started: the
+/// listening address (serve) or the worker's start line. Lines before it (the admin
+/// key printed on first start) are kept.
+async fn spawn_with(mut command: Command) -> Proc {
+    let mut child = command.spawn().expect("spawn waymark");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let first = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-        .await
-        .expect("waymark printed nothing within a minute")
-        .unwrap()
-        .expect("waymark exited before it started");
-    let addr = first
-        .strip_prefix("waymark: listening on http://")
-        .map(|rest| rest.split_whitespace().next().unwrap().to_owned());
-    Proc { child, addr }
+    let mut printed = Vec::new();
+    let addr = loop {
+        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+            .await
+            .expect("waymark did not start within a minute")
+            .unwrap()
+            .unwrap_or_else(|| panic!("waymark exited before it started; it printed {printed:?}"));
+        if let Some(rest) = line.strip_prefix("waymark: listening on http://") {
+            break Some(rest.split_whitespace().next().unwrap().to_owned());
+        }
+        if line.starts_with("waymark: worker ") {
+            break None;
+        }
+        printed.push(line);
+    };
+    Proc {
+        child,
+        addr,
+        printed,
+    }
 }
 
 async fn serve_answers_health_and_readiness(backend: Backend) {
@@ -342,13 +362,209 @@ async fn help_lists_every_setting_with_its_environment_variable() {
         "WAYMARK_RETENTION",
         "WAYMARK_DB_MAX_CONNECTIONS",
         "WAYMARK_LOG",
+        "WAYMARK_RATE_LIMIT",
+        "WAYMARK_BOOTSTRAP_KEY",
     ] {
         assert!(
             help.contains(&format!("env: {var}")),
             "--help does not list {var}"
         );
     }
-    for command in ["serve", "worker", "migrate"] {
+    for command in ["serve", "worker", "migrate", "keys"] {
         assert!(help.contains(command), "--help does not list {command}");
+    }
+}
+
+/// First start creates an admin key, prints it once and writes it to the data
+/// directory readable by the owner only; it authenticates; a second start creates no
+/// other. `waymark keys create --admin` recovers from a lost one.
+#[tokio::test]
+async fn first_start_creates_a_bootstrap_admin_key_and_keys_create_recovers_it() {
+    let db = TestDb::sqlite().await;
+    let data_dir = std::path::Path::new(&db.location)
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let proc = spawn(&db, &["serve"]).await;
+    let line = proc
+        .printed
+        .iter()
+        .find(|l| l.starts_with("waymark: created the admin key"))
+        .unwrap_or_else(|| panic!("no admin key line in {:?}", proc.printed))
+        .clone();
+    let secret = line.rsplit(' ').next().unwrap().to_owned();
+    let file = data_dir.join("admin.key");
+    assert_eq!(std::fs::read_to_string(&file).unwrap().trim(), secret);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    let base = format!("http://{}", proc.addr.as_ref().unwrap());
+    let whoami: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/whoami"))
+        .bearer_auth(&secret)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whoami["scopes"], json!(["admin"]));
+    drop(proc);
+
+    let again = spawn(&db, &["serve"]).await;
+    assert!(
+        again.printed.iter().all(|l| !l.contains("admin key")),
+        "{:?}",
+        again.printed
+    );
+    drop(again);
+
+    let out = command(&db, &["keys", "create", "--admin", "--name", "recovery"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let recovered = stdout.lines().last().unwrap().trim().to_owned();
+    assert!(recovered.starts_with("wmk_") && recovered != secret);
+    let proc = spawn(&db, &["serve"]).await;
+    let base = format!("http://{}", proc.addr.as_ref().unwrap());
+    let status = reqwest::Client::new()
+        .get(format!("{base}/v1/whoami"))
+        .bearer_auth(&recovered)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    // Bad arguments are refused with the argument named.
+    for (args, needle) in [
+        (vec!["keys", "create", "--tenant", "Bad Tenant"], "--tenant"),
+        (vec!["keys", "create", "--scopes", "root"], "--scopes"),
+        (vec!["keys", "create", "--scopes", "admin"], "--admin"),
+    ] {
+        let out = command(&db, &args)
+            .stderr(Stdio::piped())
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(needle),
+            "{args:?}"
+        );
+    }
+}
+
+/// `WAYMARK_BOOTSTRAP_KEY` becomes the admin key and is not printed; a malformed one
+/// stops the start with a message naming the variable.
+#[tokio::test]
+async fn a_given_bootstrap_key_is_used_and_a_malformed_one_refused() {
+    let db = TestDb::sqlite().await;
+    let given = waymark_engine::keys::Secret::generate();
+    let mut cmd = command(&db, &["serve"]);
+    cmd.env("WAYMARK_BOOTSTRAP_KEY", given.expose());
+    let proc = spawn_with(cmd).await;
+    assert!(proc.printed.iter().all(|l| !l.contains(given.expose())));
+    let base = format!("http://{}", proc.addr.as_ref().unwrap());
+    let status = reqwest::Client::new()
+        .get(format!("{base}/v1/whoami"))
+        .bearer_auth(given.expose())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    drop(proc);
+    let other = TestDb::sqlite().await;
+    let out = command(&other, &["serve"])
+        .env("WAYMARK_BOOTSTRAP_KEY", "letmein")
+        .stderr(Stdio::piped())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WAYMARK_BOOTSTRAP_KEY must look like"));
+}
+
+/// Secrets never reach the logs: with debug logging, create a key, use it, present a
+/// wrong one; neither the new key's secret nor the admin key's appears on stderr.
+#[tokio::test]
+async fn secrets_are_absent_from_the_logs() {
+    let db = TestDb::sqlite().await;
+    let admin = waymark_engine::keys::Secret::generate();
+    let mut cmd = command(&db, &["serve"]);
+    cmd.env("WAYMARK_BOOTSTRAP_KEY", admin.expose())
+        .env("WAYMARK_LOG", "debug")
+        .stderr(Stdio::piped());
+    let mut proc = spawn_with(cmd).await;
+    let mut stderr = proc.child.stderr.take().unwrap();
+    let collected = tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text)
+            .await
+            .unwrap();
+        text
+    });
+    let base = format!("http://{}", proc.addr.as_ref().unwrap());
+    let http = reqwest::Client::new();
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/keys"))
+        .bearer_auth(admin.expose())
+        .json(&json!({"tenant": "acme", "scopes": ["operator"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_owned();
+    let run = http
+        .post(format!("{base}/v1/workflows/demo/runs"))
+        .bearer_auth(&secret)
+        .json(&json!({"name": "Ada"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(run.status(), 201);
+    let wrong = format!("{}x", &secret[..secret.len() - 1]);
+    assert_eq!(
+        http.get(format!("{base}/v1/whoami"))
+            .bearer_auth(&wrong)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    // Stop it gracefully so everything it logged is flushed.
+    let pid = proc.child.id().unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    proc.child.wait().await.unwrap();
+    let logs = collected.await.unwrap();
+    assert!(logs.contains("DEBUG"), "debug logging was on");
+    for (what, value) in [
+        ("new key", secret.as_str()),
+        ("admin key", admin.expose()),
+        ("wrong key", wrong.as_str()),
+    ] {
+        let secret_part = value.rsplit('_').next().unwrap();
+        assert!(
+            !logs.contains(secret_part),
+            "the {what}'s secret is in the logs"
+        );
     }
 }

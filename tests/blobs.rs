@@ -77,6 +77,7 @@ impl Fixture {
         let app = waymark_api::app(waymark_api::AppState {
             engine: db.engine(Registry::new(), Arc::new(SystemClock)),
             blobs: Some(store.clone()),
+            api: waymark_api::ApiConfig::default(),
         });
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("serve");
@@ -496,6 +497,7 @@ async fn local_links_are_not_served_for_an_s3_store() {
     let app = waymark_api::app(waymark_api::AppState {
         engine: db.engine(Registry::new(), Arc::new(SystemClock)),
         blobs: Some(s3),
+        api: waymark_api::ApiConfig::default(),
     });
     let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     let status = reqwest::get(format!(

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod api;
 mod binary;
 mod blobs;
 mod conformance;

@@ -3,8 +3,12 @@
 //! # Layout
 //! - [`app`] builds the router from an [`AppState`]; it needs no socket, so tests and
 //!   `main` serve it the same way.
-//! - `/healthz` (process up) and `/readyz` (database reachable, migrations applied) need
-//!   no key. The `/v1` routes come with the API issue.
+//! - `/healthz` (process up), `/readyz` (database reachable, migrations applied),
+//!   `/openapi.json` and `/metrics` (Prometheus; optionally behind a token) need no key.
+//! - [`diagram`]: a workflow's state machine drawn as SVG.
+//! - [`routes`]: every `/v1` route in one table that builds both the router and the
+//!   OpenAPI document; [`auth`] (API keys, scopes, rate limit), [`body`] (reading and
+//!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`].
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
 
 use axum::extract::State;
@@ -15,21 +19,74 @@ use axum::{Json, Router};
 use serde_json::json;
 use waymark_engine::Engine;
 
+pub mod auth;
 pub mod blobs;
+pub mod body;
+pub mod diagram;
+pub mod error;
+pub mod routes;
+pub mod views;
+
+pub use auth::ApiConfig;
 
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub engine: Engine,
     /// Serves signed links of a local blob store; `None` (or S3): `/blobs/…` is 404.
     pub blobs: Option<waymark_services::BlobStore>,
+    pub api: ApiConfig,
 }
 
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/openapi.json", get(routes::openapi_json))
+        .route("/metrics", get(metrics));
+    for route in routes::table() {
+        router = router.route(route.path, route.handler);
+    }
+    router
+        .fallback(not_found)
         .merge(blobs::routes(state.blobs.clone()))
         .with_state(state)
+}
+
+/// Prometheus metrics; behind `WAYMARK_METRICS_TOKEN` when one is set.
+async fn metrics(
+    State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, error::ApiError> {
+    if let Some(token) = &state.api.metrics_token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let matches = presented.is_some_and(|p| {
+            p.len() == token.len()
+                && p.bytes()
+                    .zip(token.bytes())
+                    .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                    == 0
+        });
+        if !matches {
+            return Err(error::ApiError::unauthorized(
+                "the metrics token is required: Authorization: Bearer <token>",
+            ));
+        }
+    }
+    let now = state.engine.clock.now();
+    let (due, oldest) = state.engine.store.runs_due_stats(now).await?;
+    let age = oldest.and_then(|t| (now - t).to_std().ok());
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.engine.metrics.render(due, age),
+    )
+        .into_response())
+}
+
+async fn not_found() -> error::ApiError {
+    error::ApiError::not_found("no such route")
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -368,6 +368,7 @@ mod tests {
             ending: None,
             held: false,
             tags: vec![],
+            claimed_from: None,
             created_at: now,
             updated_at: now,
             finished_at: None,

@@ -172,3 +172,61 @@ mod tests {
         assert_eq!(Scope::parse("root"), None);
     }
 }
+
+/// What a new key is for.
+#[derive(Debug, Clone)]
+pub struct IssueKey {
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who asked (`key:<id>`, `cli`, `bootstrap`), for the key and the audit log.
+    pub actor: String,
+    pub address: Option<String>,
+}
+
+/// Issues a key: a fresh secret (or `secret`, e.g. a bootstrap key given by the
+/// operator), stored as a hash with its audit record in one transaction. The secret is
+/// returned once and never stored.
+pub async fn issue(
+    store: &crate::store::Store,
+    request: IssueKey,
+    secret: Option<Secret>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<(crate::store::KeyRecord, Secret), crate::StoreError> {
+    let secret = secret.unwrap_or_else(Secret::generate);
+    let prefix = secret
+        .prefix()
+        .expect("secrets are made or parsed with a prefix")
+        .to_owned();
+    let id = uuid::Uuid::now_v7();
+    let key = crate::store::NewKey {
+        id,
+        tenant: request.tenant.clone(),
+        prefix: prefix.clone(),
+        secret_hash: secret.hash(),
+        scopes: request.scopes.clone(),
+        name: request.name.clone(),
+        owner_email: request.owner_email.clone(),
+        expires_at: request.expires_at,
+        created_by: request.actor.clone(),
+        now,
+    };
+    let audit = crate::store::NewAudit {
+        tenant: request.tenant,
+        actor: request.actor,
+        action: "key.created".into(),
+        target: Some(format!("key:{id}")),
+        detail: serde_json::json!({
+            "prefix": prefix,
+            "scopes": request.scopes,
+            "name": request.name,
+            "expires_at": request.expires_at,
+        }),
+        address: request.address,
+        at: now,
+    };
+    let record = store.key_insert(&key, &audit).await?;
+    Ok((record, secret))
+}

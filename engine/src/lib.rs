@@ -7,15 +7,20 @@
 //! - [`advance`]: the pure rules that turn a step's result into the commit.
 //! - [`runs`]: starting runs (`Engine::start`, `Engine::start_in`) with checks and limits.
 //! - [`store`]: PostgreSQL and SQLite behind one `Store`; all SQL lives there.
+//! - [`metrics`]: counters and histograms rendered as Prometheus text.
 //! - [`keys`]: API key secrets (generation, prefix, hash) and scopes.
+//! - [`cron`]: cron expressions (crontab(5) syntax) and their fire times in an IANA
+//!   zone, with exact daylight-saving rules; the core of schedules.
 //! - [`clock`], [`retry`], [`error`]: time as an input, backoff, one error enum per concern.
 //!
 //! No HTTP and no process loops here: `waymark-workers` runs steps, `waymark-api` serves.
 
 pub mod advance;
 pub mod clock;
+pub mod cron;
 pub mod error;
 pub mod keys;
+pub mod metrics;
 pub mod retry;
 pub mod runs;
 pub mod status;
@@ -25,7 +30,7 @@ pub mod workflow;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{ErrorKind, ResultExt, StepError, StoreError};
 pub use retry::RetryPolicy;
-pub use runs::{Engine, EngineError, Limits, SendSignal, StartRun};
+pub use runs::{is_valid_tenant, Engine, EngineError, Limits, SendSignal, StartRun};
 pub use status::RunStatus;
 pub use store::{Run, Store, StoreConfig, TenantScope};
 pub use workflow::{

@@ -138,6 +138,7 @@ pub struct Engine {
     pub registry: Arc<Registry>,
     pub clock: SharedClock,
     pub limits: Limits,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Engine {
@@ -147,6 +148,7 @@ impl Engine {
             registry,
             clock,
             limits: Limits::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -338,7 +340,11 @@ impl Engine {
     /// Starts a run (idempotently when a key is given).
     pub async fn start(&self, req: StartRun) -> Result<Started, EngineError> {
         let new = self.prepare(req)?;
-        Ok(self.store.run_start(new).await?)
+        let started = self.store.run_start(new).await?;
+        if started.created {
+            self.metrics.run_started(&started.run.workflow);
+        }
+        Ok(started)
     }
 
     /// Starts a run inside the caller's PostgreSQL transaction, so a business row and

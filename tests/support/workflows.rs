@@ -343,6 +343,68 @@ impl Workflow for Hang {
     }
 }
 
+/// `door` waits for `ring` (payload `{"by": name}`) and completes with who rang.
+pub struct Doorbell;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum Door {
+    Door,
+    Open,
+}
+
+impl WorkflowState for Door {
+    fn name(&self) -> &'static str {
+        match self {
+            Door::Door => "door",
+            Door::Open => "open",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "signal", content = "payload", rename_all = "snake_case")]
+pub enum Bell {
+    Ring { by: String },
+}
+
+impl waymark_engine::WorkflowSignal for Bell {}
+
+impl Workflow for Doorbell {
+    const NAME: &'static str = "doorbell";
+    type Input = serde_json::Value;
+    type State = Door;
+    type Output = String;
+    type Signal = Bell;
+
+    fn definition() -> Definition {
+        Definition::new([
+            StateDef::new("door").on_signal("ring", "open"),
+            StateDef::new("open").completes(),
+        ])
+        .signal("ring")
+    }
+
+    fn initial_state(_: &serde_json::Value) -> Door {
+        Door::Door
+    }
+
+    async fn step(
+        &self,
+        ctx: &StepContext,
+        _: &serde_json::Value,
+        state: Door,
+    ) -> Result<Transition<Door, String>, StepError> {
+        Ok(match state {
+            Door::Door => waymark_engine::Wait::on("ring", Door::Open).into(),
+            Door::Open => match ctx.signal::<Bell>()? {
+                Some(Bell::Ring { by }) => Transition::complete(format!("opened for {by}")),
+                None => return Err(StepError::fatal("nobody rang")),
+            },
+        })
+    }
+}
+
 /// A registry with every test workflow; returns the handles tests poke.
 pub struct TestWorkflows {
     pub flaky_calls: Arc<AtomicU32>,
@@ -375,6 +437,8 @@ pub fn registry() -> (waymark_engine::workflow::Registry, TestWorkflows) {
         .register(Bloat)
         .unwrap()
         .register(Hang)
+        .unwrap()
+        .register(Doorbell)
         .unwrap();
     (registry, handles)
 }

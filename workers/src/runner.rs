@@ -138,6 +138,14 @@ impl Runner {
                     Ok(runs) => {
                         claim_backoff = Duration::from_millis(100);
                         claimed = runs.len();
+                        let now = self.engine.clock.now();
+                        for run in &runs {
+                            if let Some(due) = run.due_at.filter(|_| run.claimed_from.is_some()) {
+                                let late = (now - due).to_std().unwrap_or_default();
+                                let after_timer = run.claimed_from == Some(RunStatus::Sleeping);
+                                self.engine.metrics.claimed_late(late, after_timer);
+                            }
+                        }
                         for run in runs {
                             let permit = permits
                                 .clone()
@@ -397,11 +405,15 @@ async fn advance_once(
                 humanize(policy.step_timeout)
             )))
         };
-        match run_cancellable(step, tokens, config.cancel_grace).await {
+        let began = std::time::Instant::now();
+        let finished = run_cancellable(step, tokens, config.cancel_grace).await;
+        engine.metrics.step_took(began.elapsed());
+        match finished {
             Finished::Done(Ok(result)) => result,
             Finished::Done(Err(_)) => timed_out(),
             Finished::Lost => {
                 tracing::error!("lease lost while the step ran; its result is discarded");
+                engine.metrics.lease_lost();
                 return None;
             }
             Finished::Abandoned => {
@@ -626,7 +638,18 @@ async fn commit_and_continue(
     lease: &Lease,
     commit: &waymark_engine::store::Commit,
 ) -> Option<waymark_engine::Run> {
-    match commit_with_retry(engine, lease, commit).await {
+    let committed = commit_with_retry(engine, lease, commit).await;
+    match &committed {
+        Ok(next) => {
+            engine.metrics.transition();
+            if next.status.is_terminal() {
+                engine.metrics.run_ended(&next.workflow, next.status);
+            }
+        }
+        Err(error) if error.is_lease_lost() => engine.metrics.lease_lost(),
+        Err(_) => {}
+    }
+    match committed {
         Ok(next)
             if next.locked_by == Some(lease.worker_id)
                 && matches!(next.status, RunStatus::Running | RunStatus::Compensating) =>

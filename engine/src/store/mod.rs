@@ -258,6 +258,14 @@ impl Store {
         dispatch!(self, s => s.runs_list(scope, filter, before, limit).await)
     }
 
+    /// How many runs are due and unclaimed at `now`, and since when the oldest waits.
+    pub async fn runs_due_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(i64, Option<DateTime<Utc>>)> {
+        dispatch!(self, s => s.runs_due_stats(now).await)
+    }
+
     /// Stores a key (its hash only) and its audit record in one transaction.
     pub async fn key_insert(&self, key: &NewKey, audit: &NewAudit) -> StoreResult<KeyRecord> {
         dispatch!(self, s => s.key_insert(key, audit).await)

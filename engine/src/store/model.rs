@@ -166,6 +166,10 @@ pub struct Run {
     pub ending: Option<Ending>,
     pub held: bool,
     pub tags: Vec<String>,
+    /// Set only on runs a claim returns: the status the run was claimed from (a
+    /// `sleeping` one was woken by its timer). Not stored.
+    #[serde(skip)]
+    pub claimed_from: Option<RunStatus>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,

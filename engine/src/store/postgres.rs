@@ -69,6 +69,9 @@ struct RunRow {
     ending: Option<Value>,
     held: bool,
     tags: Value,
+    /// Only in a claim's answer: the status the run was claimed from.
+    #[sqlx(default)]
+    claimed_from: Option<String>,
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     finished_at: Option<DateTime<Utc>>,
@@ -108,6 +111,7 @@ impl TryFrom<RunRow> for Run {
             ending: opt_from_json(r.ending, "ending")?,
             held: r.held,
             tags: from_json(r.tags, "tags")?,
+            claimed_from: r.claimed_from.as_deref().map(parse_status).transpose()?,
             created_at: r.created_at,
             updated_at: r.updated_at,
             finished_at: r.finished_at,
@@ -733,7 +737,7 @@ impl PgStore {
         let rows: Vec<RunRow> = sqlx::query_as(
             r#"
             WITH due AS (
-                SELECT r.id FROM waymark_runs r
+                SELECT r.id, r.status AS claimed_from FROM waymark_runs r
                 WHERE ((r.status IN ('pending', 'sleeping', 'retrying') AND r.due_at <= $1)
                        OR (r.status = 'compensating' AND r.locked_by IS NULL AND r.due_at <= $1)
                        OR (r.status IN ('running', 'compensating') AND r.lease_expires_at < now()))
@@ -753,7 +757,7 @@ impl PgStore {
                 attempt = r.attempt + 1,
                 updated_at = $1
             FROM due WHERE r.id = due.id
-            RETURNING r.*
+            RETURNING r.*, due.claimed_from
             "#,
         )
         .bind(req.now)
@@ -1205,6 +1209,21 @@ impl PgStore {
         q.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit as i64);
         let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.pool).await?;
         rows_to_runs(rows)
+    }
+
+    pub(super) async fn runs_due_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(i64, Option<DateTime<Utc>>)> {
+        Ok(sqlx::query_as(
+            r#"SELECT count(*), min(due_at) FROM waymark_runs
+               WHERE ((status IN ('pending', 'sleeping', 'retrying'))
+                      OR (status = 'compensating' AND locked_by IS NULL))
+                 AND due_at <= $1"#,
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     pub(super) async fn key_insert(

@@ -149,6 +149,7 @@ impl TryFrom<RunRow> for Run {
             cancel_request: typed(r.cancel_request, "cancel_request")?,
             ending: typed(r.ending, "ending")?,
             held: r.held,
+            claimed_from: None,
             tags: serde_json::from_str(&r.tags)
                 .map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
             created_at: from_ms(r.created_at)?,
@@ -767,6 +768,34 @@ impl SqliteStore {
     pub(super) async fn run_claim(&self, req: &ClaimRequest) -> StoreResult<Vec<Run>> {
         let workflows = serde_json::json!(req.workflows).to_string();
         let capabilities = serde_json::json!(req.capabilities).to_string();
+        // Select, then update: SQLite's RETURNING shows only new values, and the status
+        // a run is claimed from feeds the timer-lateness metric. One connection makes
+        // the two statements as good as one.
+        let mut tx = self.pool.begin().await?;
+        let due: Vec<(String, String)> = sqlx::query_as(&format!(
+            r#"SELECT r.id, r.status FROM waymark_runs r
+               WHERE ((r.status IN ('pending', 'sleeping', 'retrying') AND r.due_at <= ?1)
+                      OR (r.status = 'compensating' AND r.locked_by IS NULL AND r.due_at <= ?1)
+                      OR (r.status IN ('running', 'compensating') AND r.lease_expires_at < {DB_NOW}))
+                 AND EXISTS (SELECT 1 FROM json_each(?2) k
+                             WHERE json_extract(k.value, '$[0]') = r.workflow
+                               AND r.workflow_version <= json_extract(k.value, '$[1]'))
+                 AND (r.capability IS NULL
+                      OR r.capability IN (SELECT value FROM json_each(?3))
+                      OR r.status = 'compensating')
+               ORDER BY r.due_at
+               LIMIT ?4"#
+        ))
+        .bind(ms(req.now))
+        .bind(workflows)
+        .bind(capabilities)
+        .bind(req.limit as i64)
+        .fetch_all(&mut *tx)
+        .await?;
+        if due.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<&str> = due.iter().map(|(id, _)| id.as_str()).collect();
         let rows: Vec<RunRow> = sqlx::query_as(&format!(
             r#"UPDATE waymark_runs SET
                    status = CASE WHEN status = 'compensating' THEN 'compensating' ELSE 'running' END,
@@ -775,30 +804,26 @@ impl SqliteStore {
                    lease_expires_at = {DB_NOW} + ?2,
                    attempt = attempt + 1,
                    updated_at = ?3
-               WHERE id IN (
-                   SELECT r.id FROM waymark_runs r
-                   WHERE ((r.status IN ('pending', 'sleeping', 'retrying') AND r.due_at <= ?3)
-                          OR (r.status = 'compensating' AND r.locked_by IS NULL AND r.due_at <= ?3)
-                          OR (r.status IN ('running', 'compensating') AND r.lease_expires_at < {DB_NOW}))
-                     AND EXISTS (SELECT 1 FROM json_each(?4) k
-                                 WHERE json_extract(k.value, '$[0]') = r.workflow
-                                   AND r.workflow_version <= json_extract(k.value, '$[1]'))
-                     AND (r.capability IS NULL
-                          OR r.capability IN (SELECT value FROM json_each(?5))
-                          OR r.status = 'compensating')
-                   ORDER BY r.due_at
-                   LIMIT ?6)
+               WHERE id IN (SELECT value FROM json_each(?4))
                RETURNING *"#
         ))
         .bind(req.worker_id.to_string())
         .bind(lease_ms(req.lease))
         .bind(ms(req.now))
-        .bind(workflows)
-        .bind(capabilities)
-        .bind(req.limit as i64)
-        .fetch_all(&self.pool)
+        .bind(serde_json::json!(ids).to_string())
+        .fetch_all(&mut *tx)
         .await?;
-        rows_to_runs(rows)
+        tx.commit().await?;
+        let mut runs = rows_to_runs(rows)?;
+        for run in &mut runs {
+            let id = run.id.to_string();
+            run.claimed_from = due
+                .iter()
+                .find(|(due_id, _)| *due_id == id)
+                .map(|(_, status)| parse_status(status))
+                .transpose()?;
+        }
+        Ok(runs)
     }
 
     pub(super) async fn run_commit(&self, lease: &Lease, commit: &Commit) -> StoreResult<Run> {
@@ -1197,6 +1222,22 @@ impl SqliteStore {
         q.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit as i64);
         let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.pool).await?;
         rows_to_runs(rows)
+    }
+
+    pub(super) async fn runs_due_stats(
+        &self,
+        now: DateTime<Utc>,
+    ) -> StoreResult<(i64, Option<DateTime<Utc>>)> {
+        let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
+            r#"SELECT count(*), min(due_at) FROM waymark_runs
+               WHERE ((status IN ('pending', 'sleeping', 'retrying'))
+                      OR (status = 'compensating' AND locked_by IS NULL))
+                 AND due_at <= ?1"#,
+        )
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((count, opt_from_ms(oldest)?))
     }
 
     pub(super) async fn key_insert(

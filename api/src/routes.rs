@@ -1,0 +1,1008 @@
+//! Every `/v1` route, in one table that both builds the router and writes the OpenAPI
+//! document, so the document cannot miss a route.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, MethodRouter};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use uuid::Uuid;
+use waymark_engine::keys::{IssueKey, Scope};
+use waymark_engine::store::{NewAudit, RunFilter};
+use waymark_engine::{is_valid_tenant, RunStatus, SendSignal, StartRun, TenantScope};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::views::{HistoryView, KeyView, RunView};
+use crate::{body, AppState};
+
+/// A documented route.
+pub struct Route {
+    pub method: Method,
+    pub path: &'static str,
+    pub summary: &'static str,
+    /// The least scope that may call it.
+    pub scope: Scope,
+    /// Status codes it answers besides the shared errors.
+    pub success: &'static [u16],
+    pub body: Option<Value>,
+    pub handler: MethodRouter<AppState>,
+}
+
+fn route(
+    method: Method,
+    path: &'static str,
+    summary: &'static str,
+    scope: Scope,
+    success: &'static [u16],
+    body: Option<Value>,
+    handler: MethodRouter<AppState>,
+) -> Route {
+    Route {
+        method,
+        path,
+        summary,
+        scope,
+        success,
+        body,
+        handler,
+    }
+}
+
+/// The `/v1` routes.
+pub fn table() -> Vec<Route> {
+    let filter = json!({"type": "object", "properties": {
+        "workflow": {"type": "string"}, "status": {"type": "string"}, "state": {"type": "string"},
+        "created_after": {"type": "string", "format": "date-time"},
+        "created_before": {"type": "string", "format": "date-time"}, "tag": {"type": "string"}}});
+    let reason = json!({"type": "object", "properties": {"reason": {"type": "string"}}});
+    vec![
+        route(Method::POST, "/v1/workflows/{workflow}/runs", "Start a run; the body is the workflow's input. `Idempotency-Key` makes it idempotent; `?tag=` labels it; an admin acting for a tenant passes `?tenant=`.", Scope::Operator, &[200, 201], Some(json!({"type": "object"})), post(start_run)),
+        route(Method::GET, "/v1/runs", "List runs, newest first, with filters (workflow, status, state, created_after, created_before, tag) and keyset pagination (`cursor`, `limit`).", Scope::Reader, &[200], None, get(list_runs)),
+        route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up.", Scope::Reader, &[200], None, get(get_run)),
+        route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors.", Scope::Reader, &[200], None, get(run_history)),
+        route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them.", Scope::Reader, &[200], None, get(run_signals)),
+        route(Method::POST, "/v1/runs/{id}/signals/{signal}", "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is honoured.", Scope::Operator, &[200, 201], Some(json!({})), post(send_signal)),
+        route(Method::POST, "/v1/runs/{id}/cancel", "Cancel a run: compensation runs, then it ends `cancelled`.", Scope::Operator, &[200], Some(reason.clone()), post(cancel_run)),
+        route(Method::POST, "/v1/runs/{id}/terminate", "End a run at once without compensation.", Scope::Operator, &[200], Some(reason.clone()), post(terminate_run)),
+        route(Method::POST, "/v1/runs/{id}/retry", "Retry a run held after failing, or a failed compensation.", Scope::Operator, &[200], None, post(retry_run)),
+        route(Method::POST, "/v1/runs/{id}/skip-compensation", "Skip the compensation that failed; the others run.", Scope::Operator, &[200], None, post(skip_compensation)),
+        route(Method::POST, "/v1/runs/cancel", "Cancel every run matching a filter (`dry_run` counts them).", Scope::Operator, &[200], Some(json!({"type": "object", "properties": {"filter": filter, "dry_run": {"type": "boolean"}, "reason": {"type": "string"}}})), post(bulk_cancel)),
+        route(Method::POST, "/v1/runs/retry", "Retry every run matching a filter (`dry_run` counts them).", Scope::Operator, &[200], Some(json!({"type": "object", "properties": {"filter": filter, "dry_run": {"type": "boolean"}}})), post(bulk_retry)),
+        route(Method::GET, "/v1/workflows", "Registered workflow types with their state machines.", Scope::Reader, &[200], None, get(list_workflows)),
+        route(Method::GET, "/v1/workflows/{workflow}", "One workflow type: states, edges, signals, timers, compensations.", Scope::Reader, &[200], None, get(get_workflow)),
+        route(Method::GET, "/v1/workflows/{workflow}/diagram.svg", "The workflow's state machine as an SVG picture.", Scope::Reader, &[200], None, get(workflow_diagram)),
+        route(Method::POST, "/v1/keys", "Create an API key; its secret is in this answer only.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["scopes"], "properties": {"tenant": {"type": "string"}, "scopes": {"type": "array", "items": {"enum": ["reader", "operator", "admin"]}}, "name": {"type": "string"}, "owner_email": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}})), post(create_key)),
+        route(Method::GET, "/v1/keys", "API keys of the caller's tenant (all, for an admin).", Scope::Operator, &[200], None, get(list_keys)),
+        route(Method::GET, "/v1/keys/{id}", "One API key.", Scope::Operator, &[200], None, get(get_key)),
+        route(Method::DELETE, "/v1/keys/{id}", "Revoke an API key.", Scope::Operator, &[200], None, delete(revoke_key)),
+        route(Method::GET, "/v1/whoami", "The presented key's id, tenant and scopes.", Scope::Reader, &[200], None, get(whoami)),
+        route(Method::GET, "/v1/audit", "The append-only audit log of the caller's tenant, newest first (`before`, `limit`).", Scope::Operator, &[200], None, get(audit)),
+        route(Method::GET, "/v1/workers", "The worker registry.", Scope::Operator, &[200], None, get(workers)),
+    ]
+}
+
+// ---------------------------------------------------------------------------------
+// Helpers
+
+fn params(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| {
+        url::form_urlencoded::parse(q.as_bytes())
+            .into_owned()
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Malformed ids answer 404, exactly like ids that do not exist.
+fn run_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("run {raw:?} not found")))
+}
+
+fn key_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("key {raw:?} not found")))
+}
+
+fn idempotency_key(headers: &HeaderMap) -> ApiResult<Option<String>> {
+    match headers.get("idempotency-key") {
+        None => Ok(None),
+        Some(value) => {
+            let key = value
+                .to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?
+                .trim();
+            if key.is_empty() || key.len() > 255 {
+                return Err(ApiError::invalid(
+                    "Idempotency-Key must be 1 to 255 characters",
+                ));
+            }
+            Ok(Some(key.to_owned()))
+        }
+    }
+}
+
+fn timestamp(name: &str, value: &str) -> ApiResult<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ApiError::invalid(format!(
+                "{name}: expected an RFC 3339 timestamp, got {value:?} ({e})"
+            ))
+        })
+}
+
+async fn load_run(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<waymark_engine::Run> {
+    let id = run_id(raw)?;
+    state
+        .engine
+        .store
+        .run_get(&caller.scope(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
+}
+
+async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> {
+    let reason = state
+        .engine
+        .pending_reason(&run, Duration::from_secs(90))
+        .await?;
+    let children_visit = match (&run.waiting_for, &run.received) {
+        (Some(w), _) if w.children.is_some() => w.children.as_ref().map(|c| c.visit),
+        (_, Some(waymark_engine::store::Inbox::Children { visit })) => Some(*visit),
+        _ => None,
+    };
+    let children = match children_visit {
+        Some(visit) => state
+            .engine
+            .store
+            .run_children(run.id, visit)
+            .await?
+            .into_iter()
+            .map(|c| c.id)
+            .collect(),
+        None => Vec::new(),
+    };
+    let mut view = RunView::new(run);
+    view.pending_reason = reason;
+    view.children = children;
+    Ok(view)
+}
+
+async fn audit_record(
+    state: &AppState,
+    caller: &Caller,
+    tenant: &str,
+    action: &str,
+    target: String,
+    detail: Value,
+) {
+    let entry = NewAudit {
+        tenant: tenant.to_owned(),
+        actor: caller.actor(),
+        action: action.to_owned(),
+        target: Some(target),
+        detail,
+        address: caller.address.clone(),
+        at: state.engine.clock.now(),
+    };
+    if let Err(error) = state.engine.store.audit_append(&entry).await {
+        tracing::error!(error = %crate::error::chain(&error), action, "cannot append to the audit log");
+    }
+}
+
+/// The tenant a write acts for: the caller's own, or for an admin `?tenant=`.
+fn acting_tenant(caller: &Caller, requested: Option<&str>) -> ApiResult<String> {
+    match requested {
+        None => Ok(caller.key.tenant.clone()),
+        Some(t) if t == caller.key.tenant => Ok(t.to_owned()),
+        Some(_) if !caller.is_admin() => Err(ApiError::forbidden(
+            "only an admin key may act for another tenant",
+        )),
+        Some(t) if is_valid_tenant(t) => Ok(t.to_owned()),
+        Some(t) => Err(ApiError::invalid(format!(
+            "tenant {t:?} is not a valid slug (expected ^[a-z][a-z0-9-]{{2,39}}$)"
+        ))),
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Runs
+
+async fn start_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(workflow): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Operator)?;
+    let query = params(query);
+    let tenant = acting_tenant(&caller, param(&query, "tenant"))?;
+    if state.engine.registry.get(&workflow).is_none() {
+        return Err(ApiError::not_found(format!(
+            "workflow {workflow:?} not found"
+        )));
+    }
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let input: Value = body::json(&headers, &bytes, false)?;
+    let key = idempotency_key(&headers)?;
+    let mut tags = Vec::new();
+    for (name, value) in &query {
+        match name.as_str() {
+            "tag" if value.is_empty() || value.len() > 200 => {
+                return Err(ApiError::invalid("tag: must be 1 to 200 characters"));
+            }
+            "tag" => tags.push(value.clone()),
+            "tenant" => {}
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    let started = state
+        .engine
+        .start(StartRun {
+            tenant,
+            workflow,
+            input,
+            idempotency_key: key,
+            tags,
+            actor: caller.actor(),
+        })
+        .await?;
+    let status = if started.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let location = format!("/v1/runs/{}", started.run.id);
+    let view = view(&state, started.run).await?;
+    Ok((status, [(header::LOCATION, location)], Json(view)).into_response())
+}
+
+async fn get_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<RunView>> {
+    caller.require(Scope::Reader)?;
+    let mut run = load_run(&state, &caller, &id).await?;
+    let query = params(query);
+    let wait = match param(&query, "wait") {
+        None => None,
+        Some(text) => Some(
+            humantime::parse_duration(text)
+                .map_err(|e| {
+                    ApiError::invalid(format!(
+                        "wait: expected a duration like 30s, got {text:?} ({e})"
+                    ))
+                })?
+                .min(state.api.max_wait),
+        ),
+    };
+    if let Some(wait) = wait {
+        // Long poll: re-read until the run ends or the time is up. Polling the row is
+        // cheap and needs no notification for every kind of transition.
+        let deadline = tokio::time::Instant::now() + wait;
+        while !run.status.is_terminal() && tokio::time::Instant::now() < deadline {
+            let pause = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
+            tokio::time::sleep(pause).await;
+            run = load_run(&state, &caller, &id).await?;
+        }
+    }
+    Ok(Json(view(&state, run).await?))
+}
+
+fn filter_from(query: &[(String, String)]) -> ApiResult<RunFilter> {
+    let mut filter = RunFilter::default();
+    for (name, value) in query {
+        match name.as_str() {
+            "workflow" => filter.workflow = Some(value.clone()),
+            "status" => {
+                filter.status = Some(value.parse::<RunStatus>().map_err(|_| {
+                    ApiError::invalid(format!("status: {value:?} is not a run status"))
+                })?)
+            }
+            "state" => filter.state = Some(value.clone()),
+            "created_after" => filter.created_after = Some(timestamp("created_after", value)?),
+            "created_before" => filter.created_before = Some(timestamp("created_before", value)?),
+            "tag" => filter.tag = Some(value.clone()),
+            "tenant" | "cursor" | "limit" => {}
+            other => {
+                return Err(ApiError::invalid(format!(
+                    "unknown query parameter {other:?}"
+                )))
+            }
+        }
+    }
+    Ok(filter)
+}
+
+async fn list_runs(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    let query = params(query);
+    let filter = filter_from(&query)?;
+    let limit = match param(&query, "limit") {
+        None => 50,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=500).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit: expected 1 to 500, got {text:?}")))?,
+    };
+    let cursor = match param(&query, "cursor") {
+        None => None,
+        Some(text) => Some(text.parse::<Uuid>().map_err(|_| {
+            ApiError::invalid(format!(
+                "cursor: {text:?} is not a cursor from a previous page"
+            ))
+        })?),
+    };
+    let scope = match (caller.is_admin(), param(&query, "tenant")) {
+        (true, Some(tenant)) => TenantScope::Tenant(tenant.to_owned()),
+        (false, Some(tenant)) if tenant != caller.key.tenant => {
+            return Err(ApiError::forbidden(
+                "only an admin key may read another tenant",
+            ))
+        }
+        _ => caller.scope(),
+    };
+    let runs = state
+        .engine
+        .store
+        .runs_list(&scope, &filter, cursor, limit)
+        .await?;
+    let next_cursor = (runs.len() as u32 == limit)
+        .then(|| runs.last().map(|r| r.id))
+        .flatten();
+    let runs: Vec<RunView> = runs.into_iter().map(RunView::new).collect();
+    Ok(Json(json!({ "runs": runs, "next_cursor": next_cursor })))
+}
+
+async fn run_history(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<HistoryView>> {
+    caller.require(Scope::Reader)?;
+    let id = run_id(&id)?;
+    let history = state
+        .engine
+        .store
+        .run_history(&caller.scope(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
+    Ok(Json(HistoryView { history }))
+}
+
+async fn run_signals(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    let id = run_id(&id)?;
+    let signals = state
+        .engine
+        .store
+        .run_signals(&caller.scope(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
+    Ok(Json(json!({ "signals": signals })))
+}
+
+async fn send_signal(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path((id, signal)): Path<(String, String)>,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Operator)?;
+    let run = load_run(&state, &caller, &id).await?;
+    let declared = state
+        .engine
+        .registry
+        .get(&run.workflow)
+        .is_some_and(|w| w.definition().signal_def(&signal).is_some());
+    if !declared {
+        return Err(ApiError::not_found(format!(
+            "workflow {:?} has no signal {signal:?}",
+            run.workflow
+        )));
+    }
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let payload: Value = if bytes.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        body::json(&headers, &bytes, false)?
+    };
+    let key = idempotency_key(&headers)?;
+    let receipt = state
+        .engine
+        .signal(
+            &caller.scope(),
+            SendSignal {
+                run_id: run.id,
+                name: signal,
+                payload,
+                idempotency_key: key,
+                actor: caller.actor(),
+            },
+        )
+        .await?;
+    let status = if receipt.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((
+        status,
+        Json(json!({ "id": receipt.id, "run_id": run.id, "consumed": receipt.consumed })),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReasonBody {
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+async fn operator_action(
+    state: AppState,
+    caller: Caller,
+    id: String,
+    headers: HeaderMap,
+    request_body: Body,
+    action: &'static str,
+) -> ApiResult<Json<RunView>> {
+    caller.require(Scope::Operator)?;
+    let run = load_run(&state, &caller, &id).await?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let reason: ReasonBody = body::json(&headers, &bytes, true)?;
+    let reason = reason
+        .reason
+        .unwrap_or_else(|| format!("{action} by {}", caller.actor()));
+    if reason.len() > 1000 {
+        return Err(ApiError::invalid("reason: at most 1000 characters"));
+    }
+    let scope = caller.scope();
+    let actor = caller.actor();
+    let engine = &state.engine;
+    let after = match action {
+        "cancel" => engine.cancel(&scope, run.id, &actor, &reason).await?,
+        "terminate" => engine.terminate(&scope, run.id, &actor, &reason).await?,
+        "retry" => engine.retry(&scope, run.id, &actor).await?,
+        _ => engine.skip_compensation(&scope, run.id, &actor).await?,
+    };
+    audit_record(
+        &state,
+        &caller,
+        &run.tenant,
+        &format!("run.{action}"),
+        format!("run:{}", run.id),
+        json!({ "reason": reason }),
+    )
+    .await;
+    Ok(Json(view(&state, after).await?))
+}
+
+async fn cancel_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<RunView>> {
+    operator_action(state, caller, id, headers, body, "cancel").await
+}
+
+async fn terminate_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<RunView>> {
+    operator_action(state, caller, id, headers, body, "terminate").await
+}
+
+async fn retry_run(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<RunView>> {
+    operator_action(state, caller, id, headers, body, "retry").await
+}
+
+async fn skip_compensation(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<RunView>> {
+    operator_action(state, caller, id, headers, body, "skip_compensation").await
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FilterBody {
+    workflow: Option<String>,
+    status: Option<RunStatus>,
+    state: Option<String>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+    tag: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BulkBody {
+    filter: FilterBody,
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+/// The most runs one bulk call acts on; call again for more.
+const BULK_LIMIT: u32 = 1000;
+
+async fn bulk(
+    state: AppState,
+    caller: Caller,
+    headers: HeaderMap,
+    request_body: Body,
+    action: &'static str,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let request: BulkBody = body::json(&headers, &bytes, false)?;
+    let filter = RunFilter {
+        workflow: request.filter.workflow,
+        status: request.filter.status,
+        state: request.filter.state,
+        created_after: request.filter.created_after,
+        created_before: request.filter.created_before,
+        tag: request.filter.tag,
+    };
+    let scope = caller.scope();
+    let runs = state
+        .engine
+        .store
+        .runs_list(&scope, &filter, None, BULK_LIMIT)
+        .await?;
+    let eligible: Vec<_> = runs
+        .into_iter()
+        .filter(|r| match action {
+            "cancel" => {
+                !r.status.is_terminal()
+                    && !matches!(
+                        r.status,
+                        RunStatus::Compensating | RunStatus::CompensationFailed
+                    )
+            }
+            _ => {
+                (r.status == RunStatus::Failed && r.held)
+                    || r.status == RunStatus::CompensationFailed
+            }
+        })
+        .collect();
+    if request.dry_run {
+        return Ok(Json(json!({ "dry_run": true, "matched": eligible.len() })));
+    }
+    let reason = request
+        .reason
+        .unwrap_or_else(|| format!("bulk {action} by {}", caller.actor()));
+    let actor = caller.actor();
+    let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
+    for run in &eligible {
+        let outcome = match action {
+            "cancel" => state.engine.cancel(&scope, run.id, &actor, &reason).await,
+            _ => state.engine.retry(&scope, run.id, &actor).await,
+        };
+        match outcome {
+            Ok(_) => applied.push(run.id),
+            Err(waymark_engine::EngineError::Conflict(message)) => {
+                conflicts.push(json!({ "id": run.id, "detail": message }))
+            }
+            Err(other) => return Err(other.into()),
+        }
+    }
+    let tenant = match &scope {
+        TenantScope::Tenant(t) => t.clone(),
+        TenantScope::All => caller.key.tenant.clone(),
+    };
+    audit_record(
+        &state,
+        &caller,
+        &tenant,
+        &format!("runs.bulk_{action}"),
+        "runs".into(),
+        json!({ "applied": applied.len(), "reason": reason }),
+    )
+    .await;
+    Ok(Json(
+        json!({ "dry_run": false, "matched": eligible.len(), "applied": applied, "conflicts": conflicts }),
+    ))
+}
+
+async fn bulk_cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    bulk(state, caller, headers, body, "cancel").await
+}
+
+async fn bulk_retry(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<Value>> {
+    bulk(state, caller, headers, body, "retry").await
+}
+
+// ---------------------------------------------------------------------------------
+// Workflows
+
+fn describe(workflow: &dyn waymark_engine::workflow::ErasedWorkflow) -> Value {
+    json!({
+        "name": workflow.name(),
+        "version": workflow.version(),
+        "definition": workflow.definition(),
+    })
+}
+
+async fn list_workflows(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    let workflows: Vec<Value> = state
+        .engine
+        .registry
+        .iter()
+        .map(|w| describe(w.as_ref()))
+        .collect();
+    Ok(Json(json!({ "workflows": workflows })))
+}
+
+async fn get_workflow(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    let workflow = state
+        .engine
+        .registry
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("workflow {name:?} not found")))?;
+    Ok(Json(describe(workflow.as_ref())))
+}
+
+async fn workflow_diagram(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    caller.require(Scope::Reader)?;
+    let workflow = state
+        .engine
+        .registry
+        .get(&name)
+        .ok_or_else(|| ApiError::not_found(format!("workflow {name:?} not found")))?;
+    let svg = crate::diagram::svg(workflow.name(), workflow.definition());
+    Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
+}
+
+// ---------------------------------------------------------------------------------
+// Keys, identity, audit, workers
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    #[serde(default)]
+    tenant: Option<String>,
+    scopes: Vec<Scope>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    owner_email: Option<String>,
+    #[serde(default)]
+    expires_at: Option<DateTime<Utc>>,
+}
+
+async fn create_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Operator)?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let request: CreateKey = body::json(&headers, &bytes, false)?;
+    let tenant = match (&request.tenant, caller.is_admin()) {
+        (None, true) => {
+            return Err(ApiError::invalid(
+                "tenant: required when an admin creates a key",
+            ))
+        }
+        (None, false) => caller.key.tenant.clone(),
+        (Some(t), false) if *t != caller.key.tenant => {
+            return Err(ApiError::forbidden(
+                "an operator manages only its own tenant's keys",
+            ))
+        }
+        (Some(t), _) if !is_valid_tenant(t) => {
+            return Err(ApiError::invalid(format!(
+                "tenant: {t:?} is not a valid slug (expected ^[a-z][a-z0-9-]{{2,39}}$)"
+            )))
+        }
+        (Some(t), _) => t.clone(),
+    };
+    if request.scopes.is_empty() {
+        return Err(ApiError::invalid("scopes: at least one scope is required"));
+    }
+    let widest = request
+        .scopes
+        .iter()
+        .copied()
+        .max()
+        .unwrap_or(Scope::Reader);
+    if widest > caller.key.top_scope() {
+        return Err(ApiError::forbidden(format!(
+            "a key may not grant a scope wider than its own ({} > {})",
+            widest,
+            caller.key.top_scope()
+        )));
+    }
+    if let Some(name) = &request.name {
+        if name.is_empty() || name.len() > 200 {
+            return Err(ApiError::invalid("name: 1 to 200 characters"));
+        }
+    }
+    if let Some(email) = &request.owner_email {
+        waymark_services::mail::parse_mailbox("owner_email", email)
+            .map_err(|e| ApiError::invalid(e.to_string()))?;
+    }
+    let now = state.engine.clock.now();
+    if request.expires_at.is_some_and(|t| t <= now) {
+        return Err(ApiError::invalid("expires_at: must be in the future"));
+    }
+    let mut scopes = request.scopes;
+    scopes.sort();
+    scopes.dedup();
+    let (record, secret) = waymark_engine::keys::issue(
+        &state.engine.store,
+        IssueKey {
+            tenant,
+            scopes,
+            name: request.name,
+            owner_email: request.owner_email,
+            expires_at: request.expires_at,
+            actor: caller.actor(),
+            address: caller.address.clone(),
+        },
+        None,
+        now,
+    )
+    .await?;
+    let mut body =
+        serde_json::to_value(KeyView::new(record, now)).map_err(|e| ApiError::internal(&e))?;
+    body["secret"] = json!(secret.expose());
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let now = state.engine.clock.now();
+    let keys: Vec<KeyView> = state
+        .engine
+        .store
+        .key_list(&caller.scope())
+        .await?
+        .into_iter()
+        .map(|k| KeyView::new(k, now))
+        .collect();
+    Ok(Json(json!({ "keys": keys })))
+}
+
+async fn get_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyView>> {
+    caller.require(Scope::Operator)?;
+    let id = key_id(&id)?;
+    let key = state
+        .engine
+        .store
+        .key_get(&caller.scope(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    Ok(Json(KeyView::new(key, state.engine.clock.now())))
+}
+
+async fn revoke_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<KeyView>> {
+    caller.require(Scope::Operator)?;
+    let id = key_id(&id)?;
+    let scope = caller.scope();
+    let existing = state
+        .engine
+        .store
+        .key_get(&scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    if existing.top_scope() > caller.key.top_scope() {
+        return Err(ApiError::forbidden(
+            "a key may not revoke a key with a wider scope than its own",
+        ));
+    }
+    let now = state.engine.clock.now();
+    let audit = NewAudit {
+        tenant: existing.tenant.clone(),
+        actor: caller.actor(),
+        action: "key.revoked".into(),
+        target: Some(format!("key:{id}")),
+        detail: json!({ "prefix": existing.prefix }),
+        address: caller.address.clone(),
+        at: now,
+    };
+    let key = state
+        .engine
+        .store
+        .key_revoke(&scope, id, &caller.actor(), now, &audit)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    Ok(Json(KeyView::new(key, now)))
+}
+
+async fn whoami(caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    Ok(Json(json!({
+        "key_id": caller.key.id,
+        "prefix": caller.key.prefix,
+        "tenant": caller.key.tenant,
+        "scopes": caller.key.scopes,
+        "name": caller.key.name,
+    })))
+}
+
+async fn audit(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let query = params(query);
+    let limit = match param(&query, "limit") {
+        None => 100,
+        Some(text) => text
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (1..=1000).contains(n))
+            .ok_or_else(|| ApiError::invalid(format!("limit: expected 1 to 1000, got {text:?}")))?,
+    };
+    let before = match param(&query, "before") {
+        None => None,
+        Some(text) => Some(
+            text.parse::<i64>()
+                .map_err(|_| ApiError::invalid(format!("before: {text:?} is not an audit id")))?,
+        ),
+    };
+    let entries = state
+        .engine
+        .store
+        .audit_list(&caller.scope(), before, limit)
+        .await?;
+    Ok(Json(json!({ "entries": entries })))
+}
+
+async fn workers(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let workers = state.engine.store.worker_list().await?;
+    Ok(Json(json!({ "workers": workers })))
+}
+
+// ---------------------------------------------------------------------------------
+// OpenAPI
+
+/// The OpenAPI 3.1 document, written from [`table`].
+pub fn openapi() -> Value {
+    let mut paths: HashMap<String, serde_json::Map<String, Value>> = HashMap::new();
+    let problem = json!({"description": "A problem (RFC 9457)", "content": {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}});
+    for route in table() {
+        let mut responses = serde_json::Map::new();
+        for code in route.success {
+            responses.insert(code.to_string(), json!({"description": "Success", "content": {"application/json": {"schema": {"type": "object"}}}}));
+        }
+        for code in [400, 401, 403, 404, 409, 413, 422, 429, 503] {
+            responses.insert(code.to_string(), problem.clone());
+        }
+        let parameters: Vec<Value> = route
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|name| json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        let mut operation = json!({
+            "summary": route.summary,
+            "security": [{"bearer": []}],
+            "x-waymark-scope": route.scope,
+            "parameters": parameters,
+            "responses": responses,
+        });
+        if let Some(schema) = route.body {
+            operation["requestBody"] = json!({"content": {"application/json": {"schema": schema}}});
+        }
+        paths
+            .entry(route.path.to_owned())
+            .or_default()
+            .insert(route.method.as_str().to_ascii_lowercase(), operation);
+    }
+    for (path, summary) in [
+        ("/healthz", "The process is up."),
+        (
+            "/readyz",
+            "The database answers and migrations are applied.",
+        ),
+        ("/openapi.json", "This document."),
+        (
+            "/metrics",
+            "Prometheus metrics (a bearer token when WAYMARK_METRICS_TOKEN is set).",
+        ),
+    ] {
+        paths.entry(path.to_owned()).or_default().insert(
+            "get".into(),
+            json!({"summary": summary, "security": [], "responses": {"200": {"description": "OK"}, "503": problem}}),
+        );
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Waymark", "version": env!("CARGO_PKG_VERSION")},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
+                "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}}
+        }
+    })
+}
+
+pub async fn openapi_json() -> impl IntoResponse {
+    Json(openapi())
+}
