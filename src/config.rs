@@ -199,6 +199,16 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_PUBLIC_URL", global = true)]
     pub public_url: Option<String>,
 
+    /// The master key sealing secrets kept for a one-time reveal: 32 bytes, base64.
+    /// Unset: generated into `$WAYMARK_DATA_DIR/master.key` (owner-only) on first use.
+    #[arg(
+        long,
+        env = "WAYMARK_MASTER_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub master_key: Option<String>,
+
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
     #[arg(
         long,

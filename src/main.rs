@@ -12,7 +12,7 @@ use waymark_engine::{Engine, Limits, Store, SystemClock};
 use waymark_workers::{Runner, RunnerConfig};
 
 use crate::config::{Cli, Command, Config, KeysCommand};
-use waymark_engine::keys::{IssueKey, Scope, Secret};
+use waymark_engine::keys::{IssueKey, Scope, Sealer, Secret};
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -76,6 +76,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .context("invalid blob store configuration")?;
     tracing::info!(mail = %mailer.describe(), blobs = %blobs.describe(), "services configured");
 
+    let sealer = match &config.master_key {
+        Some(text) => Sealer::from_base64(text).context("invalid WAYMARK_MASTER_KEY")?,
+        None => Sealer::load_or_create(&config.data_dir.join("master.key"))
+            .context("cannot load the master key")?,
+    };
+
     let registry = waymark_workflows::registry().context("invalid built-in workflow")?;
     let engine =
         Engine::new(store, Arc::new(registry), Arc::new(SystemClock)).with_limits(Limits {
@@ -110,6 +116,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             api: waymark_api::ApiConfig {
                 rate_limit: config.rate_limit,
                 metrics_token: config.metrics_token.clone(),
+                sealer: sealer.clone(),
                 ..waymark_api::ApiConfig::default()
             },
         });

@@ -25,6 +25,7 @@ struct Api {
     engine: Engine,
     handles: TestWorkflows,
     runner: Option<RunnerHandle>,
+    sealer: waymark_engine::keys::Sealer,
     stop: CancellationToken,
     _db: TestDb,
 }
@@ -65,6 +66,7 @@ impl Api {
         .unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
+        let sealer = api.sealer.clone();
         let app = waymark_api::app(waymark_api::AppState {
             engine: engine.clone(),
             blobs: None,
@@ -89,6 +91,7 @@ impl Api {
             engine,
             handles,
             runner: Some(runner),
+            sealer,
             stop,
             _db: db,
         }
@@ -206,7 +209,120 @@ on_both_backends!(
     a_workflow_diagram_is_served_as_svg,
     an_unreachable_database_answers_503,
     requests_over_a_keys_rate_limit_answer_429,
+    a_sealed_key_is_revealed_once_to_its_tenant,
+    a_suspended_tenants_keys_stop_working_until_restored,
 );
+
+async fn a_sealed_key_is_revealed_once_to_its_tenant(db: TestDb) {
+    let api = Api::start(db).await;
+    let (_, op) = api.key("acme", &["operator"]).await;
+    let (_, other) = api.key("globex", &["operator"]).await;
+    let sealed = waymark_engine::keys::issue_sealed(
+        &api.engine.store,
+        &api.sealer,
+        IssueKey {
+            tenant: "acme".into(),
+            scopes: vec![Scope::Reader],
+            name: Some("rotated".into()),
+            owner_email: None,
+            expires_at: None,
+            actor: "run:test".into(),
+            address: None,
+        },
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let path = format!("/v1/keys/{}/reveal", sealed.id);
+    let (_, listed) = api
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{}", sealed.id),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(listed["awaiting_reveal"], true);
+    let (status, body) = api.call(Method::POST, &path, Some(&other), None).await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "another tenant cannot reveal it: {body}"
+    );
+    let (status, body) = api.call(Method::POST, &path, Some(&op), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let (status, who) = api
+        .call(Method::GET, "/v1/whoami", Some(&secret), None)
+        .await;
+    assert_eq!(
+        (status, who["key_id"].as_str()),
+        (StatusCode::OK, Some(sealed.id.to_string().as_str()))
+    );
+    let (status, body) = api.call(Method::POST, &path, Some(&op), None).await;
+    assert_eq!(
+        (status, problem_type(&body).as_str()),
+        (StatusCode::CONFLICT, "conflict"),
+        "only once"
+    );
+    let (_, after) = api
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{}", sealed.id),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            after["awaiting_reveal"].clone(),
+            after["revealed_at"].is_string()
+        ),
+        (json!(false), true)
+    );
+    // A key shown at creation has nothing to reveal.
+    let (op_id, _) = api.key("acme", &["reader"]).await;
+    let (status, _) = api
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{op_id}/reveal"),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (_, audit) = api.call(Method::GET, "/v1/audit", Some(&op), None).await;
+    assert!(audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "key.revealed"));
+    api.stop().await;
+}
+
+async fn a_suspended_tenants_keys_stop_working_until_restored(db: TestDb) {
+    let api = Api::start(db).await;
+    let (_, op) = api.key("acme", &["operator"]).await;
+    let (_, other) = api.key("globex", &["operator"]).await;
+    assert_eq!(
+        api.engine
+            .store
+            .keys_suspend("acme", Some(chrono::Utc::now()))
+            .await
+            .unwrap(),
+        1
+    );
+    let (status, _) = api.call(Method::GET, "/v1/whoami", Some(&op), None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = api
+        .call(Method::GET, "/v1/whoami", Some(&other), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "other tenants are unaffected");
+    api.engine.store.keys_suspend("acme", None).await.unwrap();
+    let (status, _) = api.call(Method::GET, "/v1/whoami", Some(&op), None).await;
+    assert_eq!(status, StatusCode::OK);
+    api.stop().await;
+}
 
 async fn metrics_count_runs_and_transitions_without_tenant_labels(db: TestDb) {
     let api = Api::start_with(

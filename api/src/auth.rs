@@ -102,6 +102,8 @@ pub struct ApiConfig {
     pub max_wait: Duration,
     /// When set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
+    /// Opens sealed key secrets for their one reveal.
+    pub sealer: waymark_engine::keys::Sealer,
     pub activity: Arc<KeyActivity>,
 }
 
@@ -112,6 +114,9 @@ impl Default for ApiConfig {
             max_body: 512 * 1024,
             max_wait: Duration::from_secs(60),
             metrics_token: None,
+            // A throwaway master key: nothing sealed under it outlives the process.
+            // `main` passes the installation's.
+            sealer: waymark_engine::keys::Sealer::random(),
             activity: Arc::default(),
         }
     }

@@ -83,6 +83,7 @@ pub fn table() -> Vec<Route> {
         route(Method::GET, "/v1/keys", "API keys of the caller's tenant (all, for an admin).", Scope::Operator, &[200], None, get(list_keys)),
         route(Method::GET, "/v1/keys/{id}", "One API key.", Scope::Operator, &[200], None, get(get_key)),
         route(Method::DELETE, "/v1/keys/{id}", "Revoke an API key.", Scope::Operator, &[200], None, delete(revoke_key)),
+        route(Method::POST, "/v1/keys/{id}/reveal", "Reveal, once, the secret of a key nobody has seen yet (a scheduled rotation's, a new tenant's admin key); afterwards only its hash remains.", Scope::Operator, &[200], None, post(reveal_key)),
         route(Method::GET, "/v1/whoami", "The presented key's id, tenant and scopes.", Scope::Reader, &[200], None, get(whoami)),
         route(Method::GET, "/v1/audit", "The append-only audit log of the caller's tenant, newest first (`before`, `limit`).", Scope::Operator, &[200], None, get(audit)),
         route(Method::GET, "/v1/workers", "The worker registry.", Scope::Operator, &[200], None, get(workers)),
@@ -889,6 +890,45 @@ async fn revoke_key(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
     Ok(Json(KeyView::new(key, now)))
+}
+
+async fn reveal_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let id = key_id(&id)?;
+    let scope = caller.scope();
+    if let Some(key) = state.engine.store.key_get(&scope, id).await? {
+        if key.top_scope() > caller.key.top_scope() {
+            return Err(ApiError::forbidden(
+                "a key may not reveal a key with a wider scope than its own",
+            ));
+        }
+    }
+    let now = state.engine.clock.now();
+    match waymark_engine::keys::reveal(
+        &state.engine.store,
+        &state.api.sealer,
+        &scope,
+        id,
+        &caller.actor(),
+        caller.address.clone(),
+        now,
+    )
+    .await
+    {
+        Ok(secret) => Ok(Json(json!({ "id": id, "secret": secret.expose() }))),
+        Err(waymark_engine::keys::RevealError::NotFound) => {
+            Err(ApiError::not_found(format!("key {id} not found")))
+        }
+        Err(e @ waymark_engine::keys::RevealError::NothingToReveal) => {
+            Err(ApiError::conflict(e.to_string()))
+        }
+        Err(waymark_engine::keys::RevealError::Store(e)) => Err(e.into()),
+        Err(e @ waymark_engine::keys::RevealError::Unsealable) => Err(ApiError::internal(&e)),
+    }
 }
 
 async fn whoami(caller: Caller) -> ApiResult<Json<Value>> {

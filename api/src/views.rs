@@ -129,6 +129,9 @@ pub struct KeyView {
     pub expires_at: Option<DateTime<Utc>>,
     pub revoked_at: Option<DateTime<Utc>>,
     pub last_used_at: Option<DateTime<Utc>>,
+    pub awaiting_reveal: bool,
+    pub revealed_at: Option<DateTime<Utc>>,
+    pub suspended: bool,
     pub active: bool,
 }
 
@@ -147,6 +150,9 @@ impl KeyView {
             expires_at: key.expires_at,
             revoked_at: key.revoked_at,
             last_used_at: key.last_used_at,
+            awaiting_reveal: key.awaiting_reveal,
+            revealed_at: key.revealed_at,
+            suspended: key.suspended_at.is_some(),
         }
     }
 }

@@ -166,6 +166,33 @@ mod tests {
     }
 
     #[test]
+    fn sealed_secrets_open_only_with_their_key_and_row() {
+        let sealer = Sealer::from_bytes([7; 32]);
+        let secret = Secret::generate();
+        let id = uuid::Uuid::now_v7();
+        let sealed = sealer.seal(id, &secret);
+        assert!(!sealed.contains(secret.expose()));
+        assert_eq!(sealer.open(id, &sealed), Some(secret.clone()));
+        assert_eq!(
+            sealer.open(uuid::Uuid::now_v7(), &sealed),
+            None,
+            "bound to its row"
+        );
+        assert_eq!(
+            Sealer::from_bytes([8; 32]).open(id, &sealed),
+            None,
+            "bound to the master key"
+        );
+        assert!(Sealer::from_base64("c2hvcnQ=").is_err());
+        let dir = std::env::temp_dir().join(format!("waymark-master-{}", uuid::Uuid::now_v7()));
+        let path = dir.join("master.key");
+        let first = Sealer::load_or_create(&path).unwrap();
+        let again = Sealer::load_or_create(&path).unwrap();
+        assert_eq!(again.open(id, &first.seal(id, &secret)), Some(secret));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
     fn scopes_are_ordered_by_power() {
         assert!(Scope::Admin > Scope::Operator && Scope::Operator > Scope::Reader);
         assert_eq!(Scope::parse("operator"), Some(Scope::Operator));
@@ -196,11 +223,35 @@ pub async fn issue(
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(crate::store::KeyRecord, Secret), crate::StoreError> {
     let secret = secret.unwrap_or_else(Secret::generate);
+    let record = insert(store, request, &secret, None, now).await?;
+    Ok((record, secret))
+}
+
+/// Issues a key whose secret nobody sees now (a scheduled rotation, a new tenant's
+/// admin key): it is kept sealed until its owner reveals it once with [`reveal`].
+pub async fn issue_sealed(
+    store: &crate::store::Store,
+    sealer: &Sealer,
+    request: IssueKey,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::store::KeyRecord, crate::StoreError> {
+    let secret = Secret::generate();
+    insert(store, request, &secret, Some(sealer), now).await
+}
+
+async fn insert(
+    store: &crate::store::Store,
+    request: IssueKey,
+    secret: &Secret,
+    sealer: Option<&Sealer>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<crate::store::KeyRecord, crate::StoreError> {
     let prefix = secret
         .prefix()
         .expect("secrets are made or parsed with a prefix")
         .to_owned();
     let id = uuid::Uuid::now_v7();
+    let sealed_secret = sealer.map(|s| s.seal(id, secret));
     let key = crate::store::NewKey {
         id,
         tenant: request.tenant.clone(),
@@ -211,6 +262,7 @@ pub async fn issue(
         owner_email: request.owner_email.clone(),
         expires_at: request.expires_at,
         created_by: request.actor.clone(),
+        sealed_secret,
         now,
     };
     let audit = crate::store::NewAudit {
@@ -227,6 +279,187 @@ pub async fn issue(
         address: request.address,
         at: now,
     };
-    let record = store.key_insert(&key, &audit).await?;
-    Ok((record, secret))
+    store.key_insert(&key, &audit).await
+}
+
+/// Why a reveal did not return a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RevealError {
+    #[error("key not found")]
+    NotFound,
+    #[error("this key has no secret waiting to be revealed (it was shown when created, or revealed already)")]
+    NothingToReveal,
+    #[error("the sealed secret cannot be opened with this master key")]
+    Unsealable,
+    #[error(transparent)]
+    Store(#[from] crate::StoreError),
+}
+
+/// Reveals a sealed secret once: the ciphertext is deleted in the same transaction
+/// that records the reveal, so a second reveal finds nothing.
+pub async fn reveal(
+    store: &crate::store::Store,
+    sealer: &Sealer,
+    scope: &crate::store::TenantScope,
+    id: uuid::Uuid,
+    actor: &str,
+    address: Option<String>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Secret, RevealError> {
+    let key = store
+        .key_get(scope, id)
+        .await?
+        .ok_or(RevealError::NotFound)?;
+    let audit = crate::store::NewAudit {
+        tenant: key.tenant.clone(),
+        actor: actor.to_owned(),
+        action: "key.revealed".into(),
+        target: Some(format!("key:{id}")),
+        detail: serde_json::json!({ "prefix": key.prefix }),
+        address,
+        at: now,
+    };
+    let sealed = store
+        .key_take_sealed(scope, id, now, &audit)
+        .await?
+        .ok_or(RevealError::NotFound)?
+        .ok_or(RevealError::NothingToReveal)?;
+    sealer.open(id, &sealed).ok_or(RevealError::Unsealable)
+}
+
+/// Seals secrets with ChaCha20-Poly1305 under the installation's master key. The
+/// key's id is the associated data, so a sealed secret moved to another row does not
+/// open.
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: chacha20poly1305::ChaCha20Poly1305,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Sealer(…)")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("the master key must be 32 bytes, base64-encoded (got {0} bytes)")]
+    Length(usize),
+    #[error("the master key is not valid base64")]
+    Encoding,
+    #[error("cannot read or create the master key file {path}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Sealer {
+    pub fn from_bytes(key: [u8; 32]) -> Sealer {
+        use chacha20poly1305::KeyInit;
+        Sealer {
+            cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()),
+        }
+    }
+
+    /// A random master key that lives as long as the process (tests, defaults).
+    pub fn random() -> Sealer {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Sealer::from_bytes(key)
+    }
+
+    /// From base64 (as `WAYMARK_MASTER_KEY` holds it).
+    pub fn from_base64(text: &str) -> Result<Sealer, MasterKeyError> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| MasterKeyError::Encoding)?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| MasterKeyError::Length(bytes.len()))?;
+        Ok(Sealer::from_bytes(key))
+    }
+
+    /// Reads the key file, creating it (owner-only) with a random key if missing.
+    pub fn load_or_create(path: &std::path::Path) -> Result<Sealer, MasterKeyError> {
+        use base64::Engine as _;
+        let file_error = |source| MasterKeyError::File {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Sealer::from_base64(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(file_error)?;
+                }
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                use std::io::Write;
+                let mut file = options.open(path).map_err(file_error)?;
+                writeln!(
+                    file,
+                    "{}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                )
+                .map_err(file_error)?;
+                Ok(Sealer::from_bytes(key))
+            }
+            Err(e) => Err(file_error(e)),
+        }
+    }
+
+    /// `base64(nonce || ciphertext)`.
+    pub fn seal(&self, key_id: uuid::Uuid, secret: &Secret) -> String {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, Payload};
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .expect("sealing cannot fail for short secrets");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ciphertext);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    pub fn open(&self, key_id: uuid::Uuid, sealed: &str) -> Option<Secret> {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, Payload};
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        if bytes.len() < 12 {
+            return None;
+        }
+        let (nonce, ciphertext) = bytes.split_at(12);
+        let plain = self
+            .cipher
+            .decrypt(
+                nonce.into(),
+                Payload {
+                    msg: ciphertext,
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .ok()?;
+        Secret::parse(std::str::from_utf8(&plain).ok()?)
+    }
 }

@@ -180,6 +180,12 @@ CREATE TABLE waymark_keys (
     revoked_at   timestamptz,
     revoked_by   text,
     last_used_at timestamptz,
+    -- A secret nobody has seen yet (a scheduled rotation, a new tenant's admin key),
+    -- sealed with the master key until its owner reveals it once; then only the hash.
+    sealed_secret text,
+    revealed_at  timestamptz,
+    -- Set while the key's tenant is suspended: the key does not authenticate.
+    suspended_at timestamptz,
     CHECK ((revoked_at IS NULL) = (revoked_by IS NULL))
 );
 CREATE INDEX waymark_keys_tenant ON waymark_keys (tenant, created_at);

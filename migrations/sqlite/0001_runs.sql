@@ -160,6 +160,12 @@ CREATE TABLE waymark_keys (
     revoked_at   INTEGER,
     revoked_by   TEXT,
     last_used_at INTEGER,
+    -- A secret nobody has seen yet (a scheduled rotation, a new tenant's admin key),
+    -- sealed with the master key until its owner reveals it once; then only the hash.
+    sealed_secret TEXT,
+    revealed_at  INTEGER,
+    -- Set while the key's tenant is suspended: the key does not authenticate.
+    suspended_at INTEGER,
     CHECK ((revoked_at IS NULL) = (revoked_by IS NULL))
 );
 CREATE INDEX waymark_keys_tenant ON waymark_keys (tenant, created_at);

@@ -297,6 +297,28 @@ impl Store {
         dispatch!(self, s => s.key_revoke(scope, id, actor, now, audit).await)
     }
 
+    /// Takes a key's sealed secret for its one reveal: `None` if no such key,
+    /// `Some(None)` if nothing waits to be revealed (never sealed, or revealed before).
+    /// The ciphertext is deleted and the audit record appended in the same transaction.
+    pub async fn key_take_sealed(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        now: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> StoreResult<Option<Option<String>>> {
+        dispatch!(self, s => s.key_take_sealed(scope, id, now, audit).await)
+    }
+
+    /// Suspends (`Some(when)`) or restores (`None`) every key of `tenant`.
+    pub async fn keys_suspend(
+        &self,
+        tenant: &str,
+        suspended: Option<DateTime<Utc>>,
+    ) -> StoreResult<u64> {
+        dispatch!(self, s => s.keys_suspend(tenant, suspended).await)
+    }
+
     /// Records use of a key, at most once a minute per key.
     pub async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
         dispatch!(self, s => s.key_touch(id, now).await)

@@ -465,6 +465,8 @@ pub struct NewKey {
     pub owner_email: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: String,
+    /// The secret sealed for a later one-time reveal, when nobody saw it at creation.
+    pub sealed_secret: Option<String>,
     pub now: DateTime<Utc>,
 }
 
@@ -485,12 +487,18 @@ pub struct KeyRecord {
     pub revoked_at: Option<DateTime<Utc>>,
     pub revoked_by: Option<String>,
     pub last_used_at: Option<DateTime<Utc>>,
+    /// Whether a sealed secret waits to be revealed (the ciphertext never leaves the store).
+    pub awaiting_reveal: bool,
+    pub revealed_at: Option<DateTime<Utc>>,
+    pub suspended_at: Option<DateTime<Utc>>,
 }
 
 impl KeyRecord {
-    /// Usable now: not revoked, not expired.
+    /// Usable now: not revoked, not expired, its tenant not suspended.
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none() && self.expires_at.is_none_or(|e| e > now)
+        self.revoked_at.is_none()
+            && self.suspended_at.is_none()
+            && self.expires_at.is_none_or(|e| e > now)
     }
 
     /// The widest scope the key holds.

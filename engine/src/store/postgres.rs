@@ -1101,6 +1101,9 @@ struct KeyRow {
     revoked_at: Option<DateTime<Utc>>,
     revoked_by: Option<String>,
     last_used_at: Option<DateTime<Utc>>,
+    sealed_secret: Option<String>,
+    revealed_at: Option<DateTime<Utc>>,
+    suspended_at: Option<DateTime<Utc>>,
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -1121,6 +1124,9 @@ impl TryFrom<KeyRow> for KeyRecord {
             revoked_at: k.revoked_at,
             revoked_by: k.revoked_by,
             last_used_at: k.last_used_at,
+            awaiting_reveal: k.sealed_secret.is_some(),
+            revealed_at: k.revealed_at,
+            suspended_at: k.suspended_at,
         })
     }
 }
@@ -1234,8 +1240,8 @@ impl PgStore {
         let mut tx = self.pool.begin().await?;
         let row: KeyRow = sqlx::query_as(
             r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
-                   created_at, created_by, expires_at)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING *"#,
+                   created_at, created_by, expires_at, sealed_secret)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *"#,
         )
         .bind(key.id)
         .bind(&key.tenant)
@@ -1247,6 +1253,7 @@ impl PgStore {
         .bind(key.now)
         .bind(&key.created_by)
         .bind(key.expires_at)
+        .bind(&key.sealed_secret)
         .fetch_one(&mut *tx)
         .await?;
         insert_audit(&mut tx, audit).await?;
@@ -1312,6 +1319,51 @@ impl PgStore {
         }
         tx.commit().await?;
         row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_take_sealed(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        now: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> StoreResult<Option<Option<String>>> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT sealed_secret FROM waymark_keys WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE",
+        )
+        .bind(id)
+        .bind(scope.tenant())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((sealed,)) = found else {
+            return Ok(None);
+        };
+        if sealed.is_some() {
+            sqlx::query(
+                "UPDATE waymark_keys SET sealed_secret = NULL, revealed_at = $2 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(sealed))
+    }
+
+    pub(super) async fn keys_suspend(
+        &self,
+        tenant: &str,
+        suspended: Option<DateTime<Utc>>,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query("UPDATE waymark_keys SET suspended_at = $2 WHERE tenant = $1")
+            .bind(tenant)
+            .bind(suspended)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub(super) async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {

@@ -1111,6 +1111,9 @@ struct KeyRow {
     revoked_at: Option<i64>,
     revoked_by: Option<String>,
     last_used_at: Option<i64>,
+    sealed_secret: Option<String>,
+    revealed_at: Option<i64>,
+    suspended_at: Option<i64>,
 }
 
 impl TryFrom<KeyRow> for KeyRecord {
@@ -1132,6 +1135,9 @@ impl TryFrom<KeyRow> for KeyRecord {
             revoked_at: opt_from_ms(k.revoked_at)?,
             revoked_by: k.revoked_by,
             last_used_at: opt_from_ms(k.last_used_at)?,
+            awaiting_reveal: k.sealed_secret.is_some(),
+            revealed_at: opt_from_ms(k.revealed_at)?,
+            suspended_at: opt_from_ms(k.suspended_at)?,
         })
     }
 }
@@ -1248,8 +1254,8 @@ impl SqliteStore {
         let mut tx = self.pool.begin().await?;
         let row: KeyRow = sqlx::query_as(
             r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
-                   created_at, created_by, expires_at)
-               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) RETURNING *"#,
+                   created_at, created_by, expires_at, sealed_secret)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING *"#,
         )
         .bind(key.id.to_string())
         .bind(&key.tenant)
@@ -1261,6 +1267,7 @@ impl SqliteStore {
         .bind(ms(key.now))
         .bind(&key.created_by)
         .bind(key.expires_at.map(ms))
+        .bind(&key.sealed_secret)
         .fetch_one(&mut *tx)
         .await?;
         insert_audit(&mut tx, audit).await?;
@@ -1326,6 +1333,51 @@ impl SqliteStore {
         }
         tx.commit().await?;
         row.map(KeyRecord::try_from).transpose()
+    }
+
+    pub(super) async fn key_take_sealed(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        now: DateTime<Utc>,
+        audit: &NewAudit,
+    ) -> StoreResult<Option<Option<String>>> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT sealed_secret FROM waymark_keys WHERE id = ?1 AND (?2 IS NULL OR tenant = ?2)",
+        )
+        .bind(id.to_string())
+        .bind(scope.tenant())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((sealed,)) = found else {
+            return Ok(None);
+        };
+        if sealed.is_some() {
+            sqlx::query(
+                "UPDATE waymark_keys SET sealed_secret = NULL, revealed_at = ?2 WHERE id = ?1",
+            )
+            .bind(id.to_string())
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            insert_audit(&mut tx, audit).await?;
+        }
+        tx.commit().await?;
+        Ok(Some(sealed))
+    }
+
+    pub(super) async fn keys_suspend(
+        &self,
+        tenant: &str,
+        suspended: Option<DateTime<Utc>>,
+    ) -> StoreResult<u64> {
+        let done = sqlx::query("UPDATE waymark_keys SET suspended_at = ?2 WHERE tenant = ?1")
+            .bind(tenant)
+            .bind(suspended.map(ms))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     pub(super) async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
