@@ -35,7 +35,7 @@ set +a
 echo "== cargo test"
 log=$(mktemp)
 status=0
-cargo test --workspace --all-targets --locked -- "$@" 2>&1 | tee "$log" || status=$?
+cargo test --workspace --all-targets --locked --no-fail-fast -- "$@" 2>&1 | tee "$log" || status=$?
 # cargo prints one result line per test binary; the last one may be a crate with no
 # tests, so close with the totals over all of them.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }

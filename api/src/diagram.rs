@@ -186,7 +186,7 @@ mod tests {
             svg.contains("signal go") && svg.contains(">timer<") && svg.contains("compensates")
         );
         assert!(svg.contains("a&lt;b"), "names are escaped");
-        assert_eq!(svg.matches("<path d=\"M").count(), 3, "one path per edge");
+        assert_eq!(svg.matches("marker-end=").count(), 3, "one arrow per edge");
         assert_eq!(svg, super::svg("a<b", &definition), "deterministic");
     }
 }
