@@ -18,12 +18,12 @@ use crate::support::{
 };
 
 /// A Waymark API on a free port with a runner, an admin key and the test workflows.
-struct Api {
-    base: String,
-    http: reqwest::Client,
-    admin: String,
-    engine: Engine,
-    handles: TestWorkflows,
+pub(crate) struct Api {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) admin: String,
+    pub(crate) engine: Engine,
+    pub(crate) handles: TestWorkflows,
     runner: Option<RunnerHandle>,
     sealer: waymark_engine::keys::Sealer,
     stop: CancellationToken,
@@ -31,15 +31,15 @@ struct Api {
 }
 
 impl Api {
-    async fn start(db: TestDb) -> Api {
+    pub(crate) async fn start(db: TestDb) -> Api {
         Self::start_with(db, waymark_api::ApiConfig::default()).await
     }
 
-    async fn start_with(db: TestDb, api: waymark_api::ApiConfig) -> Api {
+    pub(crate) async fn start_with(db: TestDb, api: waymark_api::ApiConfig) -> Api {
         Self::start_with_clock(db, api, Arc::new(SystemClock)).await
     }
 
-    async fn start_with_clock(
+    pub(crate) async fn start_with_clock(
         db: TestDb,
         api: waymark_api::ApiConfig,
         clock: waymark_engine::SharedClock,
@@ -97,14 +97,14 @@ impl Api {
         }
     }
 
-    async fn stop(mut self) {
+    pub(crate) async fn stop(mut self) {
         if let Some(runner) = self.runner.take() {
             runner.stop().await;
         }
         self.stop.cancel();
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -129,7 +129,7 @@ impl Api {
         (status, value)
     }
 
-    async fn raw(
+    pub(crate) async fn raw(
         &self,
         method: Method,
         path: &str,
@@ -156,7 +156,7 @@ impl Api {
     }
 
     /// A key of `tenant` with `scopes`, made by the admin.
-    async fn key(&self, tenant: &str, scopes: &[&str]) -> (String, String) {
+    pub(crate) async fn key(&self, tenant: &str, scopes: &[&str]) -> (String, String) {
         let (status, body) = self
             .call(
                 Method::POST,
@@ -172,7 +172,7 @@ impl Api {
         )
     }
 
-    async fn start_run(&self, key: &str, workflow: &str, input: Value) -> Value {
+    pub(crate) async fn start_run(&self, key: &str, workflow: &str, input: Value) -> Value {
         let (status, body) = self
             .call(
                 Method::POST,
@@ -186,7 +186,7 @@ impl Api {
     }
 }
 
-fn problem_type(body: &Value) -> String {
+pub(crate) fn problem_type(body: &Value) -> String {
     body["type"]
         .as_str()
         .unwrap_or_default()

@@ -12,4 +12,5 @@ mod blobs;
 mod conformance;
 mod engine;
 mod mail;
+mod schedules;
 mod semantics;

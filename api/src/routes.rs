@@ -8,14 +8,15 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, MethodRouter};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
+use waymark_engine::cron::CronSchedule;
 use waymark_engine::keys::{IssueKey, Scope};
-use waymark_engine::store::{NewAudit, RunFilter};
+use waymark_engine::store::{CatchUp, NewAudit, Overlap, RunFilter, Schedule};
 use waymark_engine::{is_valid_tenant, RunStatus, SendSignal, StartRun, TenantScope};
 
 use crate::auth::Caller;
@@ -84,6 +85,11 @@ pub fn table() -> Vec<Route> {
         route(Method::GET, "/v1/keys/{id}", "One API key.", Scope::Operator, &[200], None, get(get_key)),
         route(Method::DELETE, "/v1/keys/{id}", "Revoke an API key.", Scope::Operator, &[200], None, delete(revoke_key)),
         route(Method::POST, "/v1/keys/{id}/reveal", "Reveal, once, the secret of a key nobody has seen yet (a scheduled rotation's, a new tenant's admin key); afterwards only its hash remains.", Scope::Operator, &[200], None, post(reveal_key)),
+        route(Method::POST, "/v1/schedules", "Create a schedule: a cron rule (crontab(5) syntax, 5 or 6 fields, in an IANA time zone) that starts runs of a workflow with a fixed input.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["name", "cron", "workflow"], "properties": {"name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string", "default": "UTC"}, "workflow": {"type": "string"}, "input": {}, "overlap": {"enum": ["skip", "buffer_one", "allow", "cancel_previous"]}, "catch_up": {"enum": ["skip", "run_once"]}, "paused": {"type": "boolean"}}})), post(create_schedule)),
+        route(Method::GET, "/v1/schedules", "Schedules of the caller's tenant (all, for an admin).", Scope::Reader, &[200], None, get(list_schedules)),
+        route(Method::GET, "/v1/schedules/{id}", "One schedule with its next 5 fire times.", Scope::Reader, &[200], None, get(get_schedule)),
+        route(Method::PATCH, "/v1/schedules/{id}", "Edit, pause or resume a schedule.", Scope::Operator, &[200], Some(json!({"type": "object"})), patch(update_schedule)),
+        route(Method::DELETE, "/v1/schedules/{id}", "Delete a schedule (its runs stay).", Scope::Operator, &[200], None, delete(delete_schedule)),
         route(Method::GET, "/v1/whoami", "The presented key's id, tenant and scopes.", Scope::Reader, &[200], None, get(whoami)),
         route(Method::GET, "/v1/audit", "The append-only audit log of the caller's tenant, newest first (`before`, `limit`).", Scope::Operator, &[200], None, get(audit)),
         route(Method::GET, "/v1/workers", "The worker registry.", Scope::Operator, &[200], None, get(workers)),
@@ -976,6 +982,259 @@ async fn workers(State(state): State<AppState>, caller: Caller) -> ApiResult<Jso
     caller.require(Scope::Operator)?;
     let workers = state.engine.store.worker_list().await?;
     Ok(Json(json!({ "workers": workers })))
+}
+
+// ---------------------------------------------------------------------------------
+// Schedules
+
+fn schedule_id(raw: &str) -> ApiResult<Uuid> {
+    raw.parse()
+        .map_err(|_| ApiError::not_found(format!("schedule {raw:?} not found")))
+}
+
+fn schedule_view(schedule: Schedule, now: DateTime<Utc>) -> Value {
+    let upcoming = match (
+        schedule.paused,
+        CronSchedule::parse(&schedule.cron, &schedule.timezone),
+    ) {
+        (false, Ok(cron)) => cron.upcoming(now, 5),
+        _ => Vec::new(),
+    };
+    let mut view = serde_json::to_value(&schedule).unwrap_or_default();
+    view["next_fire_times"] = json!(upcoming);
+    view
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScheduleBody {
+    name: Option<String>,
+    cron: Option<String>,
+    timezone: Option<String>,
+    workflow: Option<String>,
+    input: Option<Value>,
+    overlap: Option<Overlap>,
+    catch_up: Option<CatchUp>,
+    paused: Option<bool>,
+}
+
+fn check_schedule_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_. ".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(format!(
+            "name: {name:?} must be 1 to 100 letters, digits, spaces or -_."
+        )))
+    }
+}
+
+/// Checks the parts of a schedule that must fit together: the rule, the zone, the
+/// workflow and its input (so a schedule never fires a run that cannot start).
+fn check_schedule(state: &AppState, s: &Schedule) -> ApiResult<CronSchedule> {
+    check_schedule_name(&s.name)?;
+    let cron = CronSchedule::parse(&s.cron, &s.timezone)
+        .map_err(|e| ApiError::invalid(format!("cron: {e}")))?;
+    let workflow = state.engine.registry.get(&s.workflow).ok_or_else(|| {
+        ApiError::invalid(format!(
+            "workflow: {:?} is not a registered workflow",
+            s.workflow
+        ))
+    })?;
+    workflow
+        .initial_state(&s.input)
+        .map_err(|e| ApiError::invalid(format!("input: {e}")))?;
+    Ok(cron)
+}
+
+async fn create_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Operator)?;
+    let query = params(query);
+    let tenant = acting_tenant(&caller, param(&query, "tenant"))?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let body: ScheduleBody = body::json(&headers, &bytes, false)?;
+    let now = state.engine.clock.now();
+    let mut schedule = Schedule {
+        id: Uuid::now_v7(),
+        tenant: tenant.clone(),
+        name: body
+            .name
+            .ok_or_else(|| ApiError::invalid("name: required"))?,
+        cron: body
+            .cron
+            .ok_or_else(|| ApiError::invalid("cron: required"))?,
+        timezone: body.timezone.unwrap_or_else(|| "UTC".to_owned()),
+        workflow: body
+            .workflow
+            .ok_or_else(|| ApiError::invalid("workflow: required"))?,
+        input: body.input.unwrap_or_else(|| json!({})),
+        overlap: body.overlap.unwrap_or_default(),
+        catch_up: body.catch_up.unwrap_or_default(),
+        paused: body.paused.unwrap_or(false),
+        last_fired_at: now,
+        next_fire_at: None,
+        last_run_id: None,
+        buffered_fire_at: None,
+        created_at: now,
+        updated_at: now,
+        created_by: caller.actor(),
+    };
+    let cron = check_schedule(&state, &schedule)?;
+    schedule.next_fire_at = cron.next_after(now);
+    let stored = state
+        .engine
+        .store
+        .schedule_insert(&schedule, false)
+        .await?
+        .ok_or_else(|| {
+            ApiError::conflict(format!(
+                "a schedule named {:?} already exists",
+                schedule.name
+            ))
+        })?;
+    audit_record(
+        &state,
+        &caller,
+        &tenant,
+        "schedule.created",
+        format!("schedule:{}", stored.id),
+        json!({ "name": stored.name, "cron": stored.cron, "workflow": stored.workflow }),
+    )
+    .await;
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, format!("/v1/schedules/{}", stored.id))],
+        Json(schedule_view(stored, now)),
+    )
+        .into_response())
+}
+
+async fn list_schedules(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    let now = state.engine.clock.now();
+    let schedules: Vec<Value> = state
+        .engine
+        .store
+        .schedule_list(&caller.scope())
+        .await?
+        .into_iter()
+        .map(|s| schedule_view(s, now))
+        .collect();
+    Ok(Json(json!({ "schedules": schedules })))
+}
+
+async fn load_schedule(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<Schedule> {
+    let id = schedule_id(raw)?;
+    state
+        .engine
+        .store
+        .schedule_get(&caller.scope(), id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("schedule {id} not found")))
+}
+
+async fn get_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Reader)?;
+    let schedule = load_schedule(&state, &caller, &id).await?;
+    Ok(Json(schedule_view(schedule, state.engine.clock.now())))
+}
+
+async fn update_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let mut schedule = load_schedule(&state, &caller, &id).await?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let body: ScheduleBody = body::json(&headers, &bytes, false)?;
+    let now = state.engine.clock.now();
+    let was_paused = schedule.paused;
+    let rule_changed = body.cron.is_some() || body.timezone.is_some();
+    if let Some(name) = body.name {
+        schedule.name = name;
+    }
+    if let Some(cron) = body.cron {
+        schedule.cron = cron;
+    }
+    if let Some(timezone) = body.timezone {
+        schedule.timezone = timezone;
+    }
+    if let Some(workflow) = body.workflow {
+        schedule.workflow = workflow;
+    }
+    if let Some(input) = body.input {
+        schedule.input = input;
+    }
+    if let Some(overlap) = body.overlap {
+        schedule.overlap = overlap;
+    }
+    if let Some(catch_up) = body.catch_up {
+        schedule.catch_up = catch_up;
+    }
+    if let Some(paused) = body.paused {
+        schedule.paused = paused;
+    }
+    let cron = check_schedule(&state, &schedule)?;
+    // A resumed or re-timed schedule starts from now: fire times it passed while paused
+    // or under its old rule are not owed.
+    if (was_paused && !schedule.paused) || rule_changed {
+        schedule.last_fired_at = now;
+        schedule.buffered_fire_at = None;
+    }
+    schedule.next_fire_at = cron.next_after(schedule.last_fired_at.max(now));
+    schedule.updated_at = now;
+    let stored = state.engine.store.schedule_update(&schedule).await?;
+    audit_record(
+        &state,
+        &caller,
+        &stored.tenant,
+        "schedule.updated",
+        format!("schedule:{}", stored.id),
+        json!({ "paused": stored.paused, "cron": stored.cron }),
+    )
+    .await;
+    Ok(Json(schedule_view(stored, now)))
+}
+
+async fn delete_schedule(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let schedule = load_schedule(&state, &caller, &id).await?;
+    state
+        .engine
+        .store
+        .schedule_delete(&caller.scope(), schedule.id)
+        .await?;
+    audit_record(
+        &state,
+        &caller,
+        &schedule.tenant,
+        "schedule.deleted",
+        format!("schedule:{}", schedule.id),
+        json!({ "name": schedule.name }),
+    )
+    .await;
+    Ok(Json(json!({ "id": schedule.id, "deleted": true })))
 }
 
 // ---------------------------------------------------------------------------------

@@ -157,7 +157,9 @@ impl Engine {
         self
     }
 
-    fn prepare(&self, req: StartRun) -> Result<NewRun, EngineError> {
+    /// Checks a start request and builds the run to insert, without inserting it (the
+    /// scheduler inserts it in the same transaction that advances its schedule).
+    pub fn prepare(&self, req: StartRun) -> Result<NewRun, EngineError> {
         prepare(
             &self.registry,
             self.limits.max_payload,

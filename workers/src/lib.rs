@@ -7,11 +7,13 @@
 //! - One heartbeat task per runner extends the leases of all its runs in one statement
 //!   and cancels any step whose lease it finds lost.
 //!
+//! - [`scheduler`]: fires schedules' due times exactly once, under a lease row.
 //! - [`retention`]: deletes finished runs after the retention period.
 //!
 //! Persistence rules live in `waymark-engine`; this crate only decides *when*.
 
 pub mod retention;
 mod runner;
+pub mod scheduler;
 
 pub use runner::{Runner, RunnerConfig, RunnerError};

@@ -342,6 +342,69 @@ impl Store {
         dispatch!(self, s => s.audit_list(scope, before, limit).await)
     }
 
+    /// Inserts a schedule; a conflict if its name is taken in its tenant. With
+    /// `if_absent`, an existing one is kept and `None` returned instead.
+    pub async fn schedule_insert(
+        &self,
+        schedule: &Schedule,
+        if_absent: bool,
+    ) -> StoreResult<Option<Schedule>> {
+        dispatch!(self, s => s.schedule_insert(schedule, if_absent).await)
+    }
+
+    pub async fn schedule_get(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+    ) -> StoreResult<Option<Schedule>> {
+        dispatch!(self, s => s.schedule_get(scope, id).await)
+    }
+
+    pub async fn schedule_list(&self, scope: &TenantScope) -> StoreResult<Vec<Schedule>> {
+        dispatch!(self, s => s.schedule_list(scope).await)
+    }
+
+    /// Writes a schedule's editable fields (the caller checked its tenant).
+    pub async fn schedule_update(&self, schedule: &Schedule) -> StoreResult<Schedule> {
+        dispatch!(self, s => s.schedule_update(schedule).await)
+    }
+
+    pub async fn schedule_delete(&self, scope: &TenantScope, id: Uuid) -> StoreResult<bool> {
+        dispatch!(self, s => s.schedule_delete(scope, id).await)
+    }
+
+    /// Unpaused schedules with a fire time at or before `now`, or a buffered one.
+    pub async fn schedules_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> StoreResult<Vec<Schedule>> {
+        dispatch!(self, s => s.schedules_due(now, limit).await)
+    }
+
+    /// Takes or renews the named lease for `holder`; its token if held, `None` if
+    /// another holder's lease has not expired (by database time).
+    pub async fn lease_acquire(
+        &self,
+        name: &str,
+        holder: Uuid,
+        lease: Duration,
+    ) -> StoreResult<Option<i64>> {
+        dispatch!(self, s => s.lease_acquire(name, holder, lease).await)
+    }
+
+    /// Gives the lease up (shutdown), so another process takes over at once.
+    pub async fn lease_release(&self, name: &str, holder: Uuid) -> StoreResult<()> {
+        dispatch!(self, s => s.lease_release(name, holder).await)
+    }
+
+    /// Applies one scheduler step: starts its run (if any) and moves `last_fired_at`
+    /// on, in one transaction, only under the scheduler lease and only if nobody moved
+    /// the schedule meanwhile (a conflict otherwise).
+    pub async fn schedule_advance(&self, advance: &ScheduleAdvance) -> StoreResult<Option<Run>> {
+        dispatch!(self, s => s.schedule_advance(advance).await)
+    }
+
     pub async fn worker_register(&self, worker: &WorkerInfo) -> StoreResult<()> {
         dispatch!(self, s => s.worker_register(worker).await)
     }

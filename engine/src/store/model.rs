@@ -535,3 +535,102 @@ pub struct AuditEntry {
     pub detail: Value,
     pub address: Option<String>,
 }
+
+/// What a schedule does when a fire time comes while its previous run is still live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// Do not start; the fire time is recorded as skipped.
+    #[default]
+    Skip,
+    /// Keep one fire time waiting and start it when the previous run ends.
+    BufferOne,
+    /// Start anyway; runs overlap.
+    Allow,
+    /// Cancel the previous run, then start.
+    CancelPrevious,
+}
+
+impl Overlap {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Skip => "skip",
+            Overlap::BufferOne => "buffer_one",
+            Overlap::Allow => "allow",
+            Overlap::CancelPrevious => "cancel_previous",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Overlap> {
+        [
+            Overlap::Skip,
+            Overlap::BufferOne,
+            Overlap::Allow,
+            Overlap::CancelPrevious,
+        ]
+        .into_iter()
+        .find(|o| o.as_str() == s)
+    }
+}
+
+/// What happens to fire times missed by more than the grace (the process was down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CatchUp {
+    #[default]
+    Skip,
+    /// Fire once, for the latest missed time.
+    RunOnce,
+}
+
+impl CatchUp {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CatchUp::Skip => "skip",
+            CatchUp::RunOnce => "run_once",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CatchUp> {
+        [CatchUp::Skip, CatchUp::RunOnce]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+    }
+}
+
+/// A stored schedule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Schedule {
+    pub id: Uuid,
+    pub tenant: String,
+    pub name: String,
+    pub cron: String,
+    pub timezone: String,
+    pub workflow: String,
+    pub input: Value,
+    pub overlap: Overlap,
+    pub catch_up: CatchUp,
+    pub paused: bool,
+    pub last_fired_at: DateTime<Utc>,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub last_run_id: Option<Uuid>,
+    pub buffered_fire_at: Option<DateTime<Utc>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub created_by: String,
+}
+
+/// One step of the scheduler on one schedule, applied in one transaction under the
+/// scheduler's lease and only if `last_fired_at` is still `expected_last`.
+#[derive(Debug, Clone)]
+pub struct ScheduleAdvance {
+    pub schedule_id: Uuid,
+    pub expected_last: DateTime<Utc>,
+    pub last_fired_at: DateTime<Utc>,
+    pub next_fire_at: Option<DateTime<Utc>>,
+    pub buffered_fire_at: Option<DateTime<Utc>>,
+    /// The run to start (its idempotency key names the schedule and fire time).
+    pub start: Option<NewRun>,
+    /// The scheduler lease that must still be held.
+    pub lease: (Uuid, i64),
+}
