@@ -114,13 +114,10 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_MAX_PAYLOAD", default_value_t = 256 * 1024, global = true)]
     pub max_payload: usize,
 
-    /// Finished runs are deleted this long after they finish.
+    /// Finished runs are deleted this long after they finish (by the built-in
+    /// `retention` schedule, daily at 03:17 UTC, whose input this sets).
     #[arg(long, env = "WAYMARK_RETENTION", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
     pub retention: Duration,
-
-    /// How often the retention sweep runs.
-    #[arg(long, env = "WAYMARK_RETENTION_INTERVAL", default_value = "1h", value_parser = humantime::parse_duration, global = true)]
-    pub retention_interval: Duration,
 
     /// PostgreSQL pool size per process.
     #[arg(

@@ -9,6 +9,7 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use waymark_engine::store::StoreConfig;
 use waymark_engine::{Engine, Limits, Store, SystemClock};
+use waymark_workers::scheduler::{Scheduler, SchedulerConfig};
 use waymark_workers::{Runner, RunnerConfig};
 
 use crate::config::{Cli, Command, Config, KeysCommand};
@@ -82,7 +83,12 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .context("cannot load the master key")?,
     };
 
-    let registry = waymark_workflows::registry().context("invalid built-in workflow")?;
+    let mut registry = waymark_workflows::registry().context("invalid built-in workflow")?;
+    registry
+        .register(waymark_workflows::housekeeping::Retention::new(
+            store.clone(),
+        ))
+        .context("invalid housekeeping workflow")?;
     let engine =
         Engine::new(store, Arc::new(registry), Arc::new(SystemClock)).with_limits(Limits {
             max_payload: config.max_payload,
@@ -93,12 +99,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let runner = Runner::new(engine.clone(), runner_config(&config));
     let worker_id = runner.worker_id();
     let workers = tokio::spawn(runner.run(shutdown.clone()));
-    let retention = tokio::spawn(waymark_workers::retention::run(
-        engine.clone(),
-        config.retention,
-        config.retention_interval,
-        shutdown.clone(),
-    ));
+    ensure_housekeeping(&engine, config.retention).await?;
+    let scheduler = tokio::spawn(
+        Scheduler::new(engine.clone(), SchedulerConfig::default()).run(shutdown.clone()),
+    );
 
     if matches!(command, Command::Serve) {
         let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -137,8 +141,61 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
 
     workers.await?.context("worker failed")?;
-    retention.await?;
+    scheduler.await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Waymark's own housekeeping is a schedule an operator can see and change: created
+/// on first start, its retention input kept in step with `WAYMARK_RETENTION`.
+async fn ensure_housekeeping(
+    engine: &Engine,
+    retention: std::time::Duration,
+) -> anyhow::Result<()> {
+    use waymark_engine::store::{CatchUp, Overlap, Schedule};
+    use waymark_workflows::housekeeping as hk;
+    let now = chrono::Utc::now();
+    let input =
+        serde_json::json!({ "older_than": humantime::format_duration(retention).to_string() });
+    let cron = waymark_engine::cron::CronSchedule::parse(hk::SCHEDULE_CRON, "UTC")?;
+    let schedule = Schedule {
+        id: uuid::Uuid::now_v7(),
+        tenant: hk::TENANT.into(),
+        name: hk::SCHEDULE_NAME.into(),
+        cron: hk::SCHEDULE_CRON.into(),
+        timezone: "UTC".into(),
+        workflow: "waymark.retention".into(),
+        input: input.clone(),
+        overlap: Overlap::Skip,
+        catch_up: CatchUp::RunOnce,
+        paused: false,
+        last_fired_at: now,
+        next_fire_at: cron.next_after(now),
+        last_run_id: None,
+        buffered_fire_at: None,
+        created_at: now,
+        updated_at: now,
+        created_by: "waymark".into(),
+    };
+    if engine
+        .store
+        .schedule_insert(&schedule, true)
+        .await?
+        .is_none()
+    {
+        let scope = waymark_engine::TenantScope::Tenant(hk::TENANT.into());
+        let existing = engine
+            .store
+            .schedule_list(&scope)
+            .await?
+            .into_iter()
+            .find(|s| s.name == hk::SCHEDULE_NAME);
+        if let Some(mut existing) = existing.filter(|s| s.input != input) {
+            existing.input = input;
+            existing.updated_at = now;
+            engine.store.schedule_update(&existing).await?;
+        }
+    }
+    Ok(())
 }
 
 /// On first start with no key at all, creates the admin key: the one given in

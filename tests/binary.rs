@@ -568,3 +568,136 @@ async fn secrets_are_absent_from_the_logs() {
         );
     }
 }
+
+/// Two `waymark serve` processes on one PostgreSQL share a one-second schedule; one of
+/// them stops halfway (handing the scheduler lease over). Every second between the
+/// first and the last fire has exactly one run: no duplicate, no gap.
+#[tokio::test]
+async fn two_processes_fire_a_one_second_schedule_exactly_once() {
+    let db = TestDb::postgres().await;
+    let admin = waymark_engine::keys::Secret::generate();
+    let mut first = command(&db, &["serve"]);
+    first.env("WAYMARK_BOOTSTRAP_KEY", admin.expose());
+    let mut first = spawn_with(first).await;
+    let mut second = command(&db, &["serve"]);
+    second.env("WAYMARK_BOOTSTRAP_KEY", admin.expose());
+    let second = spawn_with(second).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", second.addr.as_ref().unwrap());
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/schedules?tenant=acme"))
+        .bearer_auth(admin.expose())
+        .json(
+            &json!({"name": "every-second", "cron": "* * * * * *", "workflow": "demo",
+                      "input": {"name": "tick"}, "overlap": "allow"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = created["id"].as_str().unwrap().to_owned();
+    let filter = waymark_engine::store::RunFilter {
+        tag: Some(format!("schedule:{id}")),
+        ..Default::default()
+    };
+    let count = |store: waymark_engine::Store, filter: waymark_engine::store::RunFilter| async move {
+        store
+            .runs_list(&TenantScope::All, &filter, None, 1000)
+            .await
+            .unwrap()
+            .len()
+    };
+    crate::support::wait_until("four fires", Duration::from_secs(60), || {
+        let (store, filter) = (db.store.clone(), filter.clone());
+        async move { count(store, filter).await >= 4 }
+    })
+    .await;
+    // Stop one process gracefully: if it held the scheduler lease it hands it over.
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(first.child.id().unwrap().to_string())
+        .status()
+        .unwrap();
+    first.child.wait().await.unwrap();
+    let before = count(db.store.clone(), filter.clone()).await;
+    crate::support::wait_until("four more fires", Duration::from_secs(60), || {
+        let (store, filter) = (db.store.clone(), filter.clone());
+        async move { count(store, filter).await >= before + 4 }
+    })
+    .await;
+    let paused = http
+        .patch(format!("{base}/v1/schedules/{id}"))
+        .bearer_auth(admin.expose())
+        .json(&json!({"paused": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(paused.status(), 200);
+    drop(second);
+    let runs = db
+        .store
+        .runs_list(&TenantScope::All, &filter, None, 1000)
+        .await
+        .unwrap();
+    let mut times: Vec<chrono::DateTime<chrono::Utc>> = runs
+        .iter()
+        .map(|r| {
+            let key = r.idempotency_key.as_deref().unwrap();
+            let at = key.strip_prefix(&format!("schedule:{id}:")).unwrap();
+            chrono::DateTime::parse_from_rfc3339(at)
+                .unwrap()
+                .with_timezone(&chrono::Utc)
+        })
+        .collect();
+    times.sort();
+    let distinct: std::collections::BTreeSet<_> = times.iter().collect();
+    assert_eq!(distinct.len(), times.len(), "a fire time ran twice");
+    for pair in times.windows(2) {
+        assert_eq!(
+            (pair[1] - pair[0]).num_seconds(),
+            1,
+            "a fire time is missing between {} and {}",
+            pair[0],
+            pair[1]
+        );
+    }
+    assert!(times.len() >= 8);
+}
+
+/// Housekeeping is a schedule like any other: visible to an admin after start.
+#[tokio::test]
+async fn the_retention_housekeeping_schedule_is_visible() {
+    let db = TestDb::sqlite().await;
+    let admin = waymark_engine::keys::Secret::generate();
+    let mut cmd = command(&db, &["serve"]);
+    cmd.env("WAYMARK_BOOTSTRAP_KEY", admin.expose())
+        .env("WAYMARK_RETENTION", "14d");
+    let proc = spawn_with(cmd).await;
+    let base = format!("http://{}", proc.addr.as_ref().unwrap());
+    let list: serde_json::Value = reqwest::Client::new()
+        .get(format!("{base}/v1/schedules"))
+        .bearer_auth(admin.expose())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let housekeeping = list["schedules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "retention")
+        .unwrap_or_else(|| panic!("no retention schedule in {list}"));
+    assert_eq!(
+        (
+            housekeeping["tenant"].as_str(),
+            housekeeping["workflow"].as_str()
+        ),
+        (Some("system"), Some("waymark.retention"))
+    );
+    assert_eq!(housekeeping["input"], json!({"older_than": "14days"}));
+    assert_eq!(housekeeping["next_fire_times"].as_array().unwrap().len(), 5);
+}

@@ -51,7 +51,12 @@ async fn a_step_over_its_timeout_fails_the_attempt(db: TestDb) {
 }
 
 async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb) {
-    let (registry, _) = registry();
+    let (mut registry, _) = registry();
+    registry
+        .register(waymark_workflows::housekeeping::Retention::new(
+            db.store.clone(),
+        ))
+        .unwrap();
     let (clock, shared) = manual_clock();
     let engine = db.engine(registry, shared);
     let runner = spawn_runner(engine.clone(), test_runner_config());
@@ -74,13 +79,16 @@ async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb
         .unwrap()
         .run;
     wait_for_status(&db.store, unfinished.id, RunStatus::Sleeping).await;
-    runner.stop().await;
     clock.advance(Duration::from_secs(86_400));
     // Retain 7 days: the run finished 11 days ago goes, the one from yesterday stays.
-    let deleted = waymark_workers::retention::sweep(&engine, Duration::from_secs(7 * 86_400))
+    let sweep = engine
+        .start(start_req("waymark.retention", json!({"older_than": "7d"})))
         .await
-        .unwrap();
-    assert_eq!(deleted, 1);
+        .unwrap()
+        .run;
+    let swept = wait_for_status(&db.store, sweep.id, RunStatus::Completed).await;
+    runner.stop().await;
+    assert_eq!(swept.output, Some(json!({"deleted": 1})));
     let get = |id| {
         let store = db.store.clone();
         async move { store.run_get(&TenantScope::All, id).await.unwrap() }
@@ -88,6 +96,16 @@ async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb
     assert!(get(old.id).await.is_none());
     assert!(get(recent.id).await.is_some());
     assert!(get(unfinished.id).await.is_some());
+    // Bad input is refused before anything runs.
+    assert!(matches!(
+        engine
+            .start(start_req(
+                "waymark.retention",
+                json!({"older_than": "soon"})
+            ))
+            .await,
+        Err(EngineError::InvalidInput(_))
+    ));
 }
 
 async fn a_run_advances_through_every_state_with_one_history_row_per_transition(db: TestDb) {

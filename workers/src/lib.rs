@@ -8,11 +8,9 @@
 //!   and cancels any step whose lease it finds lost.
 //!
 //! - [`scheduler`]: fires schedules' due times exactly once, under a lease row.
-//! - [`retention`]: deletes finished runs after the retention period.
 //!
 //! Persistence rules live in `waymark-engine`; this crate only decides *when*.
 
-pub mod retention;
 mod runner;
 pub mod scheduler;
 

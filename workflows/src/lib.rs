@@ -3,10 +3,12 @@
 //! # Layout
 //! - [`demo`]: a small tutorial workflow (work, an optional durable timer, a greeting)
 //!   that a newcomer can start against a fresh `cargo run --release`.
+//! - [`housekeeping`]: `waymark.retention`, run by a built-in schedule.
 //!
 //! [`registry`] registers every built-in workflow; `waymark` serves exactly these.
 
 pub mod demo;
+pub mod housekeeping;
 
 use waymark_engine::workflow::{Registry, RegistryError};
 

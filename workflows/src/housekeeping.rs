@@ -1,0 +1,115 @@
+//! `waymark.retention`: Waymark's own housekeeping, run by a built-in schedule an
+//! operator can see, pause or retime like any other (`GET /v1/schedules`).
+//!
+//! ```text
+//! sweep ──▶ (completed: how many finished runs were deleted)
+//! ```
+//! Deletes runs that finished more than `older_than` ago, with their history, in
+//! batches. Idempotent by nature: a retried sweep deletes what is left.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use waymark_engine::{
+    Definition, NoSignal, ResultExt, StateDef, StepContext, StepError, Store, Transition, Workflow,
+    WorkflowState,
+};
+
+/// The built-in schedule: daily at 03:17 UTC, in the `system` tenant.
+pub const SCHEDULE_NAME: &str = "retention";
+pub const SCHEDULE_CRON: &str = "17 3 * * *";
+pub const TENANT: &str = "system";
+
+pub struct Retention {
+    store: Store,
+}
+
+impl Retention {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionInput {
+    /// Finished runs older than this are deleted (e.g. `"30d"`).
+    #[serde(with = "humantime_duration")]
+    pub older_than: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum RetentionState {
+    Sweep,
+}
+
+impl WorkflowState for RetentionState {
+    fn name(&self) -> &'static str {
+        "sweep"
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Swept {
+    pub deleted: u64,
+}
+
+const BATCH: u32 = 500;
+
+impl Workflow for Retention {
+    const NAME: &'static str = "waymark.retention";
+    type Input = RetentionInput;
+    type State = RetentionState;
+    type Output = Swept;
+    type Signal = NoSignal;
+
+    fn definition() -> Definition {
+        Definition::new([StateDef::new("sweep").completes()])
+    }
+
+    fn initial_state(_: &RetentionInput) -> RetentionState {
+        RetentionState::Sweep
+    }
+
+    async fn step(
+        &self,
+        ctx: &StepContext,
+        input: &RetentionInput,
+        _: RetentionState,
+    ) -> Result<Transition<RetentionState, Swept>, StepError> {
+        let older_than = chrono::Duration::from_std(input.older_than)
+            .map_err(|_| StepError::fatal("older_than is too large"))?;
+        let cutoff = ctx.clock.now() - older_than;
+        let mut deleted = 0;
+        loop {
+            let batch = self
+                .store
+                .runs_delete_finished(cutoff, BATCH)
+                .await
+                .retryable()?;
+            deleted += batch;
+            if batch < BATCH as u64 {
+                break;
+            }
+        }
+        Ok(Transition::complete(Swept { deleted }))
+    }
+}
+
+/// A required human-friendly duration (`"30d"`).
+mod humantime_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*d).to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+    }
+}
