@@ -693,22 +693,35 @@ pub enum RawTransition {
     },
 }
 
+/// Decodes `value`, naming the path of the first field that does not fit
+/// (`items[2].qty: invalid type…`), so an API answer can say which field is wrong.
+pub fn decode_with_path<T: DeserializeOwned>(value: Value) -> Result<T, String> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            e.into_inner().to_string()
+        } else {
+            format!("{path}: {}", e.into_inner())
+        }
+    })
+}
+
 /// Decodes a delivered signal into a signal enum: the name picks the variant.
 pub fn decode_signal<T: DeserializeOwned>(name: &str, payload: &Value) -> Result<T, DecodeError> {
     let tagged = serde_json::json!({ "signal": name, "payload": payload });
-    serde_json::from_value(tagged)
+    decode_with_path::<T>(tagged)
         .or_else(|first| {
             // A variant without data takes no payload: accept an absent, null or empty one.
             let empty = payload.is_null() || payload.as_object().is_some_and(|m| m.is_empty());
             if empty {
-                serde_json::from_value(serde_json::json!({ "signal": name }))
+                decode_with_path::<T>(serde_json::json!({ "signal": name })).map_err(|_| first)
             } else {
                 Err(first)
             }
         })
-        .map_err(|e| DecodeError {
+        .map_err(|message| DecodeError {
             what: "signal payload",
-            message: e.to_string(),
+            message,
         })
 }
 
@@ -770,9 +783,9 @@ impl<W: Workflow> ErasedWorkflow for Erased<W> {
     }
 
     fn initial_state(&self, input: &Value) -> Result<(String, Value), DecodeError> {
-        let typed: W::Input = serde_json::from_value(input.clone()).map_err(|e| DecodeError {
+        let typed: W::Input = decode_with_path(input.clone()).map_err(|message| DecodeError {
             what: "input",
-            message: e.to_string(),
+            message,
         })?;
         let state = W::initial_state(&typed);
         let data = serde_json::to_value(&state).map_err(|e| DecodeError {
