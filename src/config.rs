@@ -119,6 +119,15 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_RETENTION", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
     pub retention: Duration,
 
+    /// Deprovisioned tenants stay suspended (and restorable) this long before deletion.
+    #[arg(long, env = "WAYMARK_TENANT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
+    pub tenant_retention: Duration,
+
+    /// Tenant plans and their quotas: comma-separated `name:storage:runs` (storage in B,
+    /// KB, MB, GB, TB or KiB, MiB, GiB, TiB; runs a count or `unlimited`).
+    #[arg(long, env = "WAYMARK_TENANT_PLANS", default_value = waymark_workflows::tenants::plans::DEFAULT_PLANS, global = true)]
+    pub tenant_plans: String,
+
     /// PostgreSQL pool size per process.
     #[arg(
         long,
@@ -205,6 +214,15 @@ pub struct Config {
         hide_env_values = true
     )]
     pub master_key: Option<String>,
+
+    /// A key rotation's grace when the request names none.
+    #[arg(long, env = "WAYMARK_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    pub rotation_grace: Duration,
+
+    /// How long a scheduled rotation waits for its new secret to be revealed before it
+    /// reminds the owner (it never revokes a key whose successor nobody has seen).
+    #[arg(long, env = "WAYMARK_ROTATION_REVEAL_MAX_WAIT", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    pub rotation_reveal_max_wait: Duration,
 
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
     #[arg(

@@ -83,7 +83,33 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .context("cannot load the master key")?,
     };
 
-    let mut registry = waymark_workflows::registry().context("invalid built-in workflow")?;
+    // Tenants: the plans every process and the API agree on, and what the sagas need.
+    let plans = waymark_workflows::tenants::plans::parse_plans(&config.tenant_plans)
+        .map_err(anyhow::Error::msg)
+        .context("invalid WAYMARK_TENANT_PLANS")?;
+    waymark_workflows::tenants::plans::sync(&store, &plans, chrono::Utc::now())
+        .await
+        .context("cannot store the tenant plans")?;
+    let mut registry = waymark_workflows::registry(waymark_workflows::Deps {
+        store: store.clone(),
+        mailer: mailer.clone(),
+        blobs: blobs.clone(),
+        sealer: sealer.clone(),
+        data_dir: config.data_dir.clone(),
+        tenant_retention: config.tenant_retention,
+    })
+    .context("invalid built-in workflow")?;
+    registry
+        .register(waymark_workflows::key_rotation::KeyRotation {
+            store: store.clone(),
+            mailer: mailer.clone(),
+            sealer: sealer.clone(),
+            settings: waymark_workflows::key_rotation::RotationSettings {
+                reveal_max_wait: config.rotation_reveal_max_wait,
+                ..Default::default()
+            },
+        })
+        .context("invalid key rotation workflow")?;
     registry
         .register(waymark_workflows::housekeeping::Retention::new(
             store.clone(),
@@ -121,6 +147,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 rate_limit: config.rate_limit,
                 metrics_token: config.metrics_token.clone(),
                 sealer: sealer.clone(),
+                rotation_grace: config.rotation_grace,
                 ..waymark_api::ApiConfig::default()
             },
         });

@@ -44,9 +44,24 @@ impl Api {
         api: waymark_api::ApiConfig,
         clock: waymark_engine::SharedClock,
     ) -> Api {
+        Self::start_with_registry(db, api, clock, |_, _, _| {}).await
+    }
+
+    /// With `extra` registering more workflows (given the store and the API's sealer).
+    pub(crate) async fn start_with_registry(
+        db: TestDb,
+        api: waymark_api::ApiConfig,
+        clock: waymark_engine::SharedClock,
+        extra: impl FnOnce(
+            &mut waymark_engine::workflow::Registry,
+            &waymark_engine::Store,
+            &waymark_engine::keys::Sealer,
+        ),
+    ) -> Api {
         let (registry, handles) = registry();
         let mut registry = registry;
         registry.register(waymark_workflows::demo::Demo).unwrap();
+        extra(&mut registry, &db.store, &api.sealer);
         let engine = db.engine(registry, clock);
         let (_, secret) = waymark_engine::keys::issue(
             &engine.store,
@@ -95,6 +110,10 @@ impl Api {
             stop,
             _db: db,
         }
+    }
+
+    pub(crate) fn db(&self) -> &TestDb {
+        &self._db
     }
 
     pub(crate) async fn stop(mut self) {

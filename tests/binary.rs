@@ -192,7 +192,9 @@ async fn killed_process_run_completes_after_lease_expiry(backend: Backend) {
         Backend::Postgres => &["worker"],
         Backend::Sqlite => &["serve"],
     };
-    let registry = waymark_workflows::registry().unwrap();
+    // Only `demo` is started here; the spawned `waymark` serves the full registry.
+    let mut registry = waymark_engine::workflow::Registry::new();
+    registry.register(waymark_workflows::demo::Demo).unwrap();
     let engine = db.engine(registry, Arc::new(SystemClock));
     let run = engine
         .start(start_req("demo", json!({"name": "Ada", "work": "3s"})))

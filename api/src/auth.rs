@@ -104,6 +104,8 @@ pub struct ApiConfig {
     pub metrics_token: Option<String>,
     /// Opens sealed key secrets for their one reveal.
     pub sealer: waymark_engine::keys::Sealer,
+    /// A key rotation's grace when the request names none.
+    pub rotation_grace: Duration,
     pub activity: Arc<KeyActivity>,
 }
 
@@ -117,6 +119,7 @@ impl Default for ApiConfig {
             // A throwaway master key: nothing sealed under it outlives the process.
             // `main` passes the installation's.
             sealer: waymark_engine::keys::Sealer::random(),
+            rotation_grace: Duration::from_secs(24 * 3600),
             activity: Arc::default(),
         }
     }

@@ -10,6 +10,8 @@
 //!   OpenAPI document; [`auth`] (API keys, scopes, rate limit), [`body`] (reading and
 //!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`].
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
+//! - [`tenants`]: `/v1/tenants`, provisioning and deprovisioning tenants (appended to
+//!   the route table).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -25,6 +27,7 @@ pub mod body;
 pub mod diagram;
 pub mod error;
 pub mod routes;
+pub mod tenants;
 pub mod views;
 
 pub use auth::ApiConfig;

@@ -8,7 +8,7 @@ use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, patch, post, MethodRouter};
+use axum::routing::{delete, get, patch, post, put, MethodRouter};
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
@@ -37,7 +37,7 @@ pub struct Route {
     pub handler: MethodRouter<AppState>,
 }
 
-fn route(
+pub(crate) fn route(
     method: Method,
     path: &'static str,
     summary: &'static str,
@@ -84,6 +84,9 @@ pub fn table() -> Vec<Route> {
         route(Method::GET, "/v1/keys", "API keys of the caller's tenant (all, for an admin).", Scope::Operator, &[200], None, get(list_keys)),
         route(Method::GET, "/v1/keys/{id}", "One API key.", Scope::Operator, &[200], None, get(get_key)),
         route(Method::DELETE, "/v1/keys/{id}", "Revoke an API key.", Scope::Operator, &[200], None, delete(revoke_key)),
+        route(Method::POST, "/v1/keys/{id}/rotate", "Rotate a key: a new key (same tenant, scopes, name, owner) is issued with the rotation's run in one transaction; both work through the grace, then the old one is revoked. The new secret is in this answer only.", Scope::Operator, &[201], Some(json!({"type": "object", "properties": {"grace_period": {"type": "string", "examples": ["24h", "90s"]}, "reason": {"type": "string"}, "emergency": {"type": "boolean"}}})), post(rotate_key)),
+        route(Method::PUT, "/v1/keys/{id}/rotation-policy", "Rotate this key on a schedule (a cron rule); scheduled rotations keep the new secret sealed until revealed, and the grace starts at the reveal.", Scope::Operator, &[200], Some(json!({"type": "object", "required": ["cron"], "properties": {"cron": {"type": "string"}, "timezone": {"type": "string"}, "grace_period": {"type": "string"}}})), put(set_rotation_policy)),
+        route(Method::DELETE, "/v1/keys/{id}/rotation-policy", "Stop rotating this key on a schedule.", Scope::Operator, &[200], None, delete(delete_rotation_policy)),
         route(Method::POST, "/v1/keys/{id}/reveal", "Reveal, once, the secret of a key nobody has seen yet (a scheduled rotation's, a new tenant's admin key); afterwards only its hash remains.", Scope::Operator, &[200], None, post(reveal_key)),
         route(Method::POST, "/v1/schedules", "Create a schedule: a cron rule (crontab(5) syntax, 5 or 6 fields, in an IANA time zone) that starts runs of a workflow with a fixed input.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["name", "cron", "workflow"], "properties": {"name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string", "default": "UTC"}, "workflow": {"type": "string"}, "input": {}, "overlap": {"enum": ["skip", "buffer_one", "allow", "cancel_previous"]}, "catch_up": {"enum": ["skip", "run_once"]}, "paused": {"type": "boolean"}}})), post(create_schedule)),
         route(Method::GET, "/v1/schedules", "Schedules of the caller's tenant (all, for an admin).", Scope::Reader, &[200], None, get(list_schedules)),
@@ -93,7 +96,7 @@ pub fn table() -> Vec<Route> {
         route(Method::GET, "/v1/whoami", "The presented key's id, tenant and scopes.", Scope::Reader, &[200], None, get(whoami)),
         route(Method::GET, "/v1/audit", "The append-only audit log of the caller's tenant, newest first (`before`, `limit`).", Scope::Operator, &[200], None, get(audit)),
         route(Method::GET, "/v1/workers", "The worker registry.", Scope::Operator, &[200], None, get(workers)),
-    ]
+    ].into_iter().chain(crate::tenants::routes()).collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -185,10 +188,40 @@ async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> 
             .collect(),
         None => Vec::new(),
     };
+    let details = details(state, &run).await?;
     let mut view = RunView::new(run);
     view.pending_reason = reason;
     view.children = children;
+    view.details = details;
     Ok(view)
+}
+
+/// What a workflow's status adds: for a key rotation, the keys, so an operator sees
+/// whether clients still use the old one (`last_used_at`).
+async fn details(state: &AppState, run: &waymark_engine::Run) -> ApiResult<Option<Value>> {
+    if run.workflow != "key_rotation" {
+        return Ok(None);
+    }
+    let key = |field: &str| {
+        run.input
+            .get(field)
+            .or_else(|| run.state_data.get(field))
+            .and_then(|v| v.as_str())
+            .and_then(|s| s.parse::<Uuid>().ok())
+    };
+    let now = state.engine.clock.now();
+    let mut out = serde_json::Map::new();
+    for (label, id) in [("old_key", key("key_id")), ("new_key", key("new_key_id"))] {
+        if let Some(id) = id {
+            if let Some(k) = state.engine.store.key_get(&TenantScope::All, id).await? {
+                out.insert(
+                    label.into(),
+                    serde_json::to_value(KeyView::new(k, now)).unwrap_or_default(),
+                );
+            }
+        }
+    }
+    Ok(Some(Value::Object(out)))
 }
 
 async fn audit_record(
@@ -925,7 +958,10 @@ async fn reveal_key(
     )
     .await
     {
-        Ok(secret) => Ok(Json(json!({ "id": id, "secret": secret.expose() }))),
+        Ok(secret) => {
+            tell_rotation_revealed(&state, &scope, id).await;
+            Ok(Json(json!({ "id": id, "secret": secret.expose() })))
+        }
         Err(waymark_engine::keys::RevealError::NotFound) => {
             Err(ApiError::not_found(format!("key {id} not found")))
         }
@@ -935,6 +971,276 @@ async fn reveal_key(
         Err(waymark_engine::keys::RevealError::Store(e)) => Err(e.into()),
         Err(e @ waymark_engine::keys::RevealError::Unsealable) => Err(ApiError::internal(&e)),
     }
+}
+
+/// A scheduled rotation waits for its new key's reveal: tell it.
+async fn tell_rotation_revealed(state: &AppState, scope: &TenantScope, new_key: Uuid) {
+    let filter = RunFilter {
+        workflow: Some("key_rotation".into()),
+        status: Some(RunStatus::Waiting),
+        ..Default::default()
+    };
+    let Ok(runs) = state
+        .engine
+        .store
+        .runs_list(scope, &filter, None, 500)
+        .await
+    else {
+        return;
+    };
+    for run in runs
+        .into_iter()
+        .filter(|r| r.state_data.get("new_key_id") == Some(&json!(new_key)))
+    {
+        let signal = SendSignal {
+            run_id: run.id,
+            name: "revealed".into(),
+            payload: Value::Null,
+            idempotency_key: Some(format!("revealed:{new_key}")),
+            actor: "waymark".into(),
+        };
+        if let Err(error) = state.engine.signal(scope, signal).await {
+            tracing::warn!(run = %run.id, error = %error, "cannot tell the rotation its key was revealed");
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    #[serde(default)]
+    grace_period: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    emergency: bool,
+}
+
+fn grace(text: Option<&str>, default: Duration) -> ApiResult<Duration> {
+    let Some(text) = text else { return Ok(default) };
+    let grace = humantime::parse_duration(text).map_err(|e| {
+        ApiError::invalid(format!(
+            "grace_period: expected a duration like 24h or 90s, got {text:?} ({e})"
+        ))
+    })?;
+    if grace < Duration::from_secs(1) {
+        return Err(ApiError::invalid("grace_period: at least 1s"));
+    }
+    Ok(grace)
+}
+
+async fn rotate_key(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Operator)?;
+    let id = key_id(&id)?;
+    let scope = caller.scope();
+    let old = state
+        .engine
+        .store
+        .key_get(&scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    if old.top_scope() > caller.key.top_scope() {
+        return Err(ApiError::forbidden(
+            "a key may not rotate a key with a wider scope than its own",
+        ));
+    }
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let request: RotateBody = body::json(&headers, &bytes, true)?;
+    let grace_period = grace(request.grace_period.as_deref(), state.api.rotation_grace)?;
+    if request.reason.as_ref().is_some_and(|r| r.len() > 1000) {
+        return Err(ApiError::invalid("reason: at most 1000 characters"));
+    }
+    let now = state.engine.clock.now();
+    if !old.is_active(now) || old.awaiting_reveal {
+        return Err(ApiError::conflict(format!("key {id} is not active (revoked, expired, suspended or never revealed); nothing to rotate")));
+    }
+    let secret = waymark_engine::keys::Secret::generate();
+    let (new_key, audit) = waymark_engine::keys::prepare_key(
+        IssueKey {
+            tenant: old.tenant.clone(),
+            scopes: old.scopes.clone(),
+            name: old.name.clone(),
+            owner_email: old.owner_email.clone(),
+            expires_at: None,
+            actor: caller.actor(),
+            address: caller.address.clone(),
+        },
+        &secret,
+        None,
+        now,
+    );
+    let mut audit = audit;
+    audit.action = "key.rotated".into();
+    audit.detail["replaces"] = json!(id);
+    audit.detail["emergency"] = json!(request.emergency);
+    let input = json!({
+        "key_id": id,
+        "grace_period": humantime::format_duration(grace_period).to_string(),
+        "reason": request.reason,
+        "emergency": request.emergency,
+        "new_key_id": new_key.id,
+    });
+    let run = state.engine.prepare(StartRun {
+        tenant: old.tenant.clone(),
+        workflow: "key_rotation".into(),
+        input,
+        idempotency_key: None,
+        tags: vec![format!("key:{id}")],
+        actor: caller.actor(),
+    })?;
+    let (record, run) = state
+        .engine
+        .store
+        .key_rotation_start(id, &new_key, &audit, &run)
+        .await?;
+    state.engine.metrics.run_started("key_rotation");
+    let mut body =
+        serde_json::to_value(KeyView::new(record, now)).map_err(|e| ApiError::internal(&e))?;
+    body["secret"] = json!(secret.expose());
+    body["run_id"] = json!(run.id);
+    body["replaces"] = json!(id);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    cron: String,
+    #[serde(default)]
+    timezone: Option<String>,
+    #[serde(default)]
+    grace_period: Option<String>,
+}
+
+fn policy_name(key: Uuid) -> String {
+    format!("key-rotation-{key}")
+}
+
+async fn set_rotation_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let id = key_id(&id)?;
+    let scope = caller.scope();
+    let key = state
+        .engine
+        .store
+        .key_get(&scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let request: PolicyBody = body::json(&headers, &bytes, false)?;
+    let grace_period = grace(request.grace_period.as_deref(), state.api.rotation_grace)?;
+    let now = state.engine.clock.now();
+    let existing = state
+        .engine
+        .store
+        .schedule_list(&TenantScope::Tenant(key.tenant.clone()))
+        .await?
+        .into_iter()
+        .find(|s| s.input.get("key_id") == Some(&json!(id)) && s.workflow == "key_rotation");
+    let is_new = existing.is_none();
+    let schedule_id = existing.as_ref().map(|s| s.id).unwrap_or_else(Uuid::now_v7);
+    let mut schedule = existing.unwrap_or(Schedule {
+        id: schedule_id,
+        tenant: key.tenant.clone(),
+        name: policy_name(id),
+        cron: String::new(),
+        timezone: String::new(),
+        workflow: "key_rotation".into(),
+        input: Value::Null,
+        overlap: Overlap::Skip,
+        catch_up: CatchUp::RunOnce,
+        paused: false,
+        last_fired_at: now,
+        next_fire_at: None,
+        last_run_id: None,
+        buffered_fire_at: None,
+        created_at: now,
+        updated_at: now,
+        created_by: caller.actor(),
+    });
+    schedule.cron = request.cron;
+    schedule.timezone = request.timezone.unwrap_or_else(|| "UTC".into());
+    schedule.input = json!({
+        "key_id": id,
+        "grace_period": humantime::format_duration(grace_period).to_string(),
+        "reason": "rotation policy",
+        "policy_schedule": schedule_id,
+    });
+    schedule.last_fired_at = now;
+    schedule.updated_at = now;
+    let cron = check_schedule(&state, &schedule)?;
+    schedule.next_fire_at = cron.next_after(now);
+    let stored = if is_new {
+        state
+            .engine
+            .store
+            .schedule_insert(&schedule, false)
+            .await?
+            .ok_or_else(|| ApiError::conflict("a rotation policy schedule already exists"))?
+    } else {
+        state.engine.store.schedule_update(&schedule).await?
+    };
+    audit_record(
+        &state,
+        &caller,
+        &key.tenant,
+        "key.rotation_policy",
+        format!("key:{id}"),
+        json!({ "cron": stored.cron, "schedule": stored.id }),
+    )
+    .await;
+    Ok(Json(schedule_view(stored, now)))
+}
+
+async fn delete_rotation_policy(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let id = key_id(&id)?;
+    let scope = caller.scope();
+    let key = state
+        .engine
+        .store
+        .key_get(&scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let existing = state
+        .engine
+        .store
+        .schedule_list(&TenantScope::Tenant(key.tenant.clone()))
+        .await?
+        .into_iter()
+        .find(|s| s.input.get("key_id") == Some(&json!(id)) && s.workflow == "key_rotation")
+        .ok_or_else(|| ApiError::not_found(format!("key {id} has no rotation policy")))?;
+    state
+        .engine
+        .store
+        .schedule_delete(&scope, existing.id)
+        .await?;
+    audit_record(
+        &state,
+        &caller,
+        &key.tenant,
+        "key.rotation_policy_removed",
+        format!("key:{id}"),
+        json!({ "schedule": existing.id }),
+    )
+    .await;
+    Ok(Json(json!({ "key_id": id, "deleted": true })))
 }
 
 async fn whoami(caller: Caller) -> ApiResult<Json<Value>> {

@@ -53,6 +53,10 @@ pub struct RunView {
     pub children: Vec<Uuid>,
     /// Why a claimable run is not being picked up, when the worker registry says.
     pub pending_reason: Option<String>,
+    /// What the workflow adds to its status (a key rotation: its keys and when the old
+    /// one was last used).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub details: Option<Value>,
     pub due_at: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -102,6 +106,7 @@ impl RunView {
             },
             children: Vec::new(),
             pending_reason: None,
+            details: None,
             due_at: run.due_at,
             created_at: run.created_at,
             updated_at: run.updated_at,

@@ -246,6 +246,19 @@ async fn insert(
     sealer: Option<&Sealer>,
     now: chrono::DateTime<chrono::Utc>,
 ) -> Result<crate::store::KeyRecord, crate::StoreError> {
+    let (key, audit) = prepare_key(request, secret, sealer, now);
+    store.key_insert(&key, &audit).await
+}
+
+/// The rows a new key is stored as (its hash, and its secret sealed when `sealer`
+/// is given) and its audit record, for callers that insert them in a transaction of
+/// their own (a rotation inserts its run too).
+pub fn prepare_key(
+    request: IssueKey,
+    secret: &Secret,
+    sealer: Option<&Sealer>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> (crate::store::NewKey, crate::store::NewAudit) {
     let prefix = secret
         .prefix()
         .expect("secrets are made or parsed with a prefix")
@@ -279,7 +292,7 @@ async fn insert(
         address: request.address,
         at: now,
     };
-    store.key_insert(&key, &audit).await
+    (key, audit)
 }
 
 /// Why a reveal did not return a secret.

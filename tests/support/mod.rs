@@ -155,6 +155,21 @@ impl TestDb {
         }
     }
 
+    /// Every value of a one-text-column query, for searching rows.
+    pub async fn texts(&self, sql: &str) -> Vec<String> {
+        let rows: Vec<Option<String>> = match &self.store {
+            Store::Postgres(pg) => sqlx::query_scalar(sql)
+                .fetch_all(pg.pool())
+                .await
+                .expect(sql),
+            Store::Sqlite(lite) => sqlx::query_scalar(sql)
+                .fetch_all(lite.pool())
+                .await
+                .expect(sql),
+        };
+        rows.into_iter().flatten().collect()
+    }
+
     pub async fn execute(&self, sql: &str) -> Result<u64, sqlx::Error> {
         match &self.store {
             Store::Postgres(pg) => sqlx::query(sql)

@@ -98,7 +98,7 @@ impl Workflow for Retention {
 }
 
 /// A required human-friendly duration (`"30d"`).
-mod humantime_duration {
+pub(crate) mod humantime_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer, Serializer};

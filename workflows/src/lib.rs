@@ -4,18 +4,61 @@
 //! - [`demo`]: a small tutorial workflow (work, an optional durable timer, a greeting)
 //!   that a newcomer can start against a fresh `cargo run --release`.
 //! - [`housekeeping`]: `waymark.retention`, run by a built-in schedule.
+//! - [`key_rotation`]: rotates Waymark's own API keys through a grace period.
+//! - [`tenant_provisioning`], [`tenant_deprovisioning`]: onboarding and offboarding a
+//!   customer as sagas (database space, storage space, admin key, welcome email).
+//! - [`tenants`]: what those two share: the tenant record and its SQL, plans and quotas,
+//!   the database space and the storage space.
 //!
-//! [`registry`] registers every built-in workflow; `waymark` serves exactly these.
+//! [`registry`] registers every built-in workflow with the [`Deps`] they need;
+//! `waymark` serves exactly these.
 
 pub mod demo;
 pub mod housekeeping;
+pub mod key_rotation;
+pub mod tenant_deprovisioning;
+pub mod tenant_provisioning;
+pub mod tenants;
 
+use std::path::PathBuf;
+use std::time::Duration;
+
+use waymark_engine::keys::Sealer;
 use waymark_engine::workflow::{Registry, RegistryError};
+use waymark_engine::Store;
+use waymark_services::{BlobStore, Mailer};
+
+/// What the built-in workflows need from the process that runs them.
+#[derive(Debug, Clone)]
+pub struct Deps {
+    /// The engine's store: the tenant sagas keep their records in its database.
+    pub store: Store,
+    pub mailer: Mailer,
+    pub blobs: BlobStore,
+    /// Seals new tenants' admin key secrets until their one reveal.
+    pub sealer: Sealer,
+    /// `WAYMARK_DATA_DIR`: tenants' database files in embedded mode.
+    pub data_dir: PathBuf,
+    /// `WAYMARK_TENANT_RETENTION`: how long a deprovisioned tenant stays restorable.
+    pub tenant_retention: Duration,
+}
 
 /// Every workflow Waymark ships with.
-pub fn registry() -> Result<Registry, RegistryError> {
+pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register(demo::Demo)?;
+    let tenants = tenants::TenantDeps::new(
+        deps.store,
+        deps.mailer,
+        deps.blobs,
+        deps.sealer,
+        deps.data_dir,
+        deps.tenant_retention,
+    );
+    registry.register(tenant_provisioning::TenantProvisioning::new(
+        tenants.clone(),
+    ))?;
+    registry.register(tenant_deprovisioning::TenantDeprovisioning::new(tenants))?;
     Ok(registry)
 }
 

@@ -319,6 +319,24 @@ impl Store {
         dispatch!(self, s => s.keys_suspend(tenant, suspended).await)
     }
 
+    /// The live `key_rotation` run rotating `key_id`, if any.
+    pub async fn key_rotation_active(&self, key_id: Uuid) -> StoreResult<Option<Uuid>> {
+        dispatch!(self, s => s.key_rotation_active(key_id).await)
+    }
+
+    /// Issues a rotation's new key and starts its run in one transaction: a crash
+    /// cannot leave a key without its run or a run without its key. A conflict
+    /// (naming the run) if the key is already being rotated.
+    pub async fn key_rotation_start(
+        &self,
+        old_key: Uuid,
+        new_key: &NewKey,
+        audit: &NewAudit,
+        run: &NewRun,
+    ) -> StoreResult<(KeyRecord, Run)> {
+        dispatch!(self, s => s.key_rotation_start(old_key, new_key, audit, run).await)
+    }
+
     /// Records use of a key, at most once a minute per key.
     pub async fn key_touch(&self, id: Uuid, now: DateTime<Utc>) -> StoreResult<()> {
         dispatch!(self, s => s.key_touch(id, now).await)

@@ -1696,6 +1696,68 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    pub(super) async fn key_rotation_active(&self, key_id: Uuid) -> StoreResult<Option<Uuid>> {
+        let id: Option<String> = sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs WHERE workflow = 'key_rotation'
+                 AND json_extract(input, '$.key_id') = ?1
+                 AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id LIMIT 1"#,
+        )
+        .bind(key_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        id.as_deref().map(uuid).transpose()
+    }
+
+    pub(super) async fn key_rotation_start(
+        &self,
+        old_key: Uuid,
+        new_key: &NewKey,
+        audit: &NewAudit,
+        run: &NewRun,
+    ) -> StoreResult<(KeyRecord, Run)> {
+        let mut tx = self.pool.begin().await?;
+        let active: Option<String> = sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs WHERE workflow = 'key_rotation'
+                 AND json_extract(input, '$.key_id') = ?1
+                 AND status NOT IN ('completed', 'failed', 'cancelled') LIMIT 1"#,
+        )
+        .bind(old_key.to_string())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(active) = active {
+            return Err(StoreError::Conflict(format!(
+                "key {old_key} is already being rotated by run {active}"
+            )));
+        }
+        let key: KeyRow = sqlx::query_as(
+            r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
+                   created_at, created_by, expires_at, sealed_secret)
+               VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) RETURNING *"#,
+        )
+        .bind(new_key.id.to_string())
+        .bind(&new_key.tenant)
+        .bind(&new_key.prefix)
+        .bind(&new_key.secret_hash)
+        .bind(serde_json::json!(new_key.scopes).to_string())
+        .bind(&new_key.name)
+        .bind(&new_key.owner_email)
+        .bind(ms(new_key.now))
+        .bind(&new_key.created_by)
+        .bind(new_key.expires_at.map(ms))
+        .bind(&new_key.sealed_secret)
+        .fetch_one(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
+        let started = insert_run(&mut tx, run, None)
+            .await?
+            .ok_or_else(|| StoreError::Conflict(format!("run {} could not be inserted", run.id)))?;
+        tx.commit().await?;
+        self.bump();
+        Ok((key.try_into()?, started))
+    }
+}
+
 fn lease_applied(lease: &Lease, rows: u64) -> StoreResult<()> {
     if rows == 1 {
         Ok(())

@@ -1,0 +1,369 @@
+//! `/v1/tenants`: onboarding and offboarding customers through the tenant sagas
+//! (`tenant_provisioning`, `tenant_deprovisioning` in `waymark-workflows`), and their
+//! records with every resource they own and the run that made it.
+//!
+//! `POST /v1/tenants` checks everything before it answers, then reserves the slug and
+//! starts the provisioning run so that a crash cannot leave one without the other:
+//! - PostgreSQL: one transaction inserts the tenant row, starts the run
+//!   (`Engine::start_in`) and names the run on the row.
+//! - SQLite (one connection: no transaction can be held across the engine's start): the
+//!   run is started first under the idempotency key `tenant:<slug>`, then the row is
+//!   inserted naming it. A crash between the two leaves a run whose first step inserts
+//!   the row itself. Only the request that created the run is answered 202: a retry or
+//!   a concurrent duplicate finds the run through the key and gets 409, like any
+//!   request for a taken slug. The slug's primary key decides every race: a run that
+//!   finds its slug held by another run fails without touching that tenant.
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use waymark_engine::keys::Scope;
+use waymark_engine::store::NewAudit;
+use waymark_engine::{StartRun, Store, StoreError, TenantScope, Workflow};
+use waymark_workflows::tenant_deprovisioning::{DeprovisioningInput, TenantDeprovisioning};
+use waymark_workflows::tenant_provisioning::{slug_problem, TenantProvisioning};
+use waymark_workflows::tenants::names::SYSTEM_TENANT;
+use waymark_workflows::tenants::record::{self, DeprovisionClaim, Reservation};
+use waymark_workflows::tenants::{plans, NewTenant, Tenant, TenantStatus};
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ApiResult};
+use crate::routes::{route, Route};
+use crate::{body, AppState};
+
+/// The tenant routes, appended to [`crate::routes::table`].
+pub fn routes() -> Vec<Route> {
+    vec![
+        route(Method::POST, "/v1/tenants", "Provision a tenant: reserve its slug and start the `tenant_provisioning` saga (database space, storage space, admin key revealed once through `POST /v1/keys/{id}/reveal`, welcome email). 422 for an invalid slug, email or unknown plan; 409 if the slug is taken in any status.", Scope::Admin, &[202], Some(json!({"type": "object", "required": ["slug", "name", "plan", "admin_email"], "properties": {"slug": {"type": "string", "pattern": "^[a-z][a-z0-9-]{2,39}$"}, "name": {"type": "string"}, "plan": {"type": "string"}, "admin_email": {"type": "string", "format": "email"}}})), post(create_tenant)),
+        route(Method::GET, "/v1/tenants", "Tenants with their status and every resource created, with the run that created it (an operator sees only its own tenant).", Scope::Operator, &[200], None, get(list_tenants)),
+        route(Method::GET, "/v1/tenants/{slug}", "One tenant: status (provisioning, active, failed, suspended, deleted), quotas, resources and the runs that made them.", Scope::Operator, &[200], None, get(get_tenant)),
+        route(Method::POST, "/v1/tenants/{slug}/deprovision", "Deprovision an active tenant: suspend it (keys, schedules, runs), export its data, wait out the retention (signal `restore` to the run reactivates it), then delete it.", Scope::Admin, &[202], Some(json!({"type": "object"})), post(deprovision_tenant)),
+    ]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateTenant {
+    slug: String,
+    name: String,
+    plan: String,
+    admin_email: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Deprovision {}
+
+fn db(error: sqlx::Error) -> ApiError {
+    StoreError::Database(error).into()
+}
+
+/// A tenant as the API shows it: its record and its resources.
+async fn view(store: &Store, tenant: Tenant) -> ApiResult<Value> {
+    let resources = record::resources(store, &tenant.slug).await.map_err(db)?;
+    let mut body = serde_json::to_value(&tenant).map_err(|e| ApiError::internal(&e))?;
+    body["resources"] = serde_json::to_value(resources).map_err(|e| ApiError::internal(&e))?;
+    Ok(body)
+}
+
+fn taken(slug: &str) -> ApiError {
+    ApiError::conflict(format!("slug {slug:?} is taken"))
+}
+
+async fn audit(state: &AppState, caller: &Caller, slug: &str, action: &str, detail: Value) {
+    let entry = NewAudit {
+        tenant: slug.to_owned(),
+        actor: caller.actor(),
+        action: action.to_owned(),
+        target: Some(format!("tenant:{slug}")),
+        detail,
+        address: caller.address.clone(),
+        at: state.engine.clock.now(),
+    };
+    if let Err(error) = state.engine.store.audit_append(&entry).await {
+        tracing::error!(error = %crate::error::chain(&error), action, "cannot append to the audit log");
+    }
+}
+
+async fn create_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Admin)?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let request: CreateTenant = body::json(&headers, &bytes, false)?;
+    let store = &state.engine.store;
+
+    // 422: everything about the request itself.
+    if !waymark_engine::is_valid_tenant(&request.slug) {
+        return Err(ApiError::invalid(format!(
+            "slug: {:?} is not valid (expected ^[a-z][a-z0-9-]{{2,39}}$)",
+            request.slug
+        )));
+    }
+    let name = request.name.trim();
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            "name: 1 to 200 characters, no control characters",
+        ));
+    }
+    let admin_email = waymark_services::mail::parse_mailbox("admin_email", &request.admin_email)
+        .map_err(|e| ApiError::invalid(e.to_string()))?
+        .email
+        .to_string();
+    let plan = plans::get(store, &request.plan)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| {
+            ApiError::invalid(format!("plan: {:?} is not a known plan", request.plan))
+        })?;
+    // 409: the slug against what exists.
+    if slug_problem(&request.slug).is_some() {
+        return Err(ApiError::conflict(format!(
+            "slug {:?} is reserved",
+            request.slug
+        )));
+    }
+    let slug = request.slug;
+    let new = NewTenant {
+        slug: slug.clone(),
+        name: name.to_owned(),
+        plan: plan.name,
+        admin_email,
+        quota: plan.quota,
+    };
+    let start = StartRun {
+        tenant: SYSTEM_TENANT.into(),
+        workflow: TenantProvisioning::NAME.into(),
+        input: serde_json::to_value(&new).map_err(|e| ApiError::internal(&e))?,
+        idempotency_key: Some(format!("tenant:{slug}")),
+        tags: vec![format!("tenant:{slug}")],
+        actor: caller.actor(),
+    };
+    let now = state.engine.clock.now();
+    let run_id = match store {
+        Store::Postgres(pg) => {
+            let mut tx = pg.pool().begin().await.map_err(db)?;
+            if !record::reserve_pg(&mut tx, &new, now).await.map_err(db)? {
+                return Err(taken(&slug));
+            }
+            let started = state.engine.start_in(&mut tx, start).await?;
+            record::attach_run_pg(&mut tx, &slug, started.run.id)
+                .await
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            started.run.id
+        }
+        Store::Sqlite(_) => {
+            if record::get(store, &slug).await.map_err(db)?.is_some() {
+                return Err(taken(&slug));
+            }
+            let started = state.engine.start(start).await?;
+            if !started.created {
+                // An earlier request started it: this slug is taken (by that request,
+                // whose run reserves it even if the request died before answering).
+                return Err(taken(&slug));
+            }
+            match record::reserve_for_run(store, &new, started.run.id, now)
+                .await
+                .map_err(|e| ApiError::internal(&e))?
+            {
+                Reservation::Ours(_) => started.run.id,
+                Reservation::Taken(_) => return Err(taken(&slug)),
+            }
+        }
+    };
+    audit(
+        &state,
+        &caller,
+        &slug,
+        "tenant.provisioning_started",
+        json!({ "run": run_id, "plan": new.plan }),
+    )
+    .await;
+    let tenant = record::get(store, &slug)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| ApiError::internal(&StoreError::Corrupt("tenant vanished".into())))?;
+    let mut body = view(store, tenant).await?;
+    body["run_id"] = json!(run_id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/tenants/{slug}"))],
+        Json(body),
+    )
+        .into_response())
+}
+
+async fn list_tenants(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let store = &state.engine.store;
+    let tenants = match caller.scope() {
+        TenantScope::All => record::list(store).await.map_err(db)?,
+        TenantScope::Tenant(own) => record::get(store, &own)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .collect(),
+    };
+    let mut views = Vec::with_capacity(tenants.len());
+    for tenant in tenants {
+        views.push(view(store, tenant).await?);
+    }
+    Ok(Json(json!({ "tenants": views })))
+}
+
+/// The tenant `slug` as the caller may see it: any for an admin, its own otherwise;
+/// everything else is 404, as if it did not exist.
+async fn load(state: &AppState, caller: &Caller, slug: &str) -> ApiResult<Tenant> {
+    let not_found = || ApiError::not_found(format!("tenant {slug:?} not found"));
+    if !caller.scope().allows(slug) {
+        return Err(not_found());
+    }
+    record::get(&state.engine.store, slug)
+        .await
+        .map_err(db)?
+        .ok_or_else(not_found)
+}
+
+async fn get_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+) -> ApiResult<Json<Value>> {
+    caller.require(Scope::Operator)?;
+    let tenant = load(&state, &caller, &slug).await?;
+    Ok(Json(view(&state.engine.store, tenant).await?))
+}
+
+fn not_deprovisionable(tenant: &Tenant) -> Option<ApiError> {
+    if let Some(run) = tenant.deprovision_run_id {
+        return Some(ApiError::conflict(format!(
+            "tenant {:?} is already being deprovisioned by run {run}",
+            tenant.slug
+        )));
+    }
+    (tenant.status != TenantStatus::Active).then(|| {
+        ApiError::conflict(format!(
+            "tenant {:?} is {}; only an active tenant can be deprovisioned",
+            tenant.slug, tenant.status
+        ))
+    })
+}
+
+async fn deprovision_tenant(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(slug): Path<String>,
+    headers: HeaderMap,
+    request_body: Body,
+) -> ApiResult<Response> {
+    caller.require(Scope::Admin)?;
+    let tenant = load(&state, &caller, &slug).await?;
+    let bytes = body::read(request_body, state.api.max_body).await?;
+    let Deprovision {} = body::json(&headers, &bytes, true)?;
+    if let Some(conflict) = not_deprovisionable(&tenant) {
+        return Err(conflict);
+    }
+    let start = |key: String| -> ApiResult<StartRun> {
+        Ok(StartRun {
+            tenant: SYSTEM_TENANT.into(),
+            workflow: TenantDeprovisioning::NAME.into(),
+            input: serde_json::to_value(DeprovisioningInput { slug: slug.clone() })
+                .map_err(|e| ApiError::internal(&e))?,
+            idempotency_key: Some(key),
+            tags: vec![format!("tenant:{slug}")],
+            actor: caller.actor(),
+        })
+    };
+    let store = &state.engine.store;
+    let now = state.engine.clock.now();
+    let run_id = match store {
+        Store::Postgres(pg) => {
+            let mut tx = pg.pool().begin().await.map_err(db)?;
+            let locked = record::get_for_update_pg(&mut tx, &slug)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| ApiError::not_found(format!("tenant {slug:?} not found")))?;
+            if let Some(conflict) = not_deprovisionable(&locked) {
+                return Err(conflict);
+            }
+            let started = state
+                .engine
+                .start_in(&mut tx, start(record::deprovision_key(&locked))?)
+                .await?;
+            match record::claim_deprovision_pg(&mut tx, &slug, started.run.id, now)
+                .await
+                .map_err(db)?
+            {
+                DeprovisionClaim::Claimed(_) => {}
+                _ => {
+                    return Err(ApiError::conflict(format!(
+                        "tenant {slug:?} changed while being deprovisioned; try again"
+                    )))
+                }
+            }
+            tx.commit().await.map_err(db)?;
+            started.run.id
+        }
+        Store::Sqlite(_) => {
+            let started = state
+                .engine
+                .start(start(record::deprovision_key(&tenant))?)
+                .await?;
+            let run = started.run.id;
+            match record::claim_deprovision(store, &slug, run, now)
+                .await
+                .map_err(db)?
+            {
+                DeprovisionClaim::Claimed(_) => run,
+                lost => {
+                    // Another request won the race: this run would fail at its first
+                    // step anyway; end it now.
+                    if let Err(error) = state
+                        .engine
+                        .cancel(
+                            &TenantScope::All,
+                            run,
+                            &caller.actor(),
+                            "lost the race to deprovision",
+                        )
+                        .await
+                    {
+                        tracing::warn!(%run, error = %error, "cannot cancel a superfluous deprovisioning run");
+                    }
+                    return Err(ApiError::conflict(match lost {
+                        DeprovisionClaim::HeldBy(other) => format!(
+                            "tenant {slug:?} is already being deprovisioned by run {other}"
+                        ),
+                        DeprovisionClaim::NotActive(status) => format!(
+                            "tenant {slug:?} is {status}; only an active tenant can be deprovisioned"
+                        ),
+                        _ => format!("tenant {slug:?} changed meanwhile; try again"),
+                    }));
+                }
+            }
+        }
+    };
+    audit(
+        &state,
+        &caller,
+        &slug,
+        "tenant.deprovisioning_started",
+        json!({ "run": run_id }),
+    )
+    .await;
+    Ok((
+        StatusCode::ACCEPTED,
+        [(header::LOCATION, format!("/v1/runs/{run_id}"))],
+        Json(json!({ "slug": slug, "run_id": run_id, "status": tenant.status })),
+    )
+        .into_response())
+}
