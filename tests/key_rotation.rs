@@ -239,7 +239,55 @@ on_both_backends!(
     abort_revokes_the_new_key_and_keeps_the_old_one,
     a_second_rotation_and_bad_requests_are_refused,
     a_scheduled_rotation_keeps_the_secret_sealed_and_starts_the_grace_at_the_reveal,
+    without_an_owner_email_the_tenants_admin_is_told,
 );
+
+async fn without_an_owner_email_the_tenants_admin_is_told(db: TestDb) {
+    let r = setup(db).await;
+    let admin_email = format!("admin-{}@example.test", Uuid::now_v7().simple());
+    let now = if r.db_backend == Backend::Postgres {
+        "now()".to_owned()
+    } else {
+        "1".to_owned()
+    };
+    r.api
+        .db()
+        .execute(&format!(
+            "INSERT INTO waymark_tenants (slug, name, plan, admin_email, storage_quota_bytes, runs_quota, \
+             status, activated_at, created_at, updated_at) \
+             VALUES ('initech', 'Initech', 'free', '{admin_email}', 1000, NULL, 'active', {now}, {now}, {now})"
+        ))
+        .await
+        .unwrap();
+    let (_, key) = r
+        .api
+        .call(
+            Method::POST,
+            "/v1/keys",
+            Some(&r.api.admin),
+            Some(json!({"tenant": "initech", "scopes": ["reader"]})),
+        )
+        .await;
+    let (status, rotated) = r
+        .api
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{}/rotate", key["id"].as_str().unwrap()),
+            Some(&r.api.admin),
+            Some(json!({"emergency": true})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let run: Uuid = rotated["run_id"].as_str().unwrap().parse().unwrap();
+    let done = wait_for_run(&r.api.engine.store, run, "ended", |x| {
+        x.status.is_terminal()
+    })
+    .await;
+    assert_eq!(done.status, RunStatus::Completed, "{:?}", done.error);
+    let (subject, _, _) = wait_mail(&admin_email, "is being rotated").await;
+    assert!(subject.contains(&key["prefix"].as_str().unwrap().to_owned()));
+    r.api.stop().await;
+}
 
 async fn both_keys_work_through_the_grace_and_the_old_one_stops_after(db: TestDb) {
     let r = setup(db).await;

@@ -185,8 +185,9 @@ impl KeyRotation {
         Ok(())
     }
 
-    /// Mails the old key's owner, once per visit (the mailer's ledger makes a retried
-    /// step send nothing more). Without an owner address nothing is sent.
+    /// Mails the old key's owner (its `owner_email`, else its tenant's admin email),
+    /// once per visit: the mailer's ledger makes a retried step send nothing more. With
+    /// neither address nothing is sent, and the log says so.
     async fn tell_owner(
         &self,
         ctx: &StepContext,
@@ -194,8 +195,15 @@ impl KeyRotation {
         subject: String,
         text: String,
     ) -> Result<(), StepError> {
-        let Some(owner) = old.owner_email.clone() else {
-            tracing::warn!(key = %old.id, "key has no owner_email; rotation notice not sent");
+        let owner = match old.owner_email.clone() {
+            Some(owner) => Some(owner),
+            None => crate::tenants::record::get(&self.store, &old.tenant)
+                .await
+                .retryable()?
+                .map(|tenant| tenant.admin_email),
+        };
+        let Some(owner) = owner else {
+            tracing::warn!(key = %old.id, "key has no owner_email and its tenant no admin email; rotation notice not sent");
             return Ok(());
         };
         let email = Email::new().to(owner).subject(subject).text(text);
