@@ -1239,24 +1239,7 @@ impl PgStore {
         audit: &NewAudit,
     ) -> StoreResult<KeyRecord> {
         let mut tx = self.pool.begin().await?;
-        let row: KeyRow = sqlx::query_as(
-            r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
-                   created_at, created_by, expires_at, sealed_secret)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *"#,
-        )
-        .bind(key.id)
-        .bind(&key.tenant)
-        .bind(&key.prefix)
-        .bind(&key.secret_hash)
-        .bind(serde_json::json!(key.scopes))
-        .bind(&key.name)
-        .bind(&key.owner_email)
-        .bind(key.now)
-        .bind(&key.created_by)
-        .bind(key.expires_at)
-        .bind(&key.sealed_secret)
-        .fetch_one(&mut *tx)
-        .await?;
+        let row: KeyRow = insert_key(&mut tx, key).await?;
         insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
         row.try_into()
@@ -1718,24 +1701,7 @@ impl PgStore {
                 "key {old_key} is already being rotated by run {active}"
             )));
         }
-        let key: KeyRow = sqlx::query_as(
-            r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
-                   created_at, created_by, expires_at, sealed_secret)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *"#,
-        )
-        .bind(new_key.id)
-        .bind(&new_key.tenant)
-        .bind(&new_key.prefix)
-        .bind(&new_key.secret_hash)
-        .bind(serde_json::json!(new_key.scopes))
-        .bind(&new_key.name)
-        .bind(&new_key.owner_email)
-        .bind(new_key.now)
-        .bind(&new_key.created_by)
-        .bind(new_key.expires_at)
-        .bind(&new_key.sealed_secret)
-        .fetch_one(&mut *tx)
-        .await?;
+        let key: KeyRow = insert_key(&mut tx, new_key).await?;
         insert_audit(&mut tx, audit).await?;
         let started = insert_run(&mut tx, run, None)
             .await?
@@ -1743,6 +1709,28 @@ impl PgStore {
         tx.commit().await?;
         Ok((key.try_into()?, started.try_into()?))
     }
+}
+
+/// Inserts a key row (its hash, perhaps its sealed secret; never the secret).
+async fn insert_key(conn: &mut PgConnection, key: &NewKey) -> StoreResult<KeyRow> {
+    Ok(sqlx::query_as(
+        r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
+                   created_at, created_by, expires_at, sealed_secret)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *"#,
+    )
+    .bind(key.id)
+    .bind(&key.tenant)
+    .bind(&key.prefix)
+    .bind(&key.secret_hash)
+    .bind(serde_json::json!(key.scopes))
+    .bind(&key.name)
+    .bind(&key.owner_email)
+    .bind(key.now)
+    .bind(&key.created_by)
+    .bind(key.expires_at)
+    .bind(&key.sealed_secret)
+    .fetch_one(&mut *conn)
+    .await?)
 }
 
 fn lease_applied(lease: &Lease, rows: u64) -> StoreResult<()> {
