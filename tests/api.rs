@@ -230,7 +230,58 @@ on_both_backends!(
     requests_over_a_keys_rate_limit_answer_429,
     a_sealed_key_is_revealed_once_to_its_tenant,
     a_suspended_tenants_keys_stop_working_until_restored,
+    workflows_and_workers_are_listed_with_their_machines,
 );
+
+async fn workflows_and_workers_are_listed_with_their_machines(db: TestDb) {
+    let api = Api::start(db).await;
+    let (_, op) = api.key("acme", &["operator"]).await;
+    let (status, list) = api
+        .call(Method::GET, "/v1/workflows", Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = list["workflows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"doorbell") && names.contains(&"three_step"),
+        "{names:?}"
+    );
+    let (status, one) = api
+        .call(Method::GET, "/v1/workflows/doorbell", Some(&op), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let states: Vec<&str> = one["definition"]["states"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, vec!["door", "open"]);
+    assert_eq!(
+        one["definition"]["states"][0]["edges"][0],
+        json!({"to": "open", "kind": "signal", "signal": "ring"})
+    );
+    assert_eq!(one["definition"]["signals"][0]["name"], "ring");
+    let (status, workers) = api.call(Method::GET, "/v1/workers", Some(&op), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let live: Vec<&Value> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["stopped_at"].is_null())
+        .collect();
+    assert_eq!(live.len(), 1, "{workers}");
+    assert!(live[0]["workflows"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("doorbell@1")));
+    assert!(live[0]["pid"].as_i64().unwrap() > 0);
+    api.stop().await;
+}
 
 async fn a_sealed_key_is_revealed_once_to_its_tenant(db: TestDb) {
     let api = Api::start(db).await;
