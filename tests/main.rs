@@ -15,3 +15,4 @@ mod key_rotation;
 mod mail;
 mod schedules;
 mod semantics;
+mod tenants;
