@@ -198,7 +198,9 @@ impl From<EngineError> for ApiError {
             EngineError::InvalidInput(e) => ApiError::invalid(e.to_string()),
             EngineError::Conflict(message) => ApiError::conflict(message),
             EngineError::Store(store) => store.into(),
-            other @ EngineError::NotPostgres => ApiError::internal(&other),
+            other @ (EngineError::NotPostgres | EngineError::NotSqlite) => {
+                ApiError::internal(&other)
+            }
         }
     }
 }

@@ -6,13 +6,12 @@
 //! starts the provisioning run so that a crash cannot leave one without the other:
 //! - PostgreSQL: one transaction inserts the tenant row, starts the run
 //!   (`Engine::start_in`) and names the run on the row.
-//! - SQLite (one connection: no transaction can be held across the engine's start): the
-//!   run is started first under the idempotency key `tenant:<slug>`, then the row is
-//!   inserted naming it. A crash between the two leaves a run whose first step inserts
-//!   the row itself. Only the request that created the run is answered 202: a retry or
-//!   a concurrent duplicate finds the run through the key and gets 409, like any
-//!   request for a taken slug. The slug's primary key decides every race: a run that
-//!   finds its slug held by another run fails without touching that tenant.
+//! - SQLite: the same, in one transaction on the store's single connection
+//!   (`Engine::start_in_sqlite`), waking the local workers after the commit.
+//!
+//! The slug's primary key and the run's idempotency key `tenant:<slug>` decide every
+//! race; the saga's first step still finds (or, for a run started some other way,
+//! makes) the row, so it is idempotent on its own.
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -28,7 +27,7 @@ use waymark_engine::{StartRun, Store, StoreError, TenantScope, Workflow};
 use waymark_workflows::tenant_deprovisioning::{DeprovisioningInput, TenantDeprovisioning};
 use waymark_workflows::tenant_provisioning::{slug_problem, TenantProvisioning};
 use waymark_workflows::tenants::names::SYSTEM_TENANT;
-use waymark_workflows::tenants::record::{self, DeprovisionClaim, Reservation};
+use waymark_workflows::tenants::record::{self, DeprovisionClaim};
 use waymark_workflows::tenants::{plans, NewTenant, Tenant, TenantStatus};
 
 use crate::auth::Caller;
@@ -161,23 +160,24 @@ async fn create_tenant(
             tx.commit().await.map_err(db)?;
             started.run.id
         }
-        Store::Sqlite(_) => {
-            if record::get(store, &slug).await.map_err(db)?.is_some() {
+        Store::Sqlite(lite) => {
+            // The same single transaction as on PostgreSQL. The pool has one connection,
+            // so only the transaction is used until it ends.
+            let mut tx = lite.pool().begin().await.map_err(db)?;
+            if !record::reserve_lite(&mut tx, &new, now).await.map_err(db)? {
                 return Err(taken(&slug));
             }
-            let started = state.engine.start(start).await?;
+            let started = state.engine.start_in_sqlite(&mut tx, start).await?;
             if !started.created {
-                // An earlier request started it: this slug is taken (by that request,
-                // whose run reserves it even if the request died before answering).
+                // The key `tenant:<slug>` names an earlier run: the slug is taken.
                 return Err(taken(&slug));
             }
-            match record::reserve_for_run(store, &new, started.run.id, now)
+            record::attach_run_lite(&mut tx, &slug, started.run.id)
                 .await
-                .map_err(|e| ApiError::internal(&e))?
-            {
-                Reservation::Ours(_) => started.run.id,
-                Reservation::Taken(_) => return Err(taken(&slug)),
-            }
+                .map_err(db)?;
+            tx.commit().await.map_err(db)?;
+            lite.wake();
+            started.run.id
         }
     };
     audit(

@@ -51,6 +51,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("start_in needs the PostgreSQL store")]
     NotPostgres,
+    #[error("start_in_sqlite needs the SQLite store")]
+    NotSqlite,
     #[error("run {0} not found")]
     RunNotFound(Uuid),
     #[error("workflow {workflow:?} has no signal {signal:?}")]
@@ -343,6 +345,25 @@ impl Engine {
     pub async fn start(&self, req: StartRun) -> Result<Started, EngineError> {
         let new = self.prepare(req)?;
         let started = self.store.run_start(new).await?;
+        if started.created {
+            self.metrics.run_started(&started.run.workflow);
+        }
+        Ok(started)
+    }
+
+    /// Starts a run inside the caller's SQLite transaction (on this store's pool), so a
+    /// business row and its run commit together. Call `SqliteStore::wake` after the
+    /// commit.
+    pub async fn start_in_sqlite(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        req: StartRun,
+    ) -> Result<Started, EngineError> {
+        let crate::store::Store::Sqlite(lite) = &self.store else {
+            return Err(EngineError::NotSqlite);
+        };
+        let new = self.prepare(req)?;
+        let started = lite.run_start_in(conn, new).await?;
         if started.created {
             self.metrics.run_started(&started.run.workflow);
         }

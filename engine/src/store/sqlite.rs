@@ -642,41 +642,56 @@ impl SqliteStore {
 
     pub(super) async fn run_start(&self, new: NewRun) -> StoreResult<Started> {
         let mut tx = self.pool.begin().await?;
-        let started = match insert_run(&mut tx, &new, None).await? {
-            Some(run) => Started { run, created: true },
-            None => {
-                let key = new.idempotency_key.clone().unwrap_or_default();
-                let row: Option<RunRow> = sqlx::query_as(
-                    "SELECT * FROM waymark_runs WHERE tenant = ?1 AND workflow = ?2 AND idempotency_key = ?3",
-                )
-                .bind(&new.tenant)
-                .bind(&new.workflow)
-                .bind(&key)
-                .fetch_optional(&mut *tx)
-                .await?;
-                let run = Run::try_from(row.ok_or_else(|| {
-                    StoreError::Corrupt(format!(
-                        "run {} was not inserted and no run holds its key",
-                        new.id
-                    ))
-                })?)?;
-                if run.input != new.input {
-                    return Err(StoreError::IdempotencyConflict {
-                        key,
-                        existing: run.id,
-                    });
-                }
-                Started {
-                    run,
-                    created: false,
-                }
-            }
-        };
+        let started = self.run_start_in(&mut tx, new).await?;
         tx.commit().await?;
         if started.created {
             self.bump();
         }
         Ok(started)
+    }
+
+    /// Starts a run inside the caller's transaction (`&mut *tx` from this store's
+    /// pool), so a business row and its run commit together. The pool has one
+    /// connection: use only the transaction until it ends, and call [`Self::wake`] after
+    /// the commit so local workers look at once.
+    pub async fn run_start_in(
+        &self,
+        conn: &mut sqlx::SqliteConnection,
+        new: NewRun,
+    ) -> StoreResult<Started> {
+        if let Some(run) = insert_run(conn, &new, None).await? {
+            return Ok(Started { run, created: true });
+        }
+        let key = new.idempotency_key.clone().unwrap_or_default();
+        let row: Option<RunRow> = sqlx::query_as(
+            "SELECT * FROM waymark_runs WHERE tenant = ?1 AND workflow = ?2 AND idempotency_key = ?3",
+        )
+        .bind(&new.tenant)
+        .bind(&new.workflow)
+        .bind(&key)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let run = Run::try_from(row.ok_or_else(|| {
+            StoreError::Corrupt(format!(
+                "run {} was not inserted and no run holds its key",
+                new.id
+            ))
+        })?)?;
+        if run.input != new.input {
+            return Err(StoreError::IdempotencyConflict {
+                key,
+                existing: run.id,
+            });
+        }
+        Ok(Started {
+            run,
+            created: false,
+        })
+    }
+
+    /// Wakes this process's workers (after a caller's transaction started runs).
+    pub fn wake(&self) {
+        self.bump();
     }
 
     pub(super) async fn run_get(&self, scope: &TenantScope, id: Uuid) -> StoreResult<Option<Run>> {

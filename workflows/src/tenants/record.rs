@@ -469,6 +469,32 @@ pub async fn reserve_pg(
     Ok(done.rows_affected() == 1)
 }
 
+/// [`reserve_pg`] for SQLite, inside the caller's transaction on the store's pool.
+pub async fn reserve_lite(
+    conn: &mut sqlx::SqliteConnection,
+    new: &NewTenant,
+    now: DateTime<Utc>,
+) -> Result<bool, sqlx::Error> {
+    let sql = lite_sql(RESERVE);
+    let done = lite_query(&sql, &reserve_args(new, None, now))
+        .execute(conn)
+        .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// [`attach_run_pg`] for SQLite.
+pub async fn attach_run_lite(
+    conn: &mut sqlx::SqliteConnection,
+    slug: &str,
+    run: Uuid,
+) -> Result<(), sqlx::Error> {
+    let sql = lite_sql("UPDATE waymark_tenants SET run_id = $2 WHERE slug = $1 AND run_id IS NULL");
+    lite_query(&sql, &[text(slug), id(run)])
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Names the provisioning run of a tenant reserved in the same transaction.
 pub async fn attach_run_pg(
     conn: &mut PgConnection,
