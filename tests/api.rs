@@ -880,6 +880,24 @@ async fn operator_actions_and_bulk_actions_with_dry_run(db: TestDb) {
         .as_str()
         .unwrap()
         .starts_with("127.0.0.1"));
+    // Each single-run action is recorded once, in its own transaction, with the target
+    // run and the caller's address; a bulk action adds one record per run it changed.
+    let cancels: Vec<&Value> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "run.cancel")
+        .collect();
+    assert_eq!(cancels.len(), 2, "{audit}");
+    assert!(cancels
+        .iter()
+        .any(|e| e["target"] == format!("run:{}", ids[0])));
+    assert!(cancels
+        .iter()
+        .any(|e| e["target"] == format!("run:{}", ids[2])));
+    assert!(cancels
+        .iter()
+        .all(|e| e["address"].as_str().unwrap().starts_with("127.0.0.1")));
     api.stop().await;
 }
 

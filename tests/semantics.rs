@@ -986,7 +986,7 @@ async fn cancelling_a_waiting_run_compensates_and_ends_cancelled(db: TestDb) {
         .run;
     wait_for_status(&db.store, run.id, RunStatus::Waiting).await;
     engine
-        .cancel(&ALL, run.id, "key:ops", "customer left")
+        .cancel(&ALL, run.id, "key:ops", "customer left", None)
         .await
         .unwrap();
     let cancelled = wait_for_status(&db.store, run.id, RunStatus::Cancelled).await;
@@ -1005,7 +1005,7 @@ async fn cancelling_a_waiting_run_compensates_and_ends_cancelled(db: TestDb) {
     );
     // Cancelling again: it has ended.
     assert!(matches!(
-        engine.cancel(&ALL, run.id, "key:ops", "again").await,
+        engine.cancel(&ALL, run.id, "key:ops", "again", None).await,
         Err(EngineError::Conflict(_))
     ));
 }
@@ -1047,11 +1047,11 @@ async fn a_failing_compensation_stops_in_compensation_failed_then_retry_and_skip
     assert_eq!(*probe.undone.lock().unwrap(), vec!["three"]);
     // Cancelling it is a conflict; it is not silently failed.
     assert!(matches!(
-        engine.cancel(&ALL, run.id, "key:ops", "x").await,
+        engine.cancel(&ALL, run.id, "key:ops", "x", None).await,
         Err(EngineError::Conflict(_))
     ));
     // Retried while the reservation still cannot be released: stuck again.
-    engine.retry(&ALL, run.id, "key:ops").await.unwrap();
+    engine.retry(&ALL, run.id, "key:ops", None).await.unwrap();
     let store = db.store.clone();
     wait_until(
         "the retried compensation fails again",
@@ -1071,7 +1071,7 @@ async fn a_failing_compensation_stops_in_compensation_failed_then_retry_and_skip
     wait_for_status(&db.store, run.id, RunStatus::CompensationFailed).await;
     // The operator skips it: compensation goes on with `one`, and the run fails.
     engine
-        .skip_compensation(&ALL, run.id, "key:ops")
+        .skip_compensation(&ALL, run.id, "key:ops", None)
         .await
         .unwrap();
     let failed = wait_for_status(&db.store, run.id, RunStatus::Failed).await;
@@ -1107,12 +1107,14 @@ async fn retrying_a_compensated_run_is_a_conflict(db: TestDb) {
         .run;
     wait_for_status(&db.store, run.id, RunStatus::Failed).await;
     runner.stop().await;
-    match engine.retry(&ALL, run.id, "key:ops").await {
+    match engine.retry(&ALL, run.id, "key:ops", None).await {
         Err(EngineError::Conflict(m)) => assert!(m.contains("for good"), "{m}"),
         other => panic!("expected a conflict, got {other:?}"),
     }
     assert!(matches!(
-        engine.skip_compensation(&ALL, run.id, "key:ops").await,
+        engine
+            .skip_compensation(&ALL, run.id, "key:ops", None)
+            .await,
         Err(EngineError::Conflict(_))
     ));
 }
@@ -1133,7 +1135,7 @@ async fn on_failure_hold_keeps_the_run_retryable_without_compensation(db: TestDb
         "no compensation under hold"
     );
     probe.hold_step_fails.store(false, Ordering::SeqCst);
-    engine.retry(&ALL, run.id, "key:ops").await.unwrap();
+    engine.retry(&ALL, run.id, "key:ops", None).await.unwrap();
     let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
     runner.stop().await;
     assert_eq!(done.output, Some(json!("posted")));
@@ -1150,7 +1152,7 @@ async fn terminate_ends_at_once_without_compensation(db: TestDb) {
         .run;
     wait_for_status(&db.store, run.id, RunStatus::Waiting).await;
     let ended = engine
-        .terminate(&ALL, run.id, "key:admin", "runaway")
+        .terminate(&ALL, run.id, "key:admin", "runaway", None)
         .await
         .unwrap();
     runner.stop().await;
@@ -1164,7 +1166,9 @@ async fn terminate_ends_at_once_without_compensation(db: TestDb) {
     let h = history(&db, run.id).await;
     assert_eq!(h.last().unwrap().cause, "terminate");
     assert!(matches!(
-        engine.terminate(&ALL, run.id, "key:admin", "again").await,
+        engine
+            .terminate(&ALL, run.id, "key:admin", "again", None)
+            .await,
         Err(EngineError::Conflict(_))
     ));
 }
@@ -1182,7 +1186,7 @@ async fn cancel_works_in_every_non_terminal_status(db: TestDb) {
         .run;
     assert_eq!(
         engine
-            .cancel(&ALL, pending.id, "key:ops", "x")
+            .cancel(&ALL, pending.id, "key:ops", "x", None)
             .await
             .unwrap()
             .status,
@@ -1198,7 +1202,7 @@ async fn cancel_works_in_every_non_terminal_status(db: TestDb) {
         .run;
     wait_for_status(&db.store, sleeping.id, RunStatus::Sleeping).await;
     engine
-        .cancel(&ALL, sleeping.id, "key:ops", "x")
+        .cancel(&ALL, sleeping.id, "key:ops", "x", None)
         .await
         .unwrap();
     wait_for_status(&db.store, sleeping.id, RunStatus::Cancelled).await;
@@ -1210,7 +1214,7 @@ async fn cancel_works_in_every_non_terminal_status(db: TestDb) {
         .run;
     wait_for_status(&db.store, waiting.id, RunStatus::Waiting).await;
     engine
-        .cancel(&ALL, waiting.id, "key:ops", "x")
+        .cancel(&ALL, waiting.id, "key:ops", "x", None)
         .await
         .unwrap();
     wait_for_status(&db.store, waiting.id, RunStatus::Cancelled).await;
@@ -1224,7 +1228,7 @@ async fn cancel_works_in_every_non_terminal_status(db: TestDb) {
         .run;
     wait_for_status(&db.store, retrying.id, RunStatus::Retrying).await;
     shared_engine
-        .cancel(&ALL, retrying.id, "key:ops", "x")
+        .cancel(&ALL, retrying.id, "key:ops", "x", None)
         .await
         .unwrap();
     wait_for_status(&db.store, retrying.id, RunStatus::Cancelled).await;
@@ -1241,7 +1245,7 @@ async fn cancel_works_in_every_non_terminal_status(db: TestDb) {
     })
     .await;
     let requested = shared_engine
-        .cancel(&ALL, running.id, "key:ops", "x")
+        .cancel(&ALL, running.id, "key:ops", "x", None)
         .await
         .unwrap();
     assert_eq!(
@@ -1273,7 +1277,7 @@ async fn a_running_steps_success_after_cancel_is_committed_and_compensated(db: T
         .run;
     wait_for_status(&db.store, run.id, RunStatus::Running).await;
     engine
-        .cancel(&ALL, run.id, "key:ops", "stop")
+        .cancel(&ALL, run.id, "key:ops", "stop", None)
         .await
         .unwrap();
     let cancelled = wait_for_status(&db.store, run.id, RunStatus::Cancelled).await;
@@ -1439,7 +1443,7 @@ async fn cancelling_a_parent_cascades_to_its_children(db: TestDb) {
     })
     .await;
     engine
-        .cancel(&ALL, run.id, "key:ops", "not needed")
+        .cancel(&ALL, run.id, "key:ops", "not needed", None)
         .await
         .unwrap();
     wait_for_status(&db.store, run.id, RunStatus::Cancelled).await;

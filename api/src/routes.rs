@@ -535,21 +535,26 @@ async fn operator_action(
     let scope = caller.scope();
     let actor = caller.actor();
     let engine = &state.engine;
+    let address = caller.address.as_deref();
     let after = match action {
-        "cancel" => engine.cancel(&scope, run.id, &actor, &reason).await?,
-        "terminate" => engine.terminate(&scope, run.id, &actor, &reason).await?,
-        "retry" => engine.retry(&scope, run.id, &actor).await?,
-        _ => engine.skip_compensation(&scope, run.id, &actor).await?,
+        "cancel" => {
+            engine
+                .cancel(&scope, run.id, &actor, &reason, address)
+                .await?
+        }
+        "terminate" => {
+            engine
+                .terminate(&scope, run.id, &actor, &reason, address)
+                .await?
+        }
+        "retry" => engine.retry(&scope, run.id, &actor, address).await?,
+        _ => {
+            engine
+                .skip_compensation(&scope, run.id, &actor, address)
+                .await?
+        }
     };
-    audit_record(
-        &state,
-        &caller,
-        &run.tenant,
-        &format!("run.{action}"),
-        format!("run:{}", run.id),
-        json!({ "reason": reason }),
-    )
-    .await;
+    // The audit record was written with the action, in its transaction.
     Ok(Json(view(&state, after).await?))
 }
 
@@ -667,8 +672,18 @@ async fn bulk(
     let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
     for run in &eligible {
         let outcome = match action {
-            "cancel" => state.engine.cancel(&scope, run.id, &actor, &reason).await,
-            _ => state.engine.retry(&scope, run.id, &actor).await,
+            "cancel" => {
+                state
+                    .engine
+                    .cancel(&scope, run.id, &actor, &reason, caller.address.as_deref())
+                    .await
+            }
+            _ => {
+                state
+                    .engine
+                    .retry(&scope, run.id, &actor, caller.address.as_deref())
+                    .await
+            }
         };
         match outcome {
             Ok(_) => applied.push(run.id),

@@ -334,6 +334,7 @@ async fn deprovision_tenant(
                             run,
                             &caller.actor(),
                             "lost the race to deprovision",
+                            caller.address.as_deref(),
                         )
                         .await
                     {

@@ -224,9 +224,10 @@ impl Engine {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
     ) -> Result<Run, EngineError> {
         self.store
-            .run_cancel(scope, id, actor, reason, self.clock.now())
+            .run_cancel(scope, id, actor, reason, address, self.clock.now())
             .await
             .map_err(EngineError::from_store)
     }
@@ -238,9 +239,10 @@ impl Engine {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
     ) -> Result<Run, EngineError> {
         self.store
-            .run_terminate(scope, id, actor, reason, self.clock.now())
+            .run_terminate(scope, id, actor, reason, address, self.clock.now())
             .await
             .map_err(EngineError::from_store)
     }
@@ -251,9 +253,10 @@ impl Engine {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
     ) -> Result<Run, EngineError> {
         self.store
-            .run_retry(scope, id, actor, self.clock.now())
+            .run_retry(scope, id, actor, address, self.clock.now())
             .await
             .map_err(EngineError::from_store)
     }
@@ -264,9 +267,10 @@ impl Engine {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
     ) -> Result<Run, EngineError> {
         self.store
-            .run_skip_compensation(scope, id, actor, self.clock.now())
+            .run_skip_compensation(scope, id, actor, address, self.clock.now())
             .await
             .map_err(EngineError::from_store)
     }

@@ -229,6 +229,7 @@ impl Scheduler {
                             id,
                             &actor,
                             "a newer scheduled run replaces it",
+                            None,
                         )
                         .await
                     {

@@ -575,7 +575,7 @@ async fn cancel_runs(
         }
         match deps
             .store()
-            .run_cancel(&scope, id, &format!("run:{run}"), &reason, now)
+            .run_cancel(&scope, id, &format!("run:{run}"), &reason, None, now)
             .await
         {
             Ok(_) | Err(StoreError::Conflict(_) | StoreError::RunNotFound(_)) => {}
@@ -598,7 +598,7 @@ async fn terminate_runs(
     for (id, _) in live_run_ids(deps, slug).await? {
         match deps
             .store()
-            .run_terminate(&scope, id, &format!("run:{run}"), &reason, now)
+            .run_terminate(&scope, id, &format!("run:{run}"), &reason, None, now)
             .await
         {
             Ok(_) | Err(StoreError::Conflict(_) | StoreError::RunNotFound(_)) => {}

@@ -49,6 +49,8 @@ pub(crate) trait Ops: Send {
         &mut self,
         parent: Uuid,
     ) -> impl Future<Output = StoreResult<Vec<Uuid>>> + Send;
+    /// Appends an audit record in this transaction.
+    fn audit_insert(&mut self, entry: &NewAudit) -> impl Future<Output = StoreResult<()>> + Send;
     fn history_insert(
         &mut self,
         entry: &NewHistory,
@@ -103,6 +105,29 @@ fn lease_lost(lease: &Lease) -> StoreError {
         run_id: lease.run_id,
         token: lease.token,
     }
+}
+
+/// The audit record of an operator's action on `run`, written in the same
+/// transaction as the action so neither exists without the other.
+async fn audit_action<O: Ops>(
+    ops: &mut O,
+    run: &Run,
+    action: &str,
+    actor: &str,
+    address: Option<&str>,
+    detail: serde_json::Value,
+    now: DateTime<Utc>,
+) -> StoreResult<()> {
+    ops.audit_insert(&NewAudit {
+        tenant: run.tenant.clone(),
+        actor: actor.to_owned(),
+        action: action.to_owned(),
+        target: Some(format!("run:{}", run.id)),
+        detail,
+        address: address.map(str::to_owned),
+        at: now,
+    })
+    .await
 }
 
 fn conflict(message: impl Into<String>) -> StoreError {
@@ -792,6 +817,7 @@ pub(crate) async fn cancel<O: Ops>(
     id: Uuid,
     actor: &str,
     reason: &str,
+    address: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Run> {
     let run = match ops.run_lock(id).await? {
@@ -813,7 +839,18 @@ pub(crate) async fn cancel<O: Ops>(
             run.status
         )));
     }
-    cancel_tree(ops, id, actor.to_owned(), reason.to_owned(), now, true).await
+    let cancelled = cancel_tree(ops, id, actor.to_owned(), reason.to_owned(), now, true).await?;
+    audit_action(
+        ops,
+        &cancelled,
+        "run.cancel",
+        actor,
+        address,
+        serde_json::json!({ "reason": reason }),
+        now,
+    )
+    .await?;
+    Ok(cancelled)
 }
 
 fn terminate_tree<'a, O: Ops>(
@@ -866,6 +903,7 @@ pub(crate) async fn terminate<O: Ops>(
     id: Uuid,
     actor: &str,
     reason: &str,
+    address: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Run> {
     match ops.run_lock(id).await? {
@@ -879,7 +917,18 @@ pub(crate) async fn terminate<O: Ops>(
         }
         _ => return Err(StoreError::RunNotFound(id)),
     }
-    terminate_tree(ops, id, actor.to_owned(), reason.to_owned(), now, true).await
+    let ended = terminate_tree(ops, id, actor.to_owned(), reason.to_owned(), now, true).await?;
+    audit_action(
+        ops,
+        &ended,
+        "run.terminate",
+        actor,
+        address,
+        serde_json::json!({ "reason": reason }),
+        now,
+    )
+    .await?;
+    Ok(ended)
 }
 
 /// An operator's retry: a held failure runs its state again; a failed compensation
@@ -889,6 +938,7 @@ pub(crate) async fn retry<O: Ops>(
     scope: &TenantScope,
     id: Uuid,
     actor: &str,
+    address: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Run> {
     let mut run = match ops.run_lock(id).await? {
@@ -932,6 +982,16 @@ pub(crate) async fn retry<O: Ops>(
     ))
     .await?;
     ops.run_write(&run).await?;
+    audit_action(
+        ops,
+        &run,
+        "run.retry",
+        actor,
+        address,
+        serde_json::json!({ "cause": cause }),
+        now,
+    )
+    .await?;
     Ok(run)
 }
 
@@ -941,6 +1001,7 @@ pub(crate) async fn skip_compensation<O: Ops>(
     scope: &TenantScope,
     id: Uuid,
     actor: &str,
+    address: Option<&str>,
     now: DateTime<Utc>,
 ) -> StoreResult<Run> {
     let mut run = match ops.run_lock(id).await? {
@@ -972,10 +1033,21 @@ pub(crate) async fn skip_compensation<O: Ops>(
         now,
         now,
     );
-    h.to_state = skipped.state;
+    h.to_state = skipped.state.clone();
     h.visit = skipped.visit;
     ops.history_insert(&h).await?;
     ops.run_write(&run).await?;
+    let detail = serde_json::json!({ "state": skipped.state, "visit": skipped.visit });
+    audit_action(
+        ops,
+        &run,
+        "run.skip_compensation",
+        actor,
+        address,
+        detail,
+        now,
+    )
+    .await?;
     Ok(run)
 }
 

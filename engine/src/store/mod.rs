@@ -153,16 +153,18 @@ impl Store {
 
     /// Cancels a live run (a conflict for ended or compensating ones): compensation,
     /// then `cancelled`, cascading to children. A run a worker holds is asked to stop
-    /// and cancelled when its step returns.
+    /// and cancelled when its step returns. Like terminate, retry and skip, it appends
+    /// its audit record (actor, `address`) in the same transaction.
     pub async fn run_cancel(
         &self,
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        dispatch!(self, s => s.run_cancel(scope, id, actor, reason, now).await)
+        dispatch!(self, s => s.run_cancel(scope, id, actor, reason, address, now).await)
     }
 
     /// Ends a live run at once as `cancelled`, without compensation, children too.
@@ -172,9 +174,10 @@ impl Store {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        dispatch!(self, s => s.run_terminate(scope, id, actor, reason, now).await)
+        dispatch!(self, s => s.run_terminate(scope, id, actor, reason, address, now).await)
     }
 
     /// Retries a run failed under `on_failure: hold`, or a failed compensation.
@@ -183,9 +186,10 @@ impl Store {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        dispatch!(self, s => s.run_retry(scope, id, actor, now).await)
+        dispatch!(self, s => s.run_retry(scope, id, actor, address, now).await)
     }
 
     /// Skips the compensation that failed and goes on with the next.
@@ -194,9 +198,10 @@ impl Store {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        dispatch!(self, s => s.run_skip_compensation(scope, id, actor, now).await)
+        dispatch!(self, s => s.run_skip_compensation(scope, id, actor, address, now).await)
     }
 
     /// Moves waits whose timeout passed (by the engine clock) to their timeout state.

@@ -363,6 +363,10 @@ impl Ops for PgOps {
         .await?)
     }
 
+    async fn audit_insert(&mut self, entry: &NewAudit) -> StoreResult<()> {
+        insert_audit(&mut self.tx, entry).await
+    }
+
     async fn history_insert(&mut self, h: &NewHistory) -> StoreResult<()> {
         insert_history(&mut self.tx, h).await
     }
@@ -870,9 +874,10 @@ impl PgStore {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        in_tx!(self, ops => logic::cancel(ops, scope, id, actor, reason, now))
+        in_tx!(self, ops => logic::cancel(ops, scope, id, actor, reason, address, now))
     }
 
     pub(super) async fn run_terminate(
@@ -881,9 +886,10 @@ impl PgStore {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        in_tx!(self, ops => logic::terminate(ops, scope, id, actor, reason, now))
+        in_tx!(self, ops => logic::terminate(ops, scope, id, actor, reason, address, now))
     }
 
     pub(super) async fn run_retry(
@@ -891,9 +897,10 @@ impl PgStore {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        in_tx!(self, ops => logic::retry(ops, scope, id, actor, now))
+        in_tx!(self, ops => logic::retry(ops, scope, id, actor, address, now))
     }
 
     pub(super) async fn run_skip_compensation(
@@ -901,9 +908,10 @@ impl PgStore {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        in_tx!(self, ops => logic::skip_compensation(ops, scope, id, actor, now))
+        in_tx!(self, ops => logic::skip_compensation(ops, scope, id, actor, address, now))
     }
 
     pub(super) async fn runs_fire_timeouts(

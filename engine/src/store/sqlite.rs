@@ -366,6 +366,10 @@ impl Ops for SqliteOps {
         ids.iter().map(|s| uuid(s)).collect()
     }
 
+    async fn audit_insert(&mut self, entry: &NewAudit) -> StoreResult<()> {
+        insert_audit(&mut self.tx, entry).await
+    }
+
     async fn history_insert(&mut self, h: &NewHistory) -> StoreResult<()> {
         sqlx::query(
             r#"INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status,
@@ -874,10 +878,11 @@ impl SqliteStore {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
         let run: StoreResult<Run> =
-            in_tx!(self, ops => logic::cancel(ops, scope, id, actor, reason, now));
+            in_tx!(self, ops => logic::cancel(ops, scope, id, actor, reason, address, now));
         self.bump();
         run
     }
@@ -888,10 +893,11 @@ impl SqliteStore {
         id: Uuid,
         actor: &str,
         reason: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
         let run: StoreResult<Run> =
-            in_tx!(self, ops => logic::terminate(ops, scope, id, actor, reason, now));
+            in_tx!(self, ops => logic::terminate(ops, scope, id, actor, reason, address, now));
         self.bump();
         run
     }
@@ -901,9 +907,11 @@ impl SqliteStore {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
-        let run: StoreResult<Run> = in_tx!(self, ops => logic::retry(ops, scope, id, actor, now));
+        let run: StoreResult<Run> =
+            in_tx!(self, ops => logic::retry(ops, scope, id, actor, address, now));
         self.bump();
         run
     }
@@ -913,10 +921,11 @@ impl SqliteStore {
         scope: &TenantScope,
         id: Uuid,
         actor: &str,
+        address: Option<&str>,
         now: DateTime<Utc>,
     ) -> StoreResult<Run> {
         let run: StoreResult<Run> =
-            in_tx!(self, ops => logic::skip_compensation(ops, scope, id, actor, now));
+            in_tx!(self, ops => logic::skip_compensation(ops, scope, id, actor, address, now));
         self.bump();
         run
     }
