@@ -13,6 +13,10 @@ use waymark_engine::store::{ClaimRequest, Inbox, Lease, Upgrade, WorkerInfo};
 use waymark_engine::workflow::{ChildResult, ErasedWorkflow, Received};
 use waymark_engine::{Engine, Persisted, RunStatus, StepContext, StepError, StoreError};
 
+/// How often a busy runner sweeps for waits whose timeout passed (an idle one sweeps
+/// every time it wakes).
+const TIMEOUT_SWEEP: Duration = Duration::from_millis(250);
+
 /// How a runner behaves. `RunnerConfig::default()` is what `waymark serve` uses.
 #[derive(Debug, Clone)]
 pub struct RunnerConfig {
@@ -119,9 +123,15 @@ impl Runner {
         let mut wake = store.subscribe();
         let mut claim_backoff = Duration::from_millis(100);
 
+        // Waits whose timeout passed are moved on by a sweep, at most every
+        // TIMEOUT_SWEEP: once per claim would cost every hot transition a round trip.
+        let mut last_sweep: Option<tokio::time::Instant> = None;
         while !shutdown.is_cancelled() {
-            if let Err(error) = store.runs_fire_timeouts(self.engine.clock.now(), 100).await {
-                tracing::warn!(error = %error_chain(&error), "cannot fire wait timeouts");
+            if last_sweep.is_none_or(|at| at.elapsed() >= TIMEOUT_SWEEP) {
+                last_sweep = Some(tokio::time::Instant::now());
+                if let Err(error) = store.runs_fire_timeouts(self.engine.clock.now(), 100).await {
+                    tracing::warn!(error = %error_chain(&error), "cannot fire wait timeouts");
+                }
             }
             let free = permits.available_permits();
             let mut claimed = 0;
@@ -198,6 +208,8 @@ impl Runner {
                 continue;
             }
             let wait = if claimed == 0 {
+                // Idle: the next pass sweeps timeouts whatever the time since the last.
+                last_sweep = None;
                 self.idle_wait().await
             } else {
                 Duration::ZERO
