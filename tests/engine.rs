@@ -80,6 +80,34 @@ async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb
         .run;
     wait_for_status(&db.store, unfinished.id, RunStatus::Sleeping).await;
     clock.advance(Duration::from_secs(86_400));
+    // The mail ledger: a message sent 11 days ago, one sent yesterday, one never sent.
+    {
+        use waymark_engine::Clock;
+        let now = clock.now();
+        let (old, recent) = (
+            now - chrono::Duration::days(11),
+            now - chrono::Duration::days(1),
+        );
+        let stamp = |t: chrono::DateTime<chrono::Utc>| match db.backend {
+            crate::support::Backend::Postgres => format!("'{}'", t.to_rfc3339()),
+            crate::support::Backend::Sqlite => t.timestamp_millis().to_string(),
+        };
+        for (key, status, at, sent) in [
+            ("old", "sent", old, Some(old)),
+            ("recent", "sent", recent, Some(recent)),
+            ("stuck", "sending", old, None),
+        ] {
+            db.execute(&format!(
+                "INSERT INTO waymark_mail_ledger (idempotency_key, message_id, status, transport, recipients, \
+                 subject, attempts, created_at, updated_at, sent_at) VALUES ('{key}', '<{key}@x>', '{status}', \
+                 'smtp', '[]', 's', 1, {at}, {at}, {sent})",
+                at = stamp(at),
+                sent = sent.map(stamp).unwrap_or_else(|| "NULL".into()),
+            ))
+            .await
+            .unwrap();
+        }
+    }
     // Retain 7 days: the run finished 11 days ago goes, the one from yesterday stays.
     let sweep = engine
         .start(start_req("waymark.retention", json!({"older_than": "7d"})))
@@ -88,7 +116,16 @@ async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb
         .run;
     let swept = wait_for_status(&db.store, sweep.id, RunStatus::Completed).await;
     runner.stop().await;
-    assert_eq!(swept.output, Some(json!({"deleted": 1})));
+    assert_eq!(
+        swept.output,
+        Some(json!({"deleted": 1, "mail_ledger_pruned": 1}))
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM waymark_mail_ledger")
+            .await,
+        2,
+        "the recent and the unsent entries stay"
+    );
     let get = |id| {
         let store = db.store.clone();
         async move { store.run_get(&TenantScope::All, id).await.unwrap() }

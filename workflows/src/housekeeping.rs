@@ -4,8 +4,8 @@
 //! ```text
 //! sweep ──▶ (completed: how many finished runs were deleted)
 //! ```
-//! Deletes runs that finished more than `older_than` ago, with their history, in
-//! batches. Idempotent by nature: a retried sweep deletes what is left.
+//! Deletes runs that finished more than `older_than` ago, with their history, and the
+//! mail ledger's entries of messages sent before then, in batches. Idempotent by nature: a retried sweep deletes what is left.
 
 use std::time::Duration;
 
@@ -52,7 +52,10 @@ impl WorkflowState for RetentionState {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Swept {
+    /// Finished runs deleted, with their history.
     pub deleted: u64,
+    /// Mail ledger entries of messages sent before the cutoff.
+    pub mail_ledger_pruned: u64,
 }
 
 const BATCH: u32 = 500;
@@ -93,7 +96,21 @@ impl Workflow for Retention {
                 break;
             }
         }
-        Ok(Transition::complete(Swept { deleted }))
+        let mut mail_ledger_pruned = 0;
+        loop {
+            let batch =
+                waymark_services::mail::ledger::prune_sent_before(&self.store, cutoff, BATCH)
+                    .await
+                    .retryable()?;
+            mail_ledger_pruned += batch;
+            if batch < BATCH as u64 {
+                break;
+            }
+        }
+        Ok(Transition::complete(Swept {
+            deleted,
+            mail_ledger_pruned,
+        }))
     }
 }
 

@@ -68,6 +68,18 @@ pub(crate) struct NewEntry<'a> {
     pub subject: &'a str,
 }
 
+/// Deletes up to `limit` ledger entries of messages sent before `before` (the
+/// retention sweep calls this with its cutoff); entries still `sending` are kept.
+pub async fn prune_sent_before(
+    store: &Store,
+    before: DateTime<Utc>,
+    limit: u32,
+) -> Result<u64, sqlx::Error> {
+    Ledger::new(store.clone())
+        .prune_sent_before(before, limit)
+        .await
+}
+
 #[derive(Debug, Clone)]
 pub(crate) struct Ledger {
     store: Store,
@@ -190,6 +202,38 @@ impl Ledger {
             .rows_affected(),
         };
         Ok(done == 1)
+    }
+
+    /// Deletes up to `limit` entries of messages sent before `before`. Their steps
+    /// belong to runs that finished long ago (the retention sweep calls this with its
+    /// own cutoff), so no retry can need them; entries still `sending` are kept.
+    pub async fn prune_sent_before(
+        &self,
+        before: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<u64, sqlx::Error> {
+        Ok(match &self.store {
+            Store::Postgres(pg) => sqlx::query(
+                "DELETE FROM waymark_mail_ledger WHERE idempotency_key IN ( \
+                   SELECT idempotency_key FROM waymark_mail_ledger \
+                   WHERE status = 'sent' AND sent_at < $1 LIMIT $2)",
+            )
+            .bind(before)
+            .bind(limit as i64)
+            .execute(pg.pool())
+            .await?
+            .rows_affected(),
+            Store::Sqlite(lite) => sqlx::query(
+                "DELETE FROM waymark_mail_ledger WHERE idempotency_key IN ( \
+                   SELECT idempotency_key FROM waymark_mail_ledger \
+                   WHERE status = 'sent' AND sent_at < ?1 LIMIT ?2)",
+            )
+            .bind(before.timestamp_millis())
+            .bind(limit as i64)
+            .execute(lite.pool())
+            .await?
+            .rows_affected(),
+        })
     }
 
     /// Gives the key back after an attempt that did not send, so the next attempt need
