@@ -389,22 +389,19 @@ async fn a_lost_lease_cannot_commit_or_report_progress(db: TestDb) {
         .remove(0);
     let old_lease = old.lease().unwrap();
     // Once the lease expires by database time, another worker claims the run.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let new = loop {
-        let mut claimed = db
-            .store
-            .run_claim(&claim(b, &[("w", 1)], &[], Duration::from_secs(30)))
-            .await
-            .unwrap();
-        if let Some(run) = claimed.pop() {
-            break run;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "worker B never got the run after A's lease expired"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let new = crate::support::poll_until(
+        "worker B gets the run after A's lease expired",
+        Duration::from_secs(10),
+        || async {
+            let mut claimed = db
+                .store
+                .run_claim(&claim(b, &[("w", 1)], &[], Duration::from_secs(30)))
+                .await
+                .unwrap();
+            claimed.pop().ok_or_else(String::new)
+        },
+    )
+    .await;
     assert!(
         new.lease_token > old_lease.token,
         "the fence only increases"

@@ -71,10 +71,10 @@ pub fn table() -> Vec<Route> {
         route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors.", Scope::Reader, &[200], None, get(run_history)),
         route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them.", Scope::Reader, &[200], None, get(run_signals)),
         route(Method::POST, "/v1/runs/{id}/signals/{signal}", "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is honoured.", Scope::Operator, &[200, 201], Some(json!({})), post(send_signal)),
-        route(Method::POST, "/v1/runs/{id}/cancel", "Cancel a run: compensation runs, then it ends `cancelled`.", Scope::Operator, &[200], Some(reason.clone()), post(cancel_run)),
-        route(Method::POST, "/v1/runs/{id}/terminate", "End a run at once without compensation.", Scope::Operator, &[200], Some(reason.clone()), post(terminate_run)),
-        route(Method::POST, "/v1/runs/{id}/retry", "Retry a run held after failing, or a failed compensation.", Scope::Operator, &[200], None, post(retry_run)),
-        route(Method::POST, "/v1/runs/{id}/skip-compensation", "Skip the compensation that failed; the others run.", Scope::Operator, &[200], None, post(skip_compensation)),
+        route(Method::POST, "/v1/runs/{id}/cancel", "Cancel a run: compensation runs, then it ends `cancelled`.", Scope::Operator, &[200], Some(reason.clone()), operator_route("cancel")),
+        route(Method::POST, "/v1/runs/{id}/terminate", "End a run at once without compensation.", Scope::Operator, &[200], Some(reason.clone()), operator_route("terminate")),
+        route(Method::POST, "/v1/runs/{id}/retry", "Retry a run held after failing, or a failed compensation.", Scope::Operator, &[200], None, operator_route("retry")),
+        route(Method::POST, "/v1/runs/{id}/skip-compensation", "Skip the compensation that failed; the others run.", Scope::Operator, &[200], None, operator_route("skip_compensation")),
         route(Method::POST, "/v1/runs/cancel", "Cancel every run matching a filter (`dry_run` counts them).", Scope::Operator, &[200], Some(json!({"type": "object", "properties": {"filter": filter, "dry_run": {"type": "boolean"}, "reason": {"type": "string"}}})), post(bulk_cancel)),
         route(Method::POST, "/v1/runs/retry", "Retry every run matching a filter (`dry_run` counts them).", Scope::Operator, &[200], Some(json!({"type": "object", "properties": {"filter": filter, "dry_run": {"type": "boolean"}}})), post(bulk_retry)),
         route(Method::GET, "/v1/workflows", "Registered workflow types with their state machines.", Scope::Reader, &[200], None, get(list_workflows)),
@@ -558,44 +558,17 @@ async fn operator_action(
     Ok(Json(view(&state, after).await?))
 }
 
-async fn cancel_run(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<RunView>> {
-    operator_action(state, caller, id, headers, body, "cancel").await
-}
-
-async fn terminate_run(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<RunView>> {
-    operator_action(state, caller, id, headers, body, "terminate").await
-}
-
-async fn retry_run(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<RunView>> {
-    operator_action(state, caller, id, headers, body, "retry").await
-}
-
-async fn skip_compensation(
-    State(state): State<AppState>,
-    caller: Caller,
-    Path(id): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> ApiResult<Json<RunView>> {
-    operator_action(state, caller, id, headers, body, "skip_compensation").await
+/// The route of one operator action on a run (cancel, terminate, retry, skip).
+fn operator_route(action: &'static str) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              caller: Caller,
+              Path(id): Path<String>,
+              headers: HeaderMap,
+              body: Body| async move {
+            operator_action(state, caller, id, headers, body, action).await
+        },
+    )
 }
 
 #[derive(Debug, Deserialize, Default)]

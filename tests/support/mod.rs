@@ -223,23 +223,44 @@ impl Drop for TestDb {
     }
 }
 
+/// Polls `probe` until it yields a value, failing the test with `what` after
+/// `deadline`. This is how tests wait: on an observable condition, never on a fixed
+/// sleep; the pause between looks is only the polling interval.
+pub async fn poll_until<T, F, Fut>(what: &str, deadline: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = tokio::time::Instant::now();
+    loop {
+        let last = match probe().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if start.elapsed() > deadline {
+            panic!("timed out after {deadline:?} waiting for: {what}{last}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `condition` until it holds, failing the test with `what` after `deadline`.
-/// This is how tests wait: on an observable condition, never on a fixed sleep.
 pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let start = tokio::time::Instant::now();
-    loop {
-        if condition().await {
-            return;
+    poll_until(what, deadline, || {
+        let check = condition();
+        async move {
+            if check.await {
+                Ok(())
+            } else {
+                Err(String::new())
+            }
         }
-        if start.elapsed() > deadline {
-            panic!("timed out after {deadline:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Waits until run `id` has `status`, and returns it.
@@ -261,21 +282,20 @@ pub async fn wait_for_run(
     what: &str,
     condition: impl Fn(&waymark_engine::Run) -> bool,
 ) -> waymark_engine::Run {
-    let start = tokio::time::Instant::now();
-    loop {
+    let what = format!("run {id} to reach {what}");
+    poll_until(&what, Duration::from_secs(30), || async {
         let run = store
             .run_get(&waymark_engine::TenantScope::All, id)
             .await
             .expect("run_get")
             .expect("run exists");
         if condition(&run) {
-            return run;
+            Ok(run)
+        } else {
+            Err(format!("; last seen {run:?}"))
         }
-        if start.elapsed() > Duration::from_secs(30) {
-            panic!("run {id} never reached {what}; last seen {run:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 /// Runner settings for tests: quick polls and short leases.
