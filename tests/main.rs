@@ -14,5 +14,6 @@ mod engine;
 mod key_rotation;
 mod mail;
 mod schedules;
+mod security;
 mod semantics;
 mod tenants;

@@ -197,6 +197,7 @@ impl From<EngineError> for ApiError {
             )),
             EngineError::InvalidInput(e) => ApiError::invalid(e.to_string()),
             EngineError::Conflict(message) => ApiError::conflict(message),
+            other @ EngineError::SystemTenantOnly { .. } => ApiError::invalid(other.to_string()),
             EngineError::Store(store) => store.into(),
             other @ (EngineError::NotPostgres | EngineError::NotSqlite) => {
                 ApiError::internal(&other)

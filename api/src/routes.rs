@@ -2,6 +2,7 @@
 //! document, so the document cannot miss a route.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -17,7 +18,8 @@ use uuid::Uuid;
 use waymark_engine::cron::CronSchedule;
 use waymark_engine::keys::{IssueKey, Scope};
 use waymark_engine::store::{CatchUp, NewAudit, Overlap, RunFilter, Schedule};
-use waymark_engine::{is_valid_tenant, RunStatus, SendSignal, StartRun, TenantScope};
+use waymark_engine::workflow::ErasedWorkflow;
+use waymark_engine::{is_valid_tenant, Access, RunStatus, SendSignal, StartRun, TenantScope};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -213,7 +215,10 @@ async fn details(state: &AppState, run: &waymark_engine::Run) -> ApiResult<Optio
     let mut out = serde_json::Map::new();
     for (label, id) in [("old_key", key("key_id")), ("new_key", key("new_key_id"))] {
         if let Some(id) = id {
-            if let Some(k) = state.engine.store.key_get(&TenantScope::All, id).await? {
+            // The run's own tenant only: a run's input names key ids, and a view must not
+            // become a way to read another tenant's keys.
+            let scope = TenantScope::Tenant(run.tenant.clone());
+            if let Some(k) = state.engine.store.key_get(&scope, id).await? {
                 out.insert(
                     label.into(),
                     serde_json::to_value(KeyView::new(k, now)).unwrap_or_default(),
@@ -275,11 +280,7 @@ async fn start_run(
     caller.require(Scope::Operator)?;
     let query = params(query);
     let tenant = acting_tenant(&caller, param(&query, "tenant"))?;
-    if state.engine.registry.get(&workflow).is_none() {
-        return Err(ApiError::not_found(format!(
-            "workflow {workflow:?} not found"
-        )));
-    }
+    startable(&state, &caller, &workflow)?;
     let bytes = body::read(request_body, state.api.max_body).await?;
     let input: Value = body::json(&headers, &bytes, false)?;
     let key = idempotency_key(&headers)?;
@@ -706,11 +707,59 @@ async fn bulk_retry(
 // Workflows
 
 fn describe(workflow: &dyn waymark_engine::workflow::ErasedWorkflow) -> Value {
+    let definition = workflow.definition();
+    let mut started_by = vec!["waymark"];
+    if definition.startable_by(false) {
+        started_by.push("operator");
+    }
+    if definition.startable_by(true) {
+        started_by.push("admin");
+    }
     json!({
         "name": workflow.name(),
         "version": workflow.version(),
-        "definition": workflow.definition(),
+        "access": definition.access,
+        "started_by": started_by,
+        "definition": definition,
     })
+}
+
+/// A workflow the caller may see: a system workflow (one that acts across tenants) is
+/// Waymark's own business, and to a tenant's key it does not exist.
+fn visible<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+    name: &str,
+) -> ApiResult<&'a Arc<dyn ErasedWorkflow>> {
+    state
+        .engine
+        .registry
+        .get(name)
+        .filter(|w| caller.is_admin() || w.definition().access != Access::System)
+        .ok_or_else(|| ApiError::not_found(format!("workflow {name:?} not found")))
+}
+
+/// A workflow the caller may start through the generic route: tenants' keys only
+/// tenant workflows (the others answer 404, like a workflow that does not exist);
+/// admins also those that allow it. Waymark's own workflows are started by their own
+/// routes, which check what this one cannot (a slug reservation, a key's scope).
+fn startable<'a>(
+    state: &'a AppState,
+    caller: &Caller,
+    name: &str,
+) -> ApiResult<&'a Arc<dyn ErasedWorkflow>> {
+    let workflow = state
+        .engine
+        .registry
+        .get(name)
+        .filter(|w| caller.is_admin() || w.definition().startable_by(false))
+        .ok_or_else(|| ApiError::not_found(format!("workflow {name:?} not found")))?;
+    if !workflow.definition().startable_by(caller.is_admin()) {
+        return Err(ApiError::forbidden(format!(
+            "workflow {name:?} is started only by Waymark itself (through its own route or schedule)"
+        )));
+    }
+    Ok(workflow)
 }
 
 async fn list_workflows(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
@@ -719,6 +768,7 @@ async fn list_workflows(State(state): State<AppState>, caller: Caller) -> ApiRes
         .engine
         .registry
         .iter()
+        .filter(|w| caller.is_admin() || w.definition().access != Access::System)
         .map(|w| describe(w.as_ref()))
         .collect();
     Ok(Json(json!({ "workflows": workflows })))
@@ -730,11 +780,7 @@ async fn get_workflow(
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
     caller.require(Scope::Reader)?;
-    let workflow = state
-        .engine
-        .registry
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("workflow {name:?} not found")))?;
+    let workflow = visible(&state, &caller, &name)?;
     Ok(Json(describe(workflow.as_ref())))
 }
 
@@ -744,11 +790,7 @@ async fn workflow_diagram(
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
     caller.require(Scope::Reader)?;
-    let workflow = state
-        .engine
-        .registry
-        .get(&name)
-        .ok_or_else(|| ApiError::not_found(format!("workflow {name:?} not found")))?;
+    let workflow = visible(&state, &caller, &name)?;
     let svg = crate::diagram::svg(workflow.name(), workflow.definition());
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
 }
@@ -1126,6 +1168,11 @@ async fn set_rotation_policy(
         .key_get(&scope, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    if key.top_scope() > caller.key.top_scope() {
+        return Err(ApiError::forbidden(
+            "a key may not set the rotation policy of a key with a wider scope than its own",
+        ));
+    }
     let bytes = body::read(request_body, state.api.max_body).await?;
     let request: PolicyBody = body::json(&headers, &bytes, false)?;
     let grace_period = grace(request.grace_period.as_deref(), state.api.rotation_grace)?;
@@ -1206,6 +1253,11 @@ async fn delete_rotation_policy(
         .key_get(&scope, id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    if key.top_scope() > caller.key.top_scope() {
+        return Err(ApiError::forbidden(
+            "a key may not remove the rotation policy of a key with a wider scope than its own",
+        ));
+    }
     let existing = state
         .engine
         .store
@@ -1327,6 +1379,23 @@ fn check_schedule_name(name: &str) -> ApiResult<()> {
     }
 }
 
+/// Whether the caller may point a schedule at `name`: the same rule as the generic
+/// start route, answered as a field error (a tenant's key cannot tell Waymark's own
+/// workflows from workflows that do not exist).
+fn check_schedulable(state: &AppState, caller: &Caller, name: &str) -> ApiResult<()> {
+    match state.engine.registry.get(name) {
+        Some(w) if w.definition().startable_by(caller.is_admin()) => Ok(()),
+        Some(w) if caller.is_admin() || w.definition().startable_by(false) => {
+            Err(ApiError::invalid(format!(
+                "workflow: {name:?} is started only by Waymark itself, not by schedules"
+            )))
+        }
+        _ => Err(ApiError::invalid(format!(
+            "workflow: {name:?} is not a registered workflow"
+        ))),
+    }
+}
+
 /// Checks the parts of a schedule that must fit together: the rule, the zone, the
 /// workflow and its input (so a schedule never fires a run that cannot start).
 fn check_schedule(state: &AppState, s: &Schedule) -> ApiResult<CronSchedule> {
@@ -1339,6 +1408,13 @@ fn check_schedule(state: &AppState, s: &Schedule) -> ApiResult<CronSchedule> {
             s.workflow
         ))
     })?;
+    if workflow.definition().access == Access::System && s.tenant != waymark_engine::SYSTEM_TENANT {
+        return Err(ApiError::invalid(format!(
+            "workflow: {:?} runs only in the {:?} tenant",
+            s.workflow,
+            waymark_engine::SYSTEM_TENANT
+        )));
+    }
     workflow
         .initial_state(&s.input)
         .map_err(|e| ApiError::invalid(format!("input: {e}")))?;
@@ -1383,6 +1459,7 @@ async fn create_schedule(
         updated_at: now,
         created_by: caller.actor(),
     };
+    check_schedulable(&state, &caller, &schedule.workflow)?;
     let cron = check_schedule(&state, &schedule)?;
     schedule.next_fire_at = cron.next_after(now);
     let stored = state
@@ -1461,6 +1538,27 @@ async fn update_schedule(
     let now = state.engine.clock.now();
     let was_paused = schedule.paused;
     let rule_changed = body.cron.is_some() || body.timezone.is_some();
+    // What a schedule starts is the caller's to choose only for workflows the caller
+    // could start: a key's rotation policy names its key in its input, and pointing it
+    // at another key would rotate a key the caller may not manage.
+    if body.workflow.is_some() || body.input.is_some() {
+        if !state
+            .engine
+            .registry
+            .get(&schedule.workflow)
+            .is_some_and(|w| w.definition().startable_by(caller.is_admin()))
+        {
+            return Err(ApiError::invalid(format!(
+                "workflow, input: this schedule starts {:?}, which Waymark manages; change it through its own route",
+                schedule.workflow
+            )));
+        }
+        check_schedulable(
+            &state,
+            &caller,
+            body.workflow.as_deref().unwrap_or(&schedule.workflow),
+        )?;
+    }
     if let Some(name) = body.name {
         schedule.name = name;
     }

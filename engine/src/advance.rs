@@ -157,6 +157,18 @@ fn forward(
             let actor = format!("run:{}", run.id);
             let mut new_runs = Vec::with_capacity(children.len());
             for (index, child) in children.into_iter().enumerate() {
+                // A tenant's workflow must not reach Waymark's own ones through a
+                // fan-out: they check what only their own start paths know.
+                let reachable = input
+                    .registry
+                    .get(&child.workflow)
+                    .is_none_or(|w| w.definition().access == crate::Access::Tenant);
+                if definition.access == crate::Access::Tenant && !reachable {
+                    return Err(StepError::fatal(format!(
+                        "child #{index} cannot start: workflow {:?} is started only by Waymark",
+                        child.workflow
+                    )));
+                }
                 let new = crate::runs::prepare(
                     input.registry,
                     input.max_payload,
@@ -596,6 +608,85 @@ mod tests {
         };
         assert!(error.message.contains("child #0 cannot start"), "{error}");
         assert!(hold, "the workflow holds failures");
+    }
+
+    /// A workflow that acts across tenants, as the registry sees it.
+    struct Sweeper;
+
+    impl crate::workflow::Workflow for Sweeper {
+        const NAME: &'static str = "sweeper";
+        type Input = Value;
+        type State = SweepState;
+        type Output = ();
+        type Signal = crate::workflow::NoSignal;
+
+        fn definition() -> Definition {
+            Definition::new([StateDef::new("sweep").completes()])
+                .access(crate::workflow::Access::System)
+        }
+
+        fn initial_state(_: &Value) -> SweepState {
+            SweepState
+        }
+
+        async fn step(
+            &self,
+            _: &crate::workflow::StepContext,
+            _: &Value,
+            _: SweepState,
+        ) -> Result<crate::workflow::Transition<SweepState, ()>, StepError> {
+            Ok(crate::workflow::Transition::complete(()))
+        }
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct SweepState;
+
+    impl crate::workflow::WorkflowState for SweepState {
+        fn name(&self) -> &'static str {
+            "sweep"
+        }
+    }
+
+    #[test]
+    fn a_tenant_workflow_cannot_fan_out_to_a_system_workflow() {
+        let mut registry = Registry::new();
+        registry.register(Sweeper).unwrap();
+        let fan_out = || RawTransition::FanOut {
+            children: vec![crate::workflow::ChildSpec {
+                workflow: "sweeper".into(),
+                input: json!({}),
+            }],
+            then: ("c".into(), json!("c")),
+            policy: crate::workflow::FanOutPolicy::FailFast,
+        };
+        let i = PlanInput {
+            registry: &registry,
+            ..input(&[])
+        };
+        let commit = plan(&signal_definition(), &run_in("a", 1), Ok(fan_out()), &i);
+        let Outcome::Fail { error, .. } = commit.outcome else {
+            panic!("{:?}", commit.outcome)
+        };
+        assert!(error.message.contains("started only by Waymark"), "{error}");
+        // A system parent (in the system tenant) may start it.
+        let system = signal_definition().access(crate::workflow::Access::System);
+        let mut run = run_in("a", 1);
+        run.tenant = crate::SYSTEM_TENANT.into();
+        let commit = plan(&system, &run, Ok(fan_out()), &i);
+        assert!(
+            matches!(commit.outcome, Outcome::FanOut { .. }),
+            "{:?}",
+            commit.outcome
+        );
+        // And in another tenant the engine refuses it even then: system runs live in
+        // the system tenant only.
+        let commit = plan(&system, &run_in("a", 1), Ok(fan_out()), &i);
+        assert!(
+            matches!(commit.outcome, Outcome::Fail { ref error, .. } if error.message.contains("runs only in the \"system\" tenant")),
+            "{:?}",
+            commit.outcome
+        );
     }
 
     #[test]

@@ -33,7 +33,11 @@ pub use retry::RetryPolicy;
 pub use runs::{is_valid_tenant, Engine, EngineError, Limits, SendSignal, StartRun};
 pub use status::RunStatus;
 pub use store::{Run, Store, StoreConfig, TenantScope};
+
+/// The tenant Waymark's own work lives in: the bootstrap admin key, the housekeeping
+/// schedule, and every run of an [`Access::System`] workflow.
+pub const SYSTEM_TENANT: &str = "system";
 pub use workflow::{
-    Definition, FanOut, NoSignal, OnFailure, Persisted, StateDef, StepContext, Transition, Wait,
-    Wake, Workflow, WorkflowSignal, WorkflowState,
+    Access, Definition, FanOut, NoSignal, OnFailure, Persisted, StateDef, StepContext, Transition,
+    Wait, Wake, Workflow, WorkflowSignal, WorkflowState,
 };

@@ -59,6 +59,13 @@ pub enum EngineError {
     UnknownSignal { workflow: String, signal: String },
     #[error("{0}")]
     Conflict(String),
+    /// An [`Access::System`](crate::Access) workflow acts across tenants, so its runs
+    /// live in the system tenant only.
+    #[error(
+        "workflow {workflow:?} runs only in the {:?} tenant, not {tenant:?}",
+        crate::SYSTEM_TENANT
+    )]
+    SystemTenantOnly { workflow: String, tenant: String },
 }
 
 impl EngineError {
@@ -105,6 +112,12 @@ pub(crate) fn prepare(
     let workflow = registry
         .get(&req.workflow)
         .ok_or_else(|| EngineError::UnknownWorkflow(req.workflow.clone()))?;
+    if workflow.definition().access == crate::Access::System && req.tenant != crate::SYSTEM_TENANT {
+        return Err(EngineError::SystemTenantOnly {
+            workflow: req.workflow,
+            tenant: req.tenant,
+        });
+    }
     let size = req.input.to_string().len();
     if size > max_payload {
         return Err(StoreError::PayloadTooLarge {

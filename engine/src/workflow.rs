@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::error::StepError;
 use crate::retry::RetryPolicy;
-use crate::store::{Lease, Store};
+use crate::store::{Lease, Store, TenantScope};
 
 /// A workflow's state enum. `name` is what the run's `state` column, history and
 /// diagrams show; it must match a state declared in [`Workflow::definition`].
@@ -391,6 +391,26 @@ pub enum OnFailure {
     Hold,
 }
 
+/// Who may start a workflow's runs, and how far its steps reach.
+///
+/// The API's generic start route, schedules and fan-outs accept only [`Access::Tenant`]
+/// workflows from tenants' keys; the others are started by Waymark's own code paths,
+/// which check what the generic route cannot (a slug reservation, a key's scope).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Any operator may start it in its own tenant; its steps act within that tenant.
+    #[default]
+    Tenant,
+    /// Started only by Waymark itself (its own route, a key's rotation policy), in a
+    /// tenant; its steps still act within that tenant only.
+    Internal,
+    /// Acts across tenants: started only by Waymark itself, always in the
+    /// [`SYSTEM_TENANT`](crate::SYSTEM_TENANT), and the only kind whose steps get
+    /// [`TenantScope::All`].
+    System,
+}
+
 /// A workflow's whole transition table.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Definition {
@@ -398,6 +418,10 @@ pub struct Definition {
     pub signals: Vec<SignalDef>,
     pub retry: RetryPolicy,
     pub on_failure: OnFailure,
+    pub access: Access,
+    /// Whether an admin key may also start this non-[`Access::Tenant`] workflow through
+    /// the generic route and schedules (in its declared tenant).
+    pub admin_may_start: bool,
 }
 
 impl Definition {
@@ -407,6 +431,35 @@ impl Definition {
             signals: Vec::new(),
             retry: RetryPolicy::default(),
             on_failure: OnFailure::Compensate,
+            access: Access::Tenant,
+            admin_may_start: false,
+        }
+    }
+
+    /// Declares who may start the workflow and how far its steps reach.
+    pub fn access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// Lets an admin key start this internal or system workflow by hand.
+    pub fn admin_may_start(mut self) -> Self {
+        self.admin_may_start = true;
+        self
+    }
+
+    /// Whether a caller may start (or schedule) this workflow through the generic
+    /// routes: tenants' keys only [`Access::Tenant`] ones, admins also those that
+    /// allow it.
+    pub fn startable_by(&self, admin: bool) -> bool {
+        self.access == Access::Tenant || (admin && self.admin_may_start)
+    }
+
+    /// The data a step of a run in `tenant` may reach.
+    pub fn step_scope(&self, tenant: &str) -> TenantScope {
+        match self.access {
+            Access::System => TenantScope::All,
+            Access::Tenant | Access::Internal => TenantScope::Tenant(tenant.to_owned()),
         }
     }
 
@@ -517,6 +570,9 @@ pub struct StepContext {
     pub received: Option<Received>,
     /// True while running a compensation; keys then differ from the forward step's.
     pub compensating: bool,
+    /// What data the step may reach: its run's tenant, unless its workflow is declared
+    /// [`Access::System`]. Private so a step cannot widen it.
+    scope: TenantScope,
     progress: Option<ProgressSink>,
 }
 
@@ -581,6 +637,7 @@ impl StepContext {
     ) -> Self {
         Self {
             run_id,
+            scope: TenantScope::Tenant(tenant.clone()),
             tenant,
             workflow,
             state,
@@ -592,6 +649,19 @@ impl StepContext {
             compensating: false,
             progress: None,
         }
+    }
+
+    /// Grants the step the scope its workflow's definition declares (the runner calls
+    /// this; without it a step sees its own tenant only).
+    pub fn with_access(mut self, definition: &Definition) -> Self {
+        self.scope = definition.step_scope(&self.tenant);
+        self
+    }
+
+    /// The tenants whose data this step may read and write: pass it to every store
+    /// call that takes a [`TenantScope`].
+    pub fn scope(&self) -> &TenantScope {
+        &self.scope
     }
 
     pub fn with_received(mut self, received: Option<Received>) -> Self {

@@ -405,6 +405,7 @@ async fn advance_once(
             tokens.cancel.clone(),
             engine.clock.clone(),
         )
+        .with_access(definition)
         .with_received(received)
         .with_progress(engine.store.clone(), lease);
         let step = tokio::time::timeout(
@@ -572,6 +573,7 @@ async fn compensate_once(
         engine.clock.clone(),
     )
     .for_compensation()
+    .with_access(definition)
     .with_progress(engine.store.clone(), lease);
     let step = tokio::time::timeout(
         policy.step_timeout,

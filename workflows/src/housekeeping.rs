@@ -11,14 +11,14 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use waymark_engine::{
-    Definition, NoSignal, ResultExt, StateDef, StepContext, StepError, Store, Transition, Workflow,
-    WorkflowState,
+    Access, Definition, NoSignal, ResultExt, StateDef, StepContext, StepError, Store, Transition,
+    Workflow, WorkflowState,
 };
 
 /// The built-in schedule: daily at 03:17 UTC, in the `system` tenant.
 pub const SCHEDULE_NAME: &str = "retention";
 pub const SCHEDULE_CRON: &str = "17 3 * * *";
-pub const TENANT: &str = "system";
+pub const TENANT: &str = waymark_engine::SYSTEM_TENANT;
 
 pub struct Retention {
     store: Store,
@@ -68,7 +68,11 @@ impl Workflow for Retention {
     type Signal = NoSignal;
 
     fn definition() -> Definition {
+        // Deletes every tenant's old runs: the built-in schedule starts it, and an admin
+        // may run it by hand.
         Definition::new([StateDef::new("sweep").completes()])
+            .access(Access::System)
+            .admin_may_start()
     }
 
     fn initial_state(_: &RetentionInput) -> RetentionState {

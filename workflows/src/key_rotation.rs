@@ -24,7 +24,7 @@ use uuid::Uuid;
 use waymark_engine::keys::{IssueKey, Sealer};
 use waymark_engine::store::{KeyRecord, NewAudit, Store, TenantScope};
 use waymark_engine::{
-    Definition, ResultExt, StateDef, StepContext, StepError, Transition, Wait, Workflow,
+    Access, Definition, ResultExt, StateDef, StepContext, StepError, Transition, Wait, Workflow,
     WorkflowSignal, WorkflowState,
 };
 use waymark_services::{Email, Mailer};
@@ -158,16 +158,16 @@ pub struct RotationOutput {
 }
 
 impl KeyRotation {
-    async fn key(&self, id: Uuid) -> Result<KeyRecord, StepError> {
+    async fn key(&self, ctx: &StepContext, id: Uuid) -> Result<KeyRecord, StepError> {
         self.store
-            .key_get(&TenantScope::All, id)
+            .key_get(ctx.scope(), id)
             .await
             .retryable()?
             .ok_or_else(|| StepError::fatal(format!("key {id} does not exist")))
     }
 
     async fn revoke(&self, ctx: &StepContext, id: Uuid, why: &str) -> Result<(), StepError> {
-        let key = self.key(id).await?;
+        let key = self.key(ctx, id).await?;
         let actor = format!("run:{}", ctx.run_id);
         let audit = NewAudit {
             tenant: key.tenant.clone(),
@@ -179,7 +179,7 @@ impl KeyRotation {
             at: ctx.clock.now(),
         };
         self.store
-            .key_revoke(&TenantScope::All, id, &actor, ctx.clock.now(), &audit)
+            .key_revoke(ctx.scope(), id, &actor, ctx.clock.now(), &audit)
             .await
             .retryable()?;
         Ok(())
@@ -253,6 +253,10 @@ impl Workflow for KeyRotation {
         .signal_only_while_waiting("abort")
         .signal_only_while_waiting("revoke_now")
         .signal("revealed")
+        // Only `POST /v1/keys/{id}/rotate` and a key's rotation policy start it, after
+        // checking that the caller may manage that key; its steps reach the key's tenant
+        // only, so not even a forged input can touch another tenant's keys.
+        .access(Access::Internal)
     }
 
     fn initial_state(input: &RotationInput) -> RotationState {
@@ -282,7 +286,7 @@ impl Workflow for KeyRotation {
                         }));
                     }
                 }
-                let old = self.key(input.key_id).await?;
+                let old = self.key(ctx, input.key_id).await?;
                 if !old.is_active(ctx.clock.now()) {
                     return Err(StepError::fatal(format!(
                         "key {} is revoked or expired; nothing to rotate",
@@ -326,7 +330,7 @@ impl Workflow for KeyRotation {
                 new_key_id,
                 escalated,
             } => {
-                let new = self.key(new_key_id).await?;
+                let new = self.key(ctx, new_key_id).await?;
                 if !new.awaiting_reveal {
                     return Ok(Transition::next(RotationState::NotifyNew { new_key_id }));
                 }
@@ -344,8 +348,8 @@ impl Workflow for KeyRotation {
                 })
             }
             RotationState::RemindReveal { new_key_id } => {
-                let old = self.key(input.key_id).await?;
-                let new = self.key(new_key_id).await?;
+                let old = self.key(ctx, input.key_id).await?;
+                let new = self.key(ctx, new_key_id).await?;
                 self.tell_owner(
                     ctx,
                     &old,
@@ -365,8 +369,8 @@ impl Workflow for KeyRotation {
                 }))
             }
             RotationState::NotifyNew { new_key_id } => {
-                let old = self.key(input.key_id).await?;
-                let new = self.key(new_key_id).await?;
+                let old = self.key(ctx, input.key_id).await?;
+                let new = self.key(ctx, new_key_id).await?;
                 if new.awaiting_reveal {
                     // A `revealed` signal without a reveal: keep waiting for the real one.
                     return Ok(Transition::next(RotationState::AwaitReveal {
@@ -460,7 +464,7 @@ impl Workflow for KeyRotation {
                 new_key_id,
                 ends_at,
             } => {
-                let old = self.key(input.key_id).await?;
+                let old = self.key(ctx, input.key_id).await?;
                 let last_used = old
                     .last_used_at
                     .map(|t| t.to_rfc3339())
@@ -500,8 +504,8 @@ impl Workflow for KeyRotation {
                 Ok(Transition::next(RotationState::NotifyDone { new_key_id }))
             }
             RotationState::NotifyDone { new_key_id } => {
-                let old = self.key(input.key_id).await?;
-                let new = self.key(new_key_id).await?;
+                let old = self.key(ctx, input.key_id).await?;
+                let new = self.key(ctx, new_key_id).await?;
                 self.tell_owner(
                     ctx,
                     &old,
@@ -514,8 +518,7 @@ impl Workflow for KeyRotation {
                 )
                 .await?;
                 if let Some(schedule_id) = input.policy_schedule {
-                    self.move_policy(schedule_id, new_key_id, ctx.clock.now())
-                        .await?;
+                    self.move_policy(ctx, schedule_id, new_key_id).await?;
                 }
                 Ok(Transition::complete(RotationOutput {
                     old_key_id: input.key_id,
@@ -534,17 +537,18 @@ impl Workflow for KeyRotation {
     async fn compensate(
         &self,
         ctx: &StepContext,
-        input: &RotationInput,
+        _input: &RotationInput,
         state: RotationState,
     ) -> Result<(), StepError> {
         // The new key goes; the old one stays valid. A key never made is fine.
         let new_key_id = match state {
             RotationState::NotifyNew { new_key_id } => Some(new_key_id),
             RotationState::Issue => {
+                // Keys this run issued, in its own tenant; nothing to find when the old
+                // key was never there (a failed first visit).
                 let actor = format!("run:{}", ctx.run_id);
-                let old = self.key(input.key_id).await?;
                 self.store
-                    .key_list(&TenantScope::Tenant(old.tenant))
+                    .key_list(ctx.scope())
                     .await
                     .retryable()?
                     .into_iter()
@@ -564,13 +568,14 @@ impl KeyRotation {
     /// The policy's schedule rotates the new key from now on.
     async fn move_policy(
         &self,
+        ctx: &StepContext,
         schedule_id: Uuid,
         new_key_id: Uuid,
-        now: DateTime<Utc>,
     ) -> Result<(), StepError> {
+        let now = ctx.clock.now();
         let Some(mut schedule) = self
             .store
-            .schedule_get(&TenantScope::All, schedule_id)
+            .schedule_get(ctx.scope(), schedule_id)
             .await
             .retryable()?
         else {

@@ -34,8 +34,8 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 use waymark_engine::store::{NewAudit, RunFilter};
 use waymark_engine::{
-    Definition, OnFailure, RetryPolicy, RunStatus, StateDef, StepContext, StepError, StoreError,
-    TenantScope, Transition, Wait, Workflow, WorkflowSignal, WorkflowState,
+    Access, Definition, OnFailure, RetryPolicy, RunStatus, StateDef, StepContext, StepError,
+    StoreError, TenantScope, Transition, Wait, Workflow, WorkflowSignal, WorkflowState,
 };
 use waymark_services::PutOptions;
 
@@ -138,6 +138,8 @@ impl Workflow for TenantDeprovisioning {
         ])
         .signal_only_while_waiting("restore")
         .on_failure(OnFailure::Hold)
+        // Suspends and deletes another tenant: only `POST /v1/tenants/{slug}/deprovision`.
+        .access(Access::System)
         .with_retry(RetryPolicy {
             max_attempts: 8,
             initial_delay: Duration::from_secs(1),

@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use waymark_engine::keys::{IssueKey, Scope};
 use waymark_engine::{
-    Definition, NoSignal, RetryPolicy, StateDef, StepContext, StepError, TenantScope, Transition,
-    Workflow, WorkflowState,
+    Access, Definition, NoSignal, RetryPolicy, StateDef, StepContext, StepError, TenantScope,
+    Transition, Workflow, WorkflowState,
 };
 use waymark_services::Email;
 
@@ -105,6 +105,9 @@ impl Workflow for TenantProvisioning {
             StateDef::new("welcome").next("activate"),
             StateDef::new("activate").completes(),
         ])
+        // Reserves slugs and creates another tenant's resources: only `POST
+        // /v1/tenants` starts it, after checking the slug and plan.
+        .access(Access::System)
         .with_retry(RetryPolicy {
             max_attempts: 5,
             initial_delay: std::time::Duration::from_secs(1),

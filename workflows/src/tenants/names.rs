@@ -14,7 +14,7 @@ pub const RESERVED_SLUGS: &[&str] = &["system"];
 
 /// The tenant that owns provisioning and deprovisioning runs (an admin's, not the
 /// customer's, so the customer can neither see nor cancel them).
-pub const SYSTEM_TENANT: &str = "system";
+pub const SYSTEM_TENANT: &str = waymark_engine::SYSTEM_TENANT;
 
 /// The slug with `-` as `_`: `acme-eu` → `acme_eu`. Injective, because slugs have no `_`.
 pub fn slug_ident(slug: &str) -> String {
