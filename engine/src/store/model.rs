@@ -226,6 +226,9 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The engine clock's now: what is due is judged by it.
     pub now: DateTime<Utc>,
+    /// Runs whose attempt this worker is still running: never claimed, even with an
+    /// expired lease, so one process never runs two attempts of one run.
+    pub exclude: Vec<Uuid>,
 }
 
 /// Where a committed transition leaves the run.

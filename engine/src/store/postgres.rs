@@ -750,6 +750,7 @@ impl PgStore {
                               WHERE k.name = r.workflow AND r.workflow_version <= k.version)
                   AND (r.capability IS NULL OR r.capability = ANY($4::text[])
                        OR r.status = 'compensating')
+                  AND NOT (r.id = ANY($8::uuid[]))
                 ORDER BY r.due_at
                 LIMIT $5
                 FOR UPDATE SKIP LOCKED
@@ -772,6 +773,7 @@ impl PgStore {
         .bind(req.limit as i64)
         .bind(req.worker_id)
         .bind(secs(req.lease))
+        .bind(&req.exclude)
         .fetch_all(&self.pool)
         .await?;
         rows_to_runs(rows)

@@ -803,6 +803,7 @@ impl SqliteStore {
                  AND (r.capability IS NULL
                       OR r.capability IN (SELECT value FROM json_each(?3))
                       OR r.status = 'compensating')
+                 AND r.id NOT IN (SELECT value FROM json_each(?5))
                ORDER BY r.due_at
                LIMIT ?4"#
         ))
@@ -810,6 +811,7 @@ impl SqliteStore {
         .bind(workflows)
         .bind(capabilities)
         .bind(req.limit as i64)
+        .bind(serde_json::json!(req.exclude).to_string())
         .fetch_all(&mut *tx)
         .await?;
         if due.is_empty() {
