@@ -77,11 +77,24 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         .context("invalid blob store configuration")?;
     tracing::info!(mail = %mailer.describe(), blobs = %blobs.describe(), "services configured");
 
+    let master_key_file = config.data_dir.join("master.key");
     let sealer = match &config.master_key {
         Some(text) => Sealer::from_base64(text).context("invalid WAYMARK_MASTER_KEY")?,
-        None => Sealer::load_or_create(&config.data_dir.join("master.key"))
-            .context("cannot load the master key")?,
+        None => Sealer::load_or_create(&master_key_file).context("cannot load the master key")?,
     };
+    let shared_database = matches!(store_config, StoreConfig::Postgres { .. });
+    if let Some(refusal) = check_master_key(
+        &store,
+        &sealer,
+        config.master_key.is_some(),
+        shared_database,
+        &master_key_file,
+    )
+    .await?
+    {
+        eprintln!("waymark: {refusal}");
+        return Ok(std::process::ExitCode::from(2));
+    }
 
     // Tenants: the plans every process and the API agree on, and what the sagas need.
     let plans = waymark_workflows::tenants::plans::parse_plans(&config.tenant_plans)
@@ -170,6 +183,71 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     workers.await?.context("worker failed")?;
     scheduler.await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// Why this process must not start with its master key, if it must not. With
+/// PostgreSQL, processes on several hosts would each generate their own `master.key`,
+/// and a secret one sealed could not be revealed through another: so once a sealed
+/// secret exists, `serve` and `worker` need the master key shared through
+/// `WAYMARK_MASTER_KEY`. (A reveal by a process with another key is refused and keeps
+/// the secret, so nothing is lost meanwhile.) Secrets sealed by a master key this
+/// process lacks are reported either way.
+async fn check_master_key(
+    store: &Store,
+    sealer: &Sealer,
+    from_env: bool,
+    shared_database: bool,
+    key_file: &std::path::Path,
+) -> anyhow::Result<Option<String>> {
+    let sealed_by = store
+        .keys_sealed_by()
+        .await
+        .context("cannot count the sealed key secrets")?;
+    let name = |id: &Option<String>| match id {
+        Some(id) => id.clone(),
+        None => "unrecorded (sealed before master key ids were kept)".to_owned(),
+    };
+    let total: i64 = sealed_by.iter().map(|(_, n)| n).sum();
+    if shared_database && !from_env {
+        if total == 0 {
+            tracing::warn!(master_key = sealer.key_id(), file = %key_file.display(),
+                "PostgreSQL without WAYMARK_MASTER_KEY: give every process the same master key \
+                 before a secret is sealed, or `serve` and `worker` will refuse to start");
+            return Ok(None);
+        }
+        let ids: Vec<String> = sealed_by.iter().map(|(id, _)| name(id)).collect();
+        let held_here = sealed_by
+            .iter()
+            .any(|(id, _)| id.as_deref() == Some(sealer.key_id()));
+        let hint = if held_here {
+            format!(
+                "this host's {} is that key (id {}): give its contents to every process",
+                key_file.display(),
+                sealer.key_id()
+            )
+        } else {
+            format!(
+                "this host's {} has id {}; the key is the master.key of the host that sealed them",
+                key_file.display(),
+                sealer.key_id()
+            )
+        };
+        return Ok(Some(format!(
+            "{total} sealed key secret(s) wait to be revealed (sealed by master key {}). With PostgreSQL \
+             every `waymark serve` and `waymark worker` must share one master key, or a secret sealed \
+             by one process cannot be revealed through another: set WAYMARK_MASTER_KEY (32 bytes, \
+             base64) on every process; {hint}.",
+            ids.join(", ")
+        )));
+    }
+    for (id, count) in sealed_by
+        .iter()
+        .filter(|(id, _)| id.as_deref() != Some(sealer.key_id()))
+    {
+        tracing::warn!(sealed_by = %name(id), count, master_key = sealer.key_id(),
+            "sealed key secrets were sealed by another master key: this process cannot reveal them");
+    }
+    Ok(None)
 }
 
 /// Waymark's own housekeeping is a schedule an operator can see and change: created

@@ -27,7 +27,8 @@ pub(crate) struct Api {
     runner: Option<RunnerHandle>,
     sealer: waymark_engine::keys::Sealer,
     stop: CancellationToken,
-    _db: TestDb,
+    /// Shared with the processes started beside this one by [`Api::start_beside`].
+    _db: Arc<TestDb>,
 }
 
 impl Api {
@@ -50,6 +51,25 @@ impl Api {
     /// With `extra` registering more workflows (given the store and the API's sealer).
     pub(crate) async fn start_with_registry(
         db: TestDb,
+        api: waymark_api::ApiConfig,
+        clock: waymark_engine::SharedClock,
+        extra: impl FnOnce(
+            &mut waymark_engine::workflow::Registry,
+            &waymark_engine::Store,
+            &waymark_engine::keys::Sealer,
+        ),
+    ) -> Api {
+        Self::start_on(Arc::new(db), api, clock, extra).await
+    }
+
+    /// Another Waymark process on this one's database, with its own API settings (its
+    /// own master key, say), engine, runner and port.
+    pub(crate) async fn start_beside(&self, api: waymark_api::ApiConfig) -> Api {
+        Self::start_on(self._db.clone(), api, Arc::new(SystemClock), |_, _, _| {}).await
+    }
+
+    async fn start_on(
+        db: Arc<TestDb>,
         api: waymark_api::ApiConfig,
         clock: waymark_engine::SharedClock,
         extra: impl FnOnce(
@@ -229,6 +249,7 @@ on_both_backends!(
     an_unreachable_database_answers_503,
     requests_over_a_keys_rate_limit_answer_429,
     a_sealed_key_is_revealed_once_to_its_tenant,
+    a_reveal_with_another_master_key_keeps_the_secret_for_the_right_one,
     a_suspended_tenants_keys_stop_working_until_restored,
     workflows_and_workers_are_listed_with_their_machines,
 );
@@ -367,6 +388,101 @@ async fn a_sealed_key_is_revealed_once_to_its_tenant(db: TestDb) {
         .unwrap()
         .iter()
         .any(|e| e["action"] == "key.revealed"));
+    api.stop().await;
+}
+
+/// Two processes on one database with different master keys (two hosts, each with
+/// its own generated `master.key`): the one that did not seal a secret refuses to
+/// reveal it, names both master keys and keeps it; the one that sealed it reveals it,
+/// once.
+async fn a_reveal_with_another_master_key_keeps_the_secret_for_the_right_one(db: TestDb) {
+    use waymark_engine::keys::Sealer;
+    let (ours, theirs) = (Sealer::from_bytes([1; 32]), Sealer::from_bytes([2; 32]));
+    let api = Api::start_with(
+        db,
+        waymark_api::ApiConfig {
+            sealer: ours.clone(),
+            ..waymark_api::ApiConfig::default()
+        },
+    )
+    .await;
+    let (_, op) = api.key("acme", &["operator"]).await;
+    // Sealed by the other process (a scheduled rotation its worker ran).
+    let sealed = waymark_engine::keys::issue_sealed(
+        &api.engine.store,
+        &theirs,
+        IssueKey {
+            tenant: "acme".into(),
+            scopes: vec![Scope::Reader],
+            name: Some("rotated".into()),
+            owner_email: None,
+            expires_at: None,
+            actor: "run:test".into(),
+            address: None,
+        },
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let path = format!("/v1/keys/{}/reveal", sealed.id);
+    for _ in 0..2 {
+        let (status, body) = api.call(Method::POST, &path, Some(&op), None).await;
+        assert_eq!(
+            (status, problem_type(&body).as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            "{body}"
+        );
+        let detail = body["detail"].as_str().unwrap();
+        for needle in [theirs.key_id(), ours.key_id(), "WAYMARK_MASTER_KEY", "kept"] {
+            assert!(detail.contains(needle), "{needle:?} not in {detail:?}");
+        }
+    }
+    let (_, listed) = api
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{}", sealed.id),
+            Some(&op),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (
+            listed["awaiting_reveal"].clone(),
+            listed["revealed_at"].clone()
+        ),
+        (json!(true), Value::Null),
+        "the refused reveals kept the secret"
+    );
+
+    let other = api
+        .start_beside(waymark_api::ApiConfig {
+            sealer: theirs.clone(),
+            ..waymark_api::ApiConfig::default()
+        })
+        .await;
+    let (status, body) = other.call(Method::POST, &path, Some(&op), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let secret = body["secret"].as_str().unwrap().to_owned();
+    let (status, who) = api
+        .call(Method::GET, "/v1/whoami", Some(&secret), None)
+        .await;
+    assert_eq!(
+        (status, who["key_id"].as_str()),
+        (StatusCode::OK, Some(sealed.id.to_string().as_str()))
+    );
+    for process in [&other, &api] {
+        let (status, body) = process.call(Method::POST, &path, Some(&op), None).await;
+        assert_eq!(status, StatusCode::CONFLICT, "only once: {body}");
+    }
+    let revealed = api
+        .db()
+        .scalar_i64("SELECT count(*) FROM waymark_audit WHERE action = 'key.revealed'")
+        .await;
+    assert_eq!(
+        revealed, 1,
+        "only the reveal that opened the secret is audited"
+    );
+    other.stop().await;
     api.stop().await;
 }
 

@@ -705,3 +705,72 @@ async fn the_retention_housekeeping_schedule_is_visible() {
     assert_eq!(housekeeping["input"], json!({"older_than": "14days"}));
     assert_eq!(housekeeping["next_fire_times"].as_array().unwrap().len(), 5);
 }
+
+/// With PostgreSQL, processes that each generated their own `master.key` could not
+/// reveal each other's sealed secrets. Once one exists, `serve` and `worker` refuse to
+/// start without `WAYMARK_MASTER_KEY`, naming the master key that sealed it; given
+/// that key, `serve` starts and reveals the secret.
+#[tokio::test]
+async fn postgres_processes_need_a_shared_master_key_once_a_secret_is_sealed() {
+    use waymark_engine::keys::{IssueKey, Scope, Sealer};
+    const MASTER_KEY: &str = "AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=";
+    let db = TestDb::postgres().await;
+    let request = |tenant: &str, scopes| IssueKey {
+        tenant: tenant.into(),
+        scopes,
+        name: None,
+        owner_email: None,
+        expires_at: None,
+        actor: "test".into(),
+        address: None,
+    };
+    let (_, admin) = waymark_engine::keys::issue(
+        &db.store,
+        request("system", vec![Scope::Admin]),
+        None,
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    let sealer = Sealer::from_base64(MASTER_KEY).unwrap();
+    let sealed = waymark_engine::keys::issue_sealed(
+        &db.store,
+        &sealer,
+        request("acme", vec![Scope::Reader]),
+        chrono::Utc::now(),
+    )
+    .await
+    .unwrap();
+    for args in [["serve"], ["worker"]] {
+        // Each command gets a data directory of its own, as on another host.
+        let out = tokio::time::timeout(
+            Duration::from_secs(60),
+            command(&db, &args).stderr(Stdio::piped()).output(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{args:?} started instead of refusing"))
+        .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("WAYMARK_MASTER_KEY") && stderr.contains(sealer.key_id()),
+            "{args:?}: {stderr}"
+        );
+    }
+    let mut cmd = command(&db, &["serve"]);
+    cmd.env("WAYMARK_MASTER_KEY", MASTER_KEY);
+    let proc = spawn_with(cmd).await;
+    let response = reqwest::Client::new()
+        .post(format!(
+            "http://{}/v1/keys/{}/reveal",
+            proc.addr.as_ref().unwrap(),
+            sealed.id
+        ))
+        .bearer_auth(admin.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert!(body["secret"].as_str().unwrap().starts_with("wmk_"));
+}

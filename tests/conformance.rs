@@ -16,6 +16,7 @@ on_both_backends!(
     same_idempotency_key_returns_the_same_run_and_another_input_conflicts,
     reads_are_scoped_to_the_tenant,
     claim_takes_due_runs_once_and_fences_them,
+    claim_skips_excluded_runs_even_with_an_expired_lease,
     claim_leaves_unknown_workflows_newer_versions_and_missing_capabilities_alone,
     claim_ignores_timers_that_are_not_due_by_the_engine_clock,
     commit_writes_the_checkpoint_and_one_history_row,
@@ -55,6 +56,7 @@ fn claim(worker: Uuid, workflows: &[(&str, u32)], caps: &[&str], lease: Duration
         limit: 10,
         lease,
         now: chrono::Utc::now(),
+        exclude: vec![],
     }
 }
 
@@ -205,6 +207,57 @@ async fn claim_takes_due_runs_once_and_fences_them(db: TestDb) {
         .await
         .unwrap()
         .is_empty());
+}
+
+async fn claim_skips_excluded_runs_even_with_an_expired_lease(db: TestDb) {
+    let run = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let other = db
+        .store
+        .run_start(new_run("w", "acme", None, json!({})))
+        .await
+        .unwrap()
+        .run;
+    let worker = Uuid::now_v7();
+    let mut request = claim(worker, &[("w", 1)], &[], Duration::from_secs(30));
+    request.exclude = vec![other.id];
+    let claimed = db.store.run_claim(&request).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(|r| r.id).collect::<Vec<_>>(),
+        vec![run.id],
+        "a pending run excluded is left alone"
+    );
+    let expire = match db.backend {
+        crate::support::Backend::Postgres => "now() - interval '1 minute'",
+        crate::support::Backend::Sqlite => "0",
+    };
+    db.execute(&format!(
+        "UPDATE waymark_runs SET lease_expires_at = {expire} WHERE id = '{}'",
+        run.id
+    ))
+    .await
+    .unwrap();
+    // Its worker still runs the attempt: the expired lease is not claimable by it…
+    request.exclude = vec![run.id, other.id];
+    assert!(db.store.run_claim(&request).await.unwrap().is_empty());
+    // …while any other worker may take it over.
+    let taken = db
+        .store
+        .run_claim(&claim(
+            Uuid::now_v7(),
+            &[("w", 1)],
+            &[],
+            Duration::from_secs(30),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 2);
+    let again = taken.iter().find(|r| r.id == run.id).unwrap();
+    assert_eq!(again.attempt, 2);
 }
 
 async fn claim_leaves_unknown_workflows_newer_versions_and_missing_capabilities_alone(db: TestDb) {

@@ -26,6 +26,7 @@ on_both_backends!(
     unknown_workflows_and_bad_inputs_are_refused,
     shutdown_releases_runs_whose_steps_outlive_the_grace,
     a_lost_lease_cancels_the_step_and_discards_its_result,
+    a_worker_never_reclaims_a_run_whose_attempt_it_still_runs,
     a_step_over_its_timeout_fails_the_attempt,
     retention_sweep_deletes_only_runs_finished_before_the_cutoff,
 );
@@ -517,6 +518,70 @@ async fn a_lost_lease_cancels_the_step_and_discards_its_result(db: TestDb) {
         history.len(),
         1,
         "no transition from the worker that lost its lease"
+    );
+}
+
+/// Heartbeats that fail for longer than the lease (a database restart) leave a run
+/// with an expired lease while its step still runs here. The same worker must not
+/// claim it again: that would run a second attempt next to the first.
+async fn a_worker_never_reclaims_a_run_whose_attempt_it_still_runs(db: TestDb) {
+    let (registry, handles) = registry();
+    let engine = db.engine(registry, Arc::new(SystemClock));
+    let mut config = test_runner_config();
+    // No heartbeat during the test: the lease only expires when the test says so.
+    config.lease = Duration::from_secs(600);
+    let runner = spawn_runner(engine.clone(), config);
+    let run = engine
+        .start(start_req("gated", json!({})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, run.id, RunStatus::Running).await;
+    let entered = handles.gate_entered.clone();
+    wait_until("the step starts", Duration::from_secs(10), || {
+        let entered = entered.clone();
+        async move { entered.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    // As if every heartbeat had failed for a whole lease.
+    let expire = match db.backend {
+        crate::support::Backend::Postgres => "now() - interval '1 minute'",
+        crate::support::Backend::Sqlite => "0",
+    };
+    db.execute(&format!(
+        "UPDATE waymark_runs SET lease_expires_at = {expire} WHERE id = '{}'",
+        run.id
+    ))
+    .await
+    .unwrap();
+    // A run started after the expiry and finished proves the worker claimed after it
+    // (a claim takes every due run it has permits for, the expired one included).
+    let marker = engine
+        .start(start_req("three_step", json!({"n": 1})))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, marker.id, RunStatus::Completed).await;
+    let held = db
+        .store
+        .run_get(&TenantScope::All, run.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (entered.load(Ordering::SeqCst), held.attempt),
+        (1, 1),
+        "the step must not start again while its first attempt runs"
+    );
+    // The first attempt finishes but its lease expired: its result is refused, the run
+    // is claimed again (once) and the second attempt completes it.
+    handles.gate.add_permits(2);
+    let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
+    runner.stop().await;
+    assert_eq!(
+        (entered.load(Ordering::SeqCst), done.attempt),
+        (2, 2),
+        "one more attempt, not two"
     );
 }
 

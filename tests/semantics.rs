@@ -1402,6 +1402,7 @@ async fn a_crashed_parent_worker_does_not_duplicate_children(db: TestDb) {
             limit: 1,
             lease: Duration::from_millis(300),
             now: chrono::Utc::now(),
+            exclude: vec![],
         })
         .await
         .unwrap();

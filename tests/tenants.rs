@@ -1319,6 +1319,7 @@ async fn drive_until_crash(engine: &Engine, run: Uuid, crash_at: &str) {
             limit: 1,
             lease: CRASH_LEASE,
             now: engine.clock.now(),
+            exclude: vec![],
         })
         .await
         .unwrap();

@@ -999,7 +999,16 @@ async fn reveal_key(
             Err(ApiError::conflict(e.to_string()))
         }
         Err(waymark_engine::keys::RevealError::Store(e)) => Err(e.into()),
-        Err(e @ waymark_engine::keys::RevealError::Unsealable) => Err(ApiError::internal(&e)),
+        // This process cannot open it but one with the right master key can (behind
+        // the same load balancer, or after WAYMARK_MASTER_KEY is fixed): the secret
+        // is kept, and the ids say what to fix.
+        Err(
+            e @ (waymark_engine::keys::RevealError::OtherMasterKey { .. }
+            | waymark_engine::keys::RevealError::Unsealable { .. }),
+        ) => {
+            tracing::error!(key = %id, error = %e, "cannot reveal a sealed secret");
+            Err(ApiError::unavailable(e.to_string()))
+        }
     }
 }
 

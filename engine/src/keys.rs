@@ -184,12 +184,50 @@ mod tests {
             "bound to the master key"
         );
         assert!(Sealer::from_base64("c2hvcnQ=").is_err());
+        assert_eq!(sealer.key_id(), Sealer::from_bytes([7; 32]).key_id());
+        assert_ne!(sealer.key_id(), Sealer::from_bytes([8; 32]).key_id());
+        assert_eq!(sealer.key_id().len(), 16);
+        assert!(!format!("{sealer:?}").contains(&hex::encode([7u8; 32])));
         let dir = std::env::temp_dir().join(format!("waymark-master-{}", uuid::Uuid::now_v7()));
         let path = dir.join("master.key");
         let first = Sealer::load_or_create(&path).unwrap();
         let again = Sealer::load_or_create(&path).unwrap();
         assert_eq!(again.open(id, &first.seal(id, &secret)), Some(secret));
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_secret_sealed_by_another_master_key_is_refused_by_name() {
+        let (ours, theirs) = (Sealer::from_bytes([1; 32]), Sealer::from_bytes([2; 32]));
+        let id = uuid::Uuid::now_v7();
+        let secret = Secret::generate();
+        let sealed = crate::store::SealedSecret {
+            ciphertext: theirs.seal(id, &secret),
+            master_key_id: Some(theirs.key_id().to_owned()),
+        };
+        match ours.open_sealed(id, &sealed) {
+            Err(RevealError::OtherMasterKey {
+                sealed_by,
+                ours: mine,
+            }) => {
+                assert_eq!(
+                    (sealed_by.as_str(), mine.as_str()),
+                    (theirs.key_id(), ours.key_id())
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(theirs.open_sealed(id, &sealed).unwrap(), secret);
+        // Sealed before ids were recorded: tried, and refused if it does not open.
+        let legacy = crate::store::SealedSecret {
+            master_key_id: None,
+            ..sealed
+        };
+        assert!(matches!(
+            ours.open_sealed(id, &legacy),
+            Err(RevealError::Unsealable { .. })
+        ));
+        assert_eq!(theirs.open_sealed(id, &legacy).unwrap(), secret);
     }
 
     #[test]
@@ -264,7 +302,10 @@ pub fn prepare_key(
         .expect("secrets are made or parsed with a prefix")
         .to_owned();
     let id = uuid::Uuid::now_v7();
-    let sealed_secret = sealer.map(|s| s.seal(id, secret));
+    let sealed_secret = sealer.map(|s| crate::store::SealedSecret {
+        ciphertext: s.seal(id, secret),
+        master_key_id: Some(s.key_id().to_owned()),
+    });
     let key = crate::store::NewKey {
         id,
         tenant: request.tenant.clone(),
@@ -295,21 +336,27 @@ pub fn prepare_key(
     (key, audit)
 }
 
-/// Why a reveal did not return a secret.
+/// Why a reveal did not return a secret. Every refusal keeps the sealed secret.
 #[derive(Debug, thiserror::Error)]
 pub enum RevealError {
     #[error("key not found")]
     NotFound,
     #[error("this key has no secret waiting to be revealed (it was shown when created, or revealed already)")]
     NothingToReveal,
-    #[error("the sealed secret cannot be opened with this master key")]
-    Unsealable,
+    #[error("this key's secret was sealed by master key {sealed_by}, and this process has master key {ours}; \
+             the secret is kept: set WAYMARK_MASTER_KEY to the same master key on every Waymark process")]
+    OtherMasterKey { sealed_by: String, ours: String },
+    #[error("this key's secret does not open with this process's master key {ours} (sealed before master key \
+             ids were recorded, by another master key, or damaged); the secret is kept: set WAYMARK_MASTER_KEY \
+             to the master key that sealed it")]
+    Unsealable { ours: String },
     #[error(transparent)]
     Store(#[from] crate::StoreError),
 }
 
-/// Reveals a sealed secret once: the ciphertext is deleted in the same transaction
-/// that records the reveal, so a second reveal finds nothing.
+/// Reveals a sealed secret once. It is opened first, inside the transaction that
+/// holds the key's row; only if it opens is the ciphertext deleted, with the reveal's
+/// audit record, so a second reveal finds nothing and a failed one loses nothing.
 pub async fn reveal(
     store: &crate::store::Store,
     sealer: &Sealer,
@@ -332,12 +379,18 @@ pub async fn reveal(
         address,
         at: now,
     };
-    let sealed = store
-        .key_take_sealed(scope, id, now, &audit)
+    use crate::store::SealedTake;
+    match store
+        .key_take_sealed(scope, id, now, &audit, |sealed| {
+            sealer.open_sealed(id, sealed)
+        })
         .await?
-        .ok_or(RevealError::NotFound)?
-        .ok_or(RevealError::NothingToReveal)?;
-    sealer.open(id, &sealed).ok_or(RevealError::Unsealable)
+    {
+        SealedTake::Taken(secret) => Ok(secret),
+        SealedTake::Kept(refused) => Err(refused),
+        SealedTake::NotFound => Err(RevealError::NotFound),
+        SealedTake::NothingSealed => Err(RevealError::NothingToReveal),
+    }
 }
 
 /// Seals secrets with ChaCha20-Poly1305 under the installation's master key. The
@@ -346,11 +399,12 @@ pub async fn reveal(
 #[derive(Clone)]
 pub struct Sealer {
     cipher: chacha20poly1305::ChaCha20Poly1305,
+    key_id: String,
 }
 
 impl fmt::Debug for Sealer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Sealer(…)")
+        write!(f, "Sealer({})", self.key_id)
     }
 }
 
@@ -373,7 +427,38 @@ impl Sealer {
         use chacha20poly1305::KeyInit;
         Sealer {
             cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()),
+            key_id: hex::encode(&Sha256::digest(key)[..8]),
         }
+    }
+
+    /// Names the master key without revealing it: the first 8 bytes of its SHA-256,
+    /// in hex. Stored with every secret it seals, and shown in errors and logs, so
+    /// that processes whose master keys differ can say so.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Opens a stored sealed secret, refusing one sealed by another master key
+    /// without trying it.
+    pub fn open_sealed(
+        &self,
+        key_id: uuid::Uuid,
+        sealed: &crate::store::SealedSecret,
+    ) -> Result<Secret, RevealError> {
+        if let Some(sealed_by) = sealed
+            .master_key_id
+            .as_ref()
+            .filter(|by| **by != self.key_id)
+        {
+            return Err(RevealError::OtherMasterKey {
+                sealed_by: sealed_by.clone(),
+                ours: self.key_id.clone(),
+            });
+        }
+        self.open(key_id, &sealed.ciphertext)
+            .ok_or_else(|| RevealError::Unsealable {
+                ours: self.key_id.clone(),
+            })
     }
 
     /// A random master key that lives as long as the process (tests, defaults).

@@ -143,6 +143,22 @@ impl Runner {
                     limit: free as u32,
                     lease: self.config.lease,
                     now: self.engine.clock.now(),
+                    // Why exclude rather than re-claim and cancel: heartbeats that fail
+                    // for longer than the lease (a database restart) leave runs whose
+                    // step still runs here with an expired lease. Claiming one again
+                    // would start a second attempt before the first has stopped (a
+                    // cancelled step only stops at its next await, and its task must
+                    // still unwind). Excluded, the run waits for its attempt here to
+                    // end: the heartbeat then finds the lease gone and cancels it, or
+                    // its commit is refused; either way the task leaves `in_hand` and
+                    // the next claim may take the run. Only this loop adds to
+                    // `in_hand`, so this list is exact for the claim below.
+                    exclude: in_hand
+                        .lock()
+                        .expect("in-hand lock")
+                        .keys()
+                        .copied()
+                        .collect(),
                 };
                 match store.run_claim(&request).await {
                     Ok(runs) => {
@@ -164,13 +180,18 @@ impl Runner {
                             let Some(lease) = run.lease() else { continue };
                             let lost = CancellationToken::new();
                             let cancel = lost.child_token();
-                            in_hand.lock().expect("in-hand lock").insert(
+                            let previous = in_hand.lock().expect("in-hand lock").insert(
                                 run.id,
                                 InHand {
                                     lease,
                                     lost: lost.clone(),
                                     cancel: cancel.clone(),
                                 },
+                            );
+                            debug_assert!(
+                                previous.is_none(),
+                                "claimed run {} this worker still holds",
+                                run.id
                             );
                             tasks.spawn(drive(
                                 self.engine.clone(),
@@ -269,16 +290,22 @@ impl Runner {
 }
 
 /// Removes a run from the in-hand map however its task ends (a panic included), so
-/// the heartbeat stops extending a lease nobody works under.
+/// the heartbeat stops extending a lease nobody works under. Only its own entry: an
+/// entry under another lease is not this attempt's to remove.
 struct InHandGuard {
     in_hand: InHandMap,
-    run_id: Uuid,
+    lease: Lease,
 }
 
 impl Drop for InHandGuard {
     fn drop(&mut self) {
         if let Ok(mut map) = self.in_hand.lock() {
-            map.remove(&self.run_id);
+            if map
+                .get(&self.lease.run_id)
+                .is_some_and(|h| h.lease == self.lease)
+            {
+                map.remove(&self.lease.run_id);
+            }
         }
     }
 }
@@ -293,10 +320,8 @@ async fn drive(
     in_hand: InHandMap,
     _permit: OwnedSemaphorePermit,
 ) {
-    let _guard = InHandGuard {
-        in_hand,
-        run_id: run.id,
-    };
+    let Some(lease) = run.lease() else { return };
+    let _guard = InHandGuard { in_hand, lease };
     loop {
         let span = tracing::info_span!("step", run = %run.id, workflow = %run.workflow,
             state = %run.state, visit = run.visit, attempt = run.attempt);

@@ -302,17 +302,25 @@ impl Store {
         dispatch!(self, s => s.key_revoke(scope, id, actor, now, audit).await)
     }
 
-    /// Takes a key's sealed secret for its one reveal: `None` if no such key,
-    /// `Some(None)` if nothing waits to be revealed (never sealed, or revealed before).
-    /// The ciphertext is deleted and the audit record appended in the same transaction.
-    pub async fn key_take_sealed(
+    /// Takes a key's sealed secret for its one reveal. `open` runs inside the
+    /// transaction that holds the key's row: only when it succeeds are the ciphertext
+    /// deleted and the audit record appended, so a secret that does not open (another
+    /// master key) is kept, and of two concurrent reveals only one gets the secret.
+    pub async fn key_take_sealed<T, E>(
         &self,
         scope: &TenantScope,
         id: Uuid,
         now: DateTime<Utc>,
         audit: &NewAudit,
-    ) -> StoreResult<Option<Option<String>>> {
-        dispatch!(self, s => s.key_take_sealed(scope, id, now, audit).await)
+        open: impl FnOnce(&SealedSecret) -> Result<T, E> + Send,
+    ) -> StoreResult<SealedTake<T, E>> {
+        dispatch!(self, s => s.key_take_sealed(scope, id, now, audit, open).await)
+    }
+
+    /// How many sealed secrets wait to be revealed, per id of the master key that
+    /// sealed them (`None`: sealed before ids were recorded).
+    pub async fn keys_sealed_by(&self) -> StoreResult<Vec<(Option<String>, i64)>> {
+        dispatch!(self, s => s.keys_sealed_by().await)
     }
 
     /// Suspends (`Some(when)`) or restores (`None`) every key of `tenant`.

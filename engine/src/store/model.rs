@@ -226,6 +226,9 @@ pub struct ClaimRequest {
     pub lease: Duration,
     /// The engine clock's now: what is due is judged by it.
     pub now: DateTime<Utc>,
+    /// Runs whose attempt this worker is still running: never claimed, even with an
+    /// expired lease, so one process never runs two attempts of one run.
+    pub exclude: Vec<Uuid>,
 }
 
 /// Where a committed transition leaves the run.
@@ -466,8 +469,31 @@ pub struct NewKey {
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: String,
     /// The secret sealed for a later one-time reveal, when nobody saw it at creation.
-    pub sealed_secret: Option<String>,
+    pub sealed_secret: Option<SealedSecret>,
     pub now: DateTime<Utc>,
+}
+
+/// A key's secret sealed under a master key, as stored until its one reveal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// `base64(nonce || ciphertext)`.
+    pub ciphertext: String,
+    /// The id of the master key that sealed it ([`crate::keys::Sealer::key_id`]);
+    /// `None` for secrets sealed before ids were recorded.
+    pub master_key_id: Option<String>,
+}
+
+/// What [`crate::Store::key_take_sealed`] did with a key's sealed secret.
+#[derive(Debug)]
+pub enum SealedTake<T, E> {
+    /// No such key in the caller's scope.
+    NotFound,
+    /// The key has no sealed secret (shown at creation, or revealed before).
+    NothingSealed,
+    /// The secret opened: its ciphertext is deleted and the reveal audited.
+    Taken(T),
+    /// The secret did not open: nothing changed, the ciphertext is kept.
+    Kept(E),
 }
 
 /// A stored key (never its secret).

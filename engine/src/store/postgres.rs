@@ -22,8 +22,8 @@ use super::{
     check_schema_not_newer, from_json, json_error, latest_version, opt_from_json, parse_error,
     parse_status, to_json, AuditEntry, CatchUp, ClaimRequest, Commit, CompensationRecord, Held,
     HistoryEntry, KeyRecord, Lease, NewAudit, NewHistory, NewKey, NewRun, NewSignal, Next, Outcome,
-    Overlap, Run, RunFilter, Schedule, ScheduleAdvance, SignalReceipt, SignalRecord, Started,
-    StoreResult, TenantScope, WorkerInfo,
+    Overlap, Run, RunFilter, Schedule, ScheduleAdvance, SealedSecret, SealedTake, SignalReceipt,
+    SignalRecord, Started, StoreResult, TenantScope, WorkerInfo,
 };
 use crate::error::StoreError;
 
@@ -750,6 +750,7 @@ impl PgStore {
                               WHERE k.name = r.workflow AND r.workflow_version <= k.version)
                   AND (r.capability IS NULL OR r.capability = ANY($4::text[])
                        OR r.status = 'compensating')
+                  AND NOT (r.id = ANY($8::uuid[]))
                 ORDER BY r.due_at
                 LIMIT $5
                 FOR UPDATE SKIP LOCKED
@@ -772,6 +773,7 @@ impl PgStore {
         .bind(req.limit as i64)
         .bind(req.worker_id)
         .bind(secs(req.lease))
+        .bind(&req.exclude)
         .fetch_all(&self.pool)
         .await?;
         rows_to_runs(rows)
@@ -1313,36 +1315,58 @@ impl PgStore {
         row.map(KeyRecord::try_from).transpose()
     }
 
-    pub(super) async fn key_take_sealed(
+    pub(super) async fn key_take_sealed<T, E>(
         &self,
         scope: &TenantScope,
         id: Uuid,
         now: DateTime<Utc>,
         audit: &NewAudit,
-    ) -> StoreResult<Option<Option<String>>> {
+        open: impl FnOnce(&SealedSecret) -> Result<T, E> + Send,
+    ) -> StoreResult<SealedTake<T, E>> {
         let mut tx = self.pool.begin().await?;
-        let found: Option<(Option<String>,)> = sqlx::query_as(
-            "SELECT sealed_secret FROM waymark_keys WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE",
+        let found: Option<(Option<String>, Option<String>)> = sqlx::query_as(
+            r#"SELECT sealed_secret, sealed_master_key_id FROM waymark_keys
+               WHERE id = $1 AND ($2::text IS NULL OR tenant = $2) FOR UPDATE"#,
         )
         .bind(id)
         .bind(scope.tenant())
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((sealed,)) = found else {
-            return Ok(None);
+        let Some((sealed, master_key_id)) = found else {
+            return Ok(SealedTake::NotFound);
         };
-        if sealed.is_some() {
-            sqlx::query(
-                "UPDATE waymark_keys SET sealed_secret = NULL, revealed_at = $2 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            insert_audit(&mut tx, audit).await?;
-        }
+        let Some(ciphertext) = sealed else {
+            return Ok(SealedTake::NothingSealed);
+        };
+        let opened = match open(&SealedSecret {
+            ciphertext,
+            master_key_id,
+        }) {
+            Ok(opened) => opened,
+            // Dropping the transaction rolls it back: the ciphertext stays.
+            Err(refused) => return Ok(SealedTake::Kept(refused)),
+        };
+        sqlx::query(
+            r#"UPDATE waymark_keys SET sealed_secret = NULL, sealed_master_key_id = NULL, revealed_at = $2
+               WHERE id = $1"#,
+        )
+        .bind(id)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        insert_audit(&mut tx, audit).await?;
         tx.commit().await?;
-        Ok(Some(sealed))
+        Ok(SealedTake::Taken(opened))
+    }
+
+    pub(super) async fn keys_sealed_by(&self) -> StoreResult<Vec<(Option<String>, i64)>> {
+        Ok(sqlx::query_as(
+            r#"SELECT sealed_master_key_id, count(*) FROM waymark_keys
+               WHERE sealed_secret IS NOT NULL GROUP BY sealed_master_key_id
+               ORDER BY sealed_master_key_id"#,
+        )
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(super) async fn keys_suspend(
@@ -1723,8 +1747,9 @@ impl PgStore {
 async fn insert_key(conn: &mut PgConnection, key: &NewKey) -> StoreResult<KeyRow> {
     Ok(sqlx::query_as(
         r#"INSERT INTO waymark_keys (id, tenant, prefix, secret_hash, scopes, name, owner_email,
-                   created_at, created_by, expires_at, sealed_secret)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) RETURNING *"#,
+                   created_at, created_by, expires_at, sealed_secret,
+                   sealed_master_key_id)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING *"#,
     )
     .bind(key.id)
     .bind(&key.tenant)
@@ -1736,7 +1761,12 @@ async fn insert_key(conn: &mut PgConnection, key: &NewKey) -> StoreResult<KeyRow
     .bind(key.now)
     .bind(&key.created_by)
     .bind(key.expires_at)
-    .bind(&key.sealed_secret)
+    .bind(key.sealed_secret.as_ref().map(|s| &s.ciphertext))
+    .bind(
+        key.sealed_secret
+            .as_ref()
+            .and_then(|s| s.master_key_id.as_ref()),
+    )
     .fetch_one(&mut *conn)
     .await?)
 }
