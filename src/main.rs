@@ -103,31 +103,19 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     waymark_workflows::tenants::plans::sync(&store, &plans, chrono::Utc::now())
         .await
         .context("cannot store the tenant plans")?;
-    let mut registry = waymark_workflows::registry(waymark_workflows::Deps {
+    let registry = waymark_workflows::registry(waymark_workflows::Deps {
         store: store.clone(),
         mailer: mailer.clone(),
         blobs: blobs.clone(),
         sealer: sealer.clone(),
         data_dir: config.data_dir.clone(),
         tenant_retention: config.tenant_retention,
+        rotation: waymark_workflows::key_rotation::RotationSettings {
+            reveal_max_wait: config.rotation_reveal_max_wait,
+            ..Default::default()
+        },
     })
     .context("invalid built-in workflow")?;
-    registry
-        .register(waymark_workflows::key_rotation::KeyRotation {
-            store: store.clone(),
-            mailer: mailer.clone(),
-            sealer: sealer.clone(),
-            settings: waymark_workflows::key_rotation::RotationSettings {
-                reveal_max_wait: config.rotation_reveal_max_wait,
-                ..Default::default()
-            },
-        })
-        .context("invalid key rotation workflow")?;
-    registry
-        .register(waymark_workflows::housekeeping::Retention::new(
-            store.clone(),
-        ))
-        .context("invalid housekeeping workflow")?;
     let engine =
         Engine::new(store, Arc::new(registry), Arc::new(SystemClock)).with_limits(Limits {
             max_payload: config.max_payload,

@@ -25,6 +25,7 @@ on_both_backends!(
     heartbeat_extends_only_the_listed_runs_still_held,
     release_returns_the_run_without_spending_an_attempt,
     retention_deletes_finished_runs_with_their_history,
+    retention_keeps_held_runs_and_families_still_in_use,
     database_rejects_statuses_and_timestamps_the_lifecycle_forbids,
     a_schema_newer_than_the_binary_is_refused,
     worker_registry_records_heartbeats_and_stops,
@@ -646,12 +647,22 @@ async fn retention_deletes_finished_runs_with_their_history(db: TestDb) {
     let future = chrono::Utc::now() + chrono::Duration::days(1);
     assert_eq!(
         db.store
-            .runs_delete_finished(chrono::Utc::now() - chrono::Duration::days(1), 100)
+            .runs_delete_finished(
+                &TenantScope::All,
+                chrono::Utc::now() - chrono::Duration::days(1),
+                100
+            )
             .await
             .unwrap(),
         0
     );
-    assert_eq!(db.store.runs_delete_finished(future, 100).await.unwrap(), 1);
+    assert_eq!(
+        db.store
+            .runs_delete_finished(&TenantScope::All, future, 100)
+            .await
+            .unwrap(),
+        1
+    );
     assert!(db
         .store
         .run_get(&TenantScope::All, done.id)
@@ -866,4 +877,109 @@ async fn concurrent_migrations_on_one_postgres_database_all_succeed() {
         .execute(&mut admin)
         .await
         .unwrap();
+}
+
+/// Shapes run `id` as the lifecycle allows, as a test factory: the store has no
+/// method that writes these states directly.
+async fn shape(db: &TestDb, id: Uuid, how: &str) {
+    let set = match how {
+        "completed" => {
+            "status = 'completed', output = '{}', due_at = NULL, finished_at = created_at"
+        }
+        "held" => {
+            "status = 'failed', held = true, due_at = NULL, finished_at = created_at, \
+             error = '{\"kind\":\"fatal\",\"message\":\"boom\",\"causes\":[]}'"
+        }
+        other => panic!("unknown shape {other}"),
+    };
+    db.execute(&format!("UPDATE waymark_runs SET {set} WHERE id = '{id}'"))
+        .await
+        .unwrap();
+}
+
+async fn child_of(db: &TestDb, child: Uuid, parent: Uuid) {
+    db.execute(&format!(
+        "UPDATE waymark_runs SET parent_id = '{parent}', parent_visit = 1, child_index = 0 WHERE id = '{child}'"
+    ))
+    .await
+    .unwrap();
+}
+
+async fn retention_keeps_held_runs_and_families_still_in_use(db: TestDb) {
+    let mut ids = std::collections::BTreeMap::new();
+    for name in [
+        "done",
+        "held",
+        "live_parent",
+        "its_done_child",
+        "done_parent",
+        "its_live_child",
+        "held_parent",
+        "its_child",
+        "old_parent",
+        "old_child",
+        "other_tenant",
+    ] {
+        let tenant = if name == "other_tenant" {
+            "globex"
+        } else {
+            "acme"
+        };
+        let run = db
+            .store
+            .run_start(new_run("w", tenant, None, json!({})))
+            .await
+            .unwrap()
+            .run;
+        ids.insert(name, run.id);
+    }
+    for name in [
+        "done",
+        "its_done_child",
+        "done_parent",
+        "its_child",
+        "old_parent",
+        "old_child",
+        "other_tenant",
+    ] {
+        shape(&db, ids[name], "completed").await;
+    }
+    for name in ["held", "held_parent"] {
+        shape(&db, ids[name], "held").await;
+    }
+    child_of(&db, ids["its_done_child"], ids["live_parent"]).await;
+    child_of(&db, ids["its_live_child"], ids["done_parent"]).await;
+    child_of(&db, ids["its_child"], ids["held_parent"]).await;
+    child_of(&db, ids["old_child"], ids["old_parent"]).await;
+
+    let future = chrono::Utc::now() + chrono::Duration::days(1);
+    let acme = TenantScope::Tenant("acme".into());
+    let mut deleted = 0;
+    // Batches of one: what a batch leaves must still be right for the next.
+    loop {
+        let batch = db
+            .store
+            .runs_delete_finished(&acme, future, 1)
+            .await
+            .unwrap();
+        if batch == 0 {
+            break;
+        }
+        deleted += batch;
+    }
+    let mut gone = Vec::new();
+    for (name, id) in &ids {
+        if db
+            .store
+            .run_get(&TenantScope::All, *id)
+            .await
+            .unwrap()
+            .is_none()
+        {
+            gone.push(*name);
+        }
+    }
+    gone.sort();
+    assert_eq!(gone, vec!["done", "old_child", "old_parent"]);
+    assert_eq!(deleted, 3);
 }

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
-use waymark_engine::{Clock, EngineError, Limits, RunStatus, StoreError, SystemClock, TenantScope};
+use waymark_engine::{
+    Clock, EngineError, Limits, RunStatus, StartRun, StoreError, SystemClock, TenantScope,
+};
 
 use crate::support::workflows::{flaky_policy, registry};
 use crate::support::{
@@ -111,7 +113,10 @@ async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb
     }
     // Retain 7 days: the run finished 11 days ago goes, the one from yesterday stays.
     let sweep = engine
-        .start(start_req("waymark.retention", json!({"older_than": "7d"})))
+        .start(StartRun {
+            tenant: waymark_engine::SYSTEM_TENANT.into(),
+            ..start_req("waymark.retention", json!({"older_than": "7d"}))
+        })
         .await
         .unwrap()
         .run;
@@ -137,10 +142,10 @@ async fn retention_sweep_deletes_only_runs_finished_before_the_cutoff(db: TestDb
     // Bad input is refused before anything runs.
     assert!(matches!(
         engine
-            .start(start_req(
-                "waymark.retention",
-                json!({"older_than": "soon"})
-            ))
+            .start(StartRun {
+                tenant: waymark_engine::SYSTEM_TENANT.into(),
+                ..start_req("waymark.retention", json!({"older_than": "soon"}))
+            })
             .await,
         Err(EngineError::InvalidInput(_))
     ));

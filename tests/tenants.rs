@@ -77,6 +77,9 @@ async fn s3_store() -> BlobStore {
 /// stopped). While down it accepts connections and closes them at once.
 struct S3Outage {
     up: Arc<std::sync::atomic::AtomicBool>,
+    /// Connections passed through, cut by [`S3Outage::fail`] (a client's pool would
+    /// otherwise keep using them).
+    links: Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
     store: BlobStore,
     task: tokio::task::JoinHandle<()>,
 }
@@ -90,6 +93,8 @@ impl S3Outage {
         let addr = listener.local_addr().unwrap();
         let up = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = up.clone();
+        let links = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let open = links.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut inbound, _)) = listener.accept().await {
                 if !flag.load(std::sync::atomic::Ordering::SeqCst) {
@@ -97,11 +102,12 @@ impl S3Outage {
                     continue;
                 }
                 let target = target.clone();
-                tokio::spawn(async move {
+                let link = tokio::spawn(async move {
                     if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
+                open.lock().unwrap().push(link.abort_handle());
             }
         });
         let config = S3Config {
@@ -109,11 +115,23 @@ impl S3Outage {
             ..s3_config(service_env("WAYMARK_TEST_S3_BUCKET"))
         };
         let store = BlobStore::S3(S3Store::connect(config).await.expect("s3 client"));
-        S3Outage { up, store, task }
+        S3Outage {
+            up,
+            links,
+            store,
+            task,
+        }
     }
 
     fn restore(&self) {
         self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn fail(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for link in self.links.lock().unwrap().drain(..) {
+            link.abort();
+        }
     }
 }
 
@@ -232,6 +250,7 @@ impl Install {
             sealer: sealer.clone(),
             data_dir: data_dir.clone(),
             tenant_retention: options.retention,
+            rotation: Default::default(),
         };
         let tenant_deps = TenantDeps::new(
             deps.store.clone(),
@@ -574,6 +593,7 @@ on_both_backends!(
     deprovisioning_then_restore_reactivates_the_tenant,
     cancelling_deprovisioning_before_deletion_reactivates_the_tenant,
     deprovisioning_deletes_everything_once_the_retention_is_over,
+    retention_keeps_a_held_deprovisioning_so_an_operator_can_retry_it,
     the_database_accepts_exactly_the_rust_tenant_statuses,
 );
 
@@ -1838,4 +1858,75 @@ async fn the_database_accepts_exactly_the_rust_tenant_statuses(db: TestDb) {
         .execute(&insert("t-bad", "failed").replace("'why'", "NULL"))
         .await
         .is_err());
+}
+
+async fn retention_keeps_a_held_deprovisioning_so_an_operator_can_retry_it(db: TestDb) {
+    let outage = S3Outage::start_down().await;
+    outage.restore();
+    let app = Install::with(
+        db,
+        Options {
+            blobs: Some(outage.store.clone()),
+            clock: Some(ManualClock::starting_now()),
+            ..Options::default()
+        },
+    )
+    .await;
+    app.active_tenant("holdout", &unique_email("holdout")).await;
+    // The export cannot reach S3: the run fails after its retries and is held for an
+    // operator (`on_failure: hold`), the tenant suspended meanwhile.
+    outage.fail();
+    let run = deprovision(&app, "holdout").await;
+    let clock = app.clock.clone().unwrap();
+    let store = app.store().clone();
+    let held =
+        crate::support::poll_until("the deprovisioning held", Duration::from_secs(90), || {
+            clock.advance(Duration::from_secs(5));
+            let store = store.clone();
+            async move {
+                let r = store
+                    .run_get(&TenantScope::All, run)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                if r.status == RunStatus::Failed {
+                    Ok(r)
+                } else {
+                    Err(format!("; last seen {r:?}"))
+                }
+            }
+        })
+        .await;
+    assert!(held.held, "{held:?}");
+    // An admin sweeps everything finished before now, through the API.
+    let (status, sweep) = app
+        .admin(
+            Method::POST,
+            "/v1/workflows/waymark.retention/runs",
+            Some(json!({"older_than": "0s"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{sweep}");
+    let sweep: Uuid = sweep["id"].as_str().unwrap().parse().unwrap();
+    app.wait_run_advancing(sweep, RunStatus::Completed).await;
+    let (status, body) = app
+        .admin(Method::GET, &format!("/v1/runs/{run}"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the held run survives retention: {body}"
+    );
+    // So the tenant's record still leads somewhere: the operator retries, and with S3
+    // back the deprovisioning goes on to its retention wait.
+    outage.restore();
+    let (status, body) = app
+        .admin(Method::POST, &format!("/v1/runs/{run}/retry"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    crate::support::wait_for_run(app.store(), run, "waiting in retain", |r| {
+        r.status == RunStatus::Waiting && r.state == "retain"
+    })
+    .await;
+    app.stop().await;
 }

@@ -92,7 +92,7 @@ impl Workflow for Retention {
         loop {
             let batch = self
                 .store
-                .runs_delete_finished(cutoff, BATCH)
+                .runs_delete_finished(ctx.scope(), cutoff, BATCH)
                 .await
                 .retryable()?;
             deleted += batch;

@@ -41,12 +41,21 @@ pub struct Deps {
     pub data_dir: PathBuf,
     /// `WAYMARK_TENANT_RETENTION`: how long a deprovisioned tenant stays restorable.
     pub tenant_retention: Duration,
+    /// How scheduled key rotations wait for their reveal and remind.
+    pub rotation: key_rotation::RotationSettings,
 }
 
-/// Every workflow Waymark ships with.
+/// Every workflow Waymark ships with, registered here and nowhere else.
 pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register(demo::Demo)?;
+    registry.register(housekeeping::Retention::new(deps.store.clone()))?;
+    registry.register(key_rotation::KeyRotation {
+        store: deps.store.clone(),
+        mailer: deps.mailer.clone(),
+        sealer: deps.sealer.clone(),
+        settings: deps.rotation,
+    })?;
     let tenants = tenants::TenantDeps::new(
         deps.store,
         deps.mailer,

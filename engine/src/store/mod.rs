@@ -242,13 +242,23 @@ impl Store {
         dispatch!(self, s => s.run_next_due().await)
     }
 
-    /// Deletes up to `limit` runs that finished before `before` (with their history).
+    /// Deletes up to `limit` runs of `scope` that finished before `before` (with their
+    /// history, signals and tags). Some finished runs are still needed, and stay:
+    /// - a failed run held for an operator (`on_failure: hold`): records such as a
+    ///   tenant's `deprovision_run_id` point to it, and an operator may retry it;
+    /// - a child whose parent has not ended or is held: a retried parent reads its
+    ///   children's results;
+    /// - a parent with a child that has not ended: the child reports to it.
+    ///
+    /// Anything else that names a run (a schedule's `last_run_id`, a tenant's
+    /// provisioning run) treats a missing run as an ended one.
     pub async fn runs_delete_finished(
         &self,
+        scope: &TenantScope,
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
-        dispatch!(self, s => s.runs_delete_finished(before, limit).await)
+        dispatch!(self, s => s.runs_delete_finished(scope, before, limit).await)
     }
 
     /// Runs matching `filter`, newest first, `limit` at most, strictly older than the

@@ -1045,15 +1045,25 @@ impl SqliteStore {
 
     pub(super) async fn runs_delete_finished(
         &self,
+        scope: &TenantScope,
         before: DateTime<Utc>,
         limit: u32,
     ) -> StoreResult<u64> {
+        // What stays is explained once, in `Store::runs_delete_finished`.
         let done = sqlx::query(
             r#"DELETE FROM waymark_runs WHERE id IN (
-                   SELECT id FROM waymark_runs WHERE finished_at < ?1 ORDER BY finished_at LIMIT ?2)"#,
+                   SELECT r.id FROM waymark_runs r
+                    WHERE r.finished_at < ?1 AND NOT r.held
+                      AND (?3 IS NULL OR r.tenant = ?3)
+                      AND NOT EXISTS (SELECT 1 FROM waymark_runs p WHERE p.id = r.parent_id
+                                         AND (p.finished_at IS NULL OR p.held))
+                      AND NOT EXISTS (SELECT 1 FROM waymark_runs c WHERE c.parent_id = r.id
+                                         AND c.finished_at IS NULL)
+                    ORDER BY r.finished_at LIMIT ?2)"#,
         )
         .bind(ms(before))
         .bind(limit as i64)
+        .bind(scope.tenant())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected())
