@@ -90,11 +90,11 @@ pub struct Config {
     pub concurrency: usize,
 
     /// Lease on a claimed run; heartbeats renew it every third of it.
-    #[arg(long, env = "WAYMARK_LEASE", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_LEASE", default_value = "30s", value_parser = bounded_duration, global = true)]
     pub lease: Duration,
 
     /// Fallback poll for due runs (notifications wake workers at once).
-    #[arg(long, env = "WAYMARK_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_POLL_INTERVAL", default_value = "5s", value_parser = bounded_duration, global = true)]
     pub poll_interval: Duration,
 
     /// Comma-separated capabilities this process advertises (e.g. transcode).
@@ -107,7 +107,7 @@ pub struct Config {
     pub capabilities: Vec<String>,
 
     /// How long running steps may finish after SIGTERM before their runs are released.
-    #[arg(long, env = "WAYMARK_SHUTDOWN_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_SHUTDOWN_GRACE", default_value = "10s", value_parser = bounded_duration, global = true)]
     pub shutdown_grace: Duration,
 
     /// Size limit in bytes for a run's input, state data and output.
@@ -116,11 +116,11 @@ pub struct Config {
 
     /// Finished runs are deleted this long after they finish (by the built-in
     /// `retention` schedule, daily at 03:17 UTC, whose input this sets).
-    #[arg(long, env = "WAYMARK_RETENTION", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_RETENTION", default_value = "30d", value_parser = bounded_duration, global = true)]
     pub retention: Duration,
 
     /// Deprovisioned tenants stay suspended (and restorable) this long before deletion.
-    #[arg(long, env = "WAYMARK_TENANT_RETENTION", default_value = "30d", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_TENANT_RETENTION", default_value = "30d", value_parser = bounded_duration, global = true)]
     pub tenant_retention: Duration,
 
     /// Tenant plans and their quotas: comma-separated `name:storage:runs` (storage in B,
@@ -148,7 +148,7 @@ pub struct Config {
     pub smtp_ca_file: Option<PathBuf>,
 
     /// Time limit for handing one message to the SMTP relay.
-    #[arg(long, env = "WAYMARK_SMTP_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_SMTP_TIMEOUT", default_value = "30s", value_parser = bounded_duration, global = true)]
     pub smtp_timeout: Duration,
 
     /// SMTP connections kept open per process.
@@ -216,12 +216,12 @@ pub struct Config {
     pub master_key: Option<String>,
 
     /// A key rotation's grace when the request names none.
-    #[arg(long, env = "WAYMARK_ROTATION_GRACE", default_value = "24h", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_ROTATION_GRACE", default_value = "24h", value_parser = bounded_duration, global = true)]
     pub rotation_grace: Duration,
 
     /// How long a scheduled rotation waits for its new secret to be revealed before it
     /// reminds the owner (it never revokes a key whose successor nobody has seen).
-    #[arg(long, env = "WAYMARK_ROTATION_REVEAL_MAX_WAIT", default_value = "7d", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "WAYMARK_ROTATION_REVEAL_MAX_WAIT", default_value = "7d", value_parser = bounded_duration, global = true)]
     pub rotation_reveal_max_wait: Duration,
 
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
@@ -309,4 +309,11 @@ impl Config {
             StoreConfig::Sqlite { .. } => "SQLite",
         }
     }
+}
+
+/// A duration setting: `humantime` syntax, at most the engine's longest duration, so no
+/// setting can overflow the arithmetic of leases, timers and retention.
+fn bounded_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    waymark_engine::workflow::check_duration(duration)
 }

@@ -151,6 +151,14 @@ async fn invalid_settings_are_refused_with_the_setting_named() {
         ("WAYMARK_LEASE", "soon", "--lease"),
         ("WAYMARK_WORKER_CONCURRENCY", "many", "--concurrency"),
         ("WAYMARK_MAX_PAYLOAD", "-1", "--max-payload"),
+        // Past the longest duration the engine takes: refused, never an overflow later.
+        ("WAYMARK_LEASE", "1000000y", "--lease"),
+        ("WAYMARK_RETENTION", "36501d", "--retention"),
+        (
+            "WAYMARK_TENANT_RETENTION",
+            "99999999999999999999y",
+            "--tenant-retention",
+        ),
     ];
     for (var, value, flag) in cases {
         let out = command(&db, &["migrate"])

@@ -26,6 +26,7 @@ on_both_backends!(
     an_admin_starts_only_the_system_workflows_that_allow_it,
     a_rotation_policy_schedule_cannot_be_pointed_at_another_key,
     a_step_reaches_only_its_own_tenant_unless_its_workflow_is_a_system_one,
+    extreme_durations_are_refused_naming_the_field_and_the_maximum,
 );
 
 /// Every shipped workflow registered, with an outbox mailer and local blobs: the
@@ -427,5 +428,113 @@ async fn a_step_reaches_only_its_own_tenant_unless_its_workflow_is_a_system_one(
         matches!(error, waymark_engine::EngineError::SystemTenantOnly { .. }),
         "{error}"
     );
+    api.stop().await;
+}
+
+/// Every duration a caller can send, at and past the edges: a clear 422 naming the
+/// field (and the maximum, where that is what is wrong), nothing started or changed,
+/// and the largest allowed value works.
+async fn extreme_durations_are_refused_naming_the_field_and_the_maximum(db: TestDb) {
+    let api = api_with_shipped_workflows(db).await;
+    let (key_id, operator) = api.key("alpha", &["operator"]).await;
+    let too_long = [
+        ("1000000y", "at most 36500d"),
+        ("36501d", "at most 36500d"),
+        ("99999999999999999999y", "invalid duration"),
+        ("-1s", "invalid duration"),
+        ("soon", "invalid duration"),
+    ];
+    for (value, why) in too_long {
+        let cases = [
+            (
+                Method::POST,
+                "/v1/workflows/demo/runs".to_owned(),
+                operator.clone(),
+                json!({"name": "Ada", "wait": value}),
+                "wait",
+            ),
+            (
+                Method::POST,
+                "/v1/workflows/demo/runs".to_owned(),
+                operator.clone(),
+                json!({"name": "Ada", "work": value}),
+                "work",
+            ),
+            (
+                Method::POST,
+                "/v1/workflows/waymark.retention/runs".to_owned(),
+                api.admin.clone(),
+                json!({"older_than": value}),
+                "older_than",
+            ),
+            (
+                Method::POST,
+                format!("/v1/keys/{key_id}/rotate"),
+                operator.clone(),
+                json!({"grace_period": value}),
+                "grace_period",
+            ),
+            (
+                Method::PUT,
+                format!("/v1/keys/{key_id}/rotation-policy"),
+                operator.clone(),
+                json!({"cron": "0 0 1 1 *", "grace_period": value}),
+                "grace_period",
+            ),
+        ];
+        for (method, path, key, body, field) in cases {
+            let (status, answer) = api
+                .call(method.clone(), &path, Some(&key), Some(body.clone()))
+                .await;
+            assert_eq!(
+                status,
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{method} {path} {body}: {answer}"
+            );
+            let detail = answer["detail"].as_str().unwrap();
+            let rotation_why = if why == "at most 36500d" {
+                why
+            } else {
+                "grace_period"
+            };
+            let expected = if field == "grace_period" {
+                rotation_why
+            } else {
+                why
+            };
+            assert!(
+                detail.contains(field) && detail.contains(expected),
+                "{method} {path} {body}: {detail}"
+            );
+        }
+    }
+    for workflow in ["demo", "waymark.retention", "key_rotation"] {
+        assert_eq!(runs_of(&api, workflow).await, 0, "{workflow}");
+    }
+    let (_, schedules) = api
+        .call(Method::GET, "/v1/schedules", Some(&operator), None)
+        .await;
+    assert_eq!(schedules["schedules"], json!([]));
+    // The maximum itself is fine, and the run it makes waits 100 years.
+    let run = api
+        .start_run(&operator, "demo", json!({"name": "Ada", "wait": "36500d"}))
+        .await;
+    let sleeping = crate::support::wait_for_run(
+        &api.engine.store,
+        run["id"].as_str().unwrap().parse().unwrap(),
+        "sleeping",
+        |r| r.status == RunStatus::Sleeping,
+    )
+    .await;
+    assert!(sleeping.due_at.unwrap() > chrono::Utc::now() + chrono::Duration::days(36_000));
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{key_id}/rotate"),
+            Some(&operator),
+            Some(json!({"grace_period": "36500d"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
     api.stop().await;
 }

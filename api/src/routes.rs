@@ -1065,7 +1065,8 @@ fn grace(text: Option<&str>, default: Duration) -> ApiResult<Duration> {
     if grace < Duration::from_secs(1) {
         return Err(ApiError::invalid("grace_period: at least 1s"));
     }
-    Ok(grace)
+    waymark_engine::workflow::check_duration(grace)
+        .map_err(|e| ApiError::invalid(format!("grace_period: {e}")))
 }
 
 async fn rotate_key(

@@ -33,6 +33,16 @@ pub struct PlanInput<'a> {
     pub upgrade: Option<Upgrade>,
 }
 
+/// When a step's timer fires: a delay too long to be a date fails the run with a
+/// clear error instead of overflowing.
+fn wake_at(wake: crate::workflow::Wake, input: &PlanInput<'_>) -> Result<DateTime<Utc>, StepError> {
+    wake.instant(input.now).ok_or_else(|| {
+        StepError::fatal(format!(
+            "a timer {wake:?} from now is beyond any date the engine can keep"
+        ))
+    })
+}
+
 /// The state `name` of `definition` with its data, as the store enters it.
 pub fn target(definition: &Definition, name: &str, data: Value) -> Target {
     let state = definition.state(name);
@@ -99,7 +109,7 @@ fn forward(
                 checked_target(definition, run, &state, data, EdgeKind::Timer, None, input)?;
             Ok(Outcome::Enter {
                 target,
-                next: Next::Sleep(wake.instant(input.now)),
+                next: Next::Sleep(wake_at(wake, input)?),
             })
         }
         RawTransition::Wait { on, timeout } => {
@@ -133,7 +143,7 @@ fn forward(
                     None,
                     input,
                 )?);
-                timeout_at = Some(wake.instant(input.now));
+                timeout_at = Some(wake_at(wake, input)?);
             }
             Ok(Outcome::Wait {
                 waiting,
@@ -687,6 +697,32 @@ mod tests {
             "{:?}",
             commit.outcome
         );
+    }
+
+    #[test]
+    fn a_timer_beyond_any_date_fails_the_run_instead_of_overflowing() {
+        for wake in [
+            Wake::After(Duration::MAX),
+            Wake::After(Duration::from_secs(u64::MAX / 2)),
+        ] {
+            let sleep = RawTransition::Sleep {
+                state: "c".into(),
+                data: json!("c"),
+                wake,
+            };
+            let wait = RawTransition::Wait {
+                on: vec![("go".into(), "b".into(), json!("b"))],
+                timeout: Some((wake, "c".into(), json!("c"))),
+            };
+            for t in [sleep, wait] {
+                let commit = plan(&signal_definition(), &run_in("a", 1), Ok(t), &input(&[]));
+                assert!(
+                    matches!(commit.outcome, Outcome::Fail { ref error, .. } if error.message.contains("beyond any date")),
+                    "{:?}",
+                    commit.outcome
+                );
+            }
+        }
     }
 
     #[test]

@@ -253,6 +253,30 @@ impl<S, O> Transition<S, O> {
     }
 }
 
+/// The longest duration Waymark takes from input: timers, grace periods, retention.
+/// Input over it is refused with a message naming the field; arithmetic past it is
+/// an error, never a panic.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// How [`MAX_DURATION`] reads in messages.
+pub const MAX_DURATION_TEXT: &str = "36500d (100 years)";
+
+/// Checks a duration taken from input against [`MAX_DURATION`].
+pub fn check_duration(duration: Duration) -> Result<Duration, String> {
+    if duration > MAX_DURATION {
+        Err(format!("must be at most {MAX_DURATION_TEXT}"))
+    } else {
+        Ok(duration)
+    }
+}
+
+/// `now + duration`, or `None` when that is not a representable instant.
+pub fn checked_after(now: DateTime<Utc>, duration: Duration) -> Option<DateTime<Utc>> {
+    chrono::Duration::from_std(duration)
+        .ok()
+        .and_then(|d| now.checked_add_signed(d))
+}
+
 /// When a durable timer fires.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wake {
@@ -261,12 +285,11 @@ pub enum Wake {
 }
 
 impl Wake {
-    pub fn instant(self, now: DateTime<Utc>) -> DateTime<Utc> {
+    /// The instant the timer fires; `None` for a delay too long to be a date.
+    pub fn instant(self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
-            Wake::After(delay) => {
-                now + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX)
-            }
-            Wake::At(at) => at,
+            Wake::After(delay) => checked_after(now, delay),
+            Wake::At(at) => Some(at),
         }
     }
 }

@@ -131,6 +131,8 @@ pub(crate) mod humantime_duration {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
         humantime::parse_duration(&text)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+            .map_err(|e| format!("invalid duration {text:?}: {e}"))
+            .and_then(waymark_engine::workflow::check_duration)
+            .map_err(serde::de::Error::custom)
     }
 }

@@ -379,9 +379,13 @@ impl Workflow for KeyRotation {
                     }));
                 }
                 let now = ctx.clock.now();
-                let ends_at = now
-                    + chrono::Duration::from_std(input.grace_period)
-                        .unwrap_or(chrono::Duration::MAX);
+                let ends_at = waymark_engine::workflow::checked_after(now, input.grace_period)
+                    .ok_or_else(|| {
+                        StepError::fatal(format!(
+                            "grace_period {:?} ends beyond any date",
+                            input.grace_period
+                        ))
+                    })?;
                 let until = if input.emergency {
                     "It was an emergency rotation: the old key is revoked now.".to_owned()
                 } else {

@@ -89,7 +89,9 @@ pub mod duration {
             return Ok(None);
         };
         humantime::parse_duration(&text)
+            .map_err(|e| format!("invalid duration {text:?}: {e}"))
+            .and_then(waymark_engine::workflow::check_duration)
             .map(Some)
-            .map_err(|e| serde::de::Error::custom(format!("invalid duration {text:?}: {e}")))
+            .map_err(serde::de::Error::custom)
     }
 }
