@@ -617,8 +617,67 @@ fn registry(probe: &Arc<SagaProbe>) -> Registry {
         .register(Kid(probe.clone()))
         .unwrap()
         .register(Versioned)
+        .unwrap()
+        .register(Chatter)
         .unwrap();
     registry
+}
+
+/// `a → b → completed` at once, accepting `note` signals it never waits for: every
+/// note ends queued, then unconsumed when the run ends.
+struct Chatter;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum ChatterState {
+    A,
+    B,
+}
+
+impl WorkflowState for ChatterState {
+    fn name(&self) -> &'static str {
+        match self {
+            ChatterState::A => "a",
+            ChatterState::B => "b",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "signal", content = "payload", rename_all = "snake_case")]
+enum ChatterSignal {
+    Note,
+}
+
+impl waymark_engine::WorkflowSignal for ChatterSignal {}
+
+impl Workflow for Chatter {
+    const NAME: &'static str = "chatter";
+    type Input = Value;
+    type State = ChatterState;
+    type Output = ();
+    type Signal = ChatterSignal;
+
+    fn definition() -> Definition {
+        Definition::new([StateDef::new("a").next("b"), StateDef::new("b").completes()])
+            .signal("note")
+    }
+
+    fn initial_state(_: &Value) -> ChatterState {
+        ChatterState::A
+    }
+
+    async fn step(
+        &self,
+        _: &StepContext,
+        _: &Value,
+        state: ChatterState,
+    ) -> Result<Transition<ChatterState, ()>, StepError> {
+        Ok(match state {
+            ChatterState::A => Transition::next(ChatterState::B),
+            ChatterState::B => Transition::complete(()),
+        })
+    }
 }
 
 fn signal(run_id: Uuid, name: &str, payload: Value, key: Option<&str>) -> SendSignal {
@@ -652,6 +711,7 @@ on_both_backends!(
     unknown_signals_bad_payloads_finished_runs_and_unawaited_only_while_waiting_signals_are_refused,
     a_wait_that_times_out_goes_to_its_timeout_state,
     signals_still_queued_when_the_run_ends_are_recorded_as_unconsumed,
+    signals_racing_a_runs_end_are_each_consumed_or_recorded_unconsumed,
     a_failure_compensates_completed_states_in_reverse_including_the_interrupted_one,
     cancelling_a_waiting_run_compensates_and_ends_cancelled,
     abort_compensates_and_ends_cancelled_with_its_reason,
@@ -1614,4 +1674,61 @@ async fn a_worker_leaves_runs_of_a_newer_version_alone_and_says_why(db: TestDb) 
         "{reason}"
     );
     runner.stop().await;
+}
+
+/// Signals sent in a tight loop while runs complete: whichever way each race goes, no
+/// signal of an ended run stays `queued`, and each unconsumed one has its history row.
+async fn signals_racing_a_runs_end_are_each_consumed_or_recorded_unconsumed(db: TestDb) {
+    let (_, engine, _) = setup(&db).await;
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let mut senders = Vec::new();
+    for _ in 0..40 {
+        let run = engine
+            .start(start_req("chatter", json!({})))
+            .await
+            .unwrap()
+            .run;
+        let engine = engine.clone();
+        senders.push(tokio::spawn(async move {
+            let mut accepted = 0;
+            // Until the run's end refuses the next one (bounded, should it never end).
+            for _ in 0..10_000 {
+                match engine
+                    .signal(&ALL, signal(run.id, "note", json!(null), None))
+                    .await
+                {
+                    Ok(_) => accepted += 1,
+                    Err(waymark_engine::EngineError::Conflict(_)) => break,
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            (run.id, accepted)
+        }));
+    }
+    let mut accepted_total = 0;
+    for sender in senders {
+        let (run, accepted) = sender.await.unwrap();
+        accepted_total += accepted;
+        wait_for_status(&db.store, run, RunStatus::Completed).await;
+    }
+    runner.stop().await;
+    assert!(
+        accepted_total > 0,
+        "some signals arrived before the runs ended"
+    );
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM waymark_signals s JOIN waymark_runs r ON r.id = s.run_id \
+             WHERE s.status = 'queued' AND r.finished_at IS NOT NULL"
+        )
+        .await,
+        0,
+        "no signal of an ended run is left queued"
+    );
+    assert_eq!(
+        db.scalar_i64("SELECT count(*) FROM waymark_signals WHERE status = 'unconsumed'")
+            .await,
+        db.scalar_i64("SELECT count(*) FROM waymark_history WHERE cause = 'signal_unconsumed'")
+            .await,
+    );
 }

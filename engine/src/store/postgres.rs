@@ -213,9 +213,15 @@ WITH ins AS (
 SELECT * FROM ins
 "#;
 
-/// The one-statement commit for hot transitions. Its extra conditions (no parent, no
-/// pending cancellation, no queued signal when the run ends) send every other case to
-/// the transactional path, which re-checks the fence and applies the full rules.
+/// The one-statement commit for hot transitions that do not end the run. Its extra
+/// conditions (no parent, no pending cancellation) send every other case to the
+/// transactional path, which re-checks the fence and applies the full rules.
+///
+/// Ending a run is never done here: it must record the run's queued signals as
+/// unconsumed, and a `NOT EXISTS (queued signal)` check in this statement would read
+/// the statement's snapshot, missing a signal whose transaction held the run's row
+/// lock while this statement waited for it. The transactional path takes the row lock
+/// first and reads the signals after, so it sees every signal committed before it.
 const COMMIT_FAST: &str = r#"
 WITH upd AS (
     UPDATE waymark_runs SET
@@ -238,8 +244,6 @@ WITH upd AS (
     WHERE id = $1 AND lease_token = $2 AND locked_by = $14 AND visit = $17
       AND status = 'running' AND lease_expires_at > now()
       AND parent_id IS NULL AND cancel_request IS NULL
-      AND ($12::timestamptz IS NULL OR NOT EXISTS (
-          SELECT 1 FROM waymark_signals s WHERE s.run_id = $1 AND s.status = 'queued'))
     RETURNING *
 ), hist AS (
     INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status, cause,
@@ -804,23 +808,13 @@ impl PgStore {
                         status,
                         target.state.as_str(),
                         Some(&target.data),
-                        None,
+                        None::<&Value>,
                         None,
                         true,
                         target.capability.clone(),
                         Some(due),
                     )
                 }
-                Outcome::Complete { output } => (
-                    "completed",
-                    commit.from_state.as_str(),
-                    None,
-                    Some(output),
-                    None,
-                    false,
-                    None,
-                    None,
-                ),
                 Outcome::Retry { error, due_at } => (
                     "retrying",
                     commit.from_state.as_str(),
@@ -833,7 +827,8 @@ impl PgStore {
                 ),
                 _ => return Ok(None),
             };
-        let finished_at = (to_status == "completed").then_some(commit.now);
+        // Kept as a parameter so the statement's shape stays that of every commit.
+        let finished_at: Option<DateTime<Utc>> = None;
         let (from_visit, from_attempt) = commit.from_position;
         let row: Option<RunRow> = sqlx::query_as(COMMIT_FAST)
             .bind(lease.run_id)
