@@ -110,6 +110,10 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_SHUTDOWN_GRACE", default_value = "10s", value_parser = bounded_duration, global = true)]
     pub shutdown_grace: Duration,
 
+    /// Workers stopped or silent this long leave the worker registry.
+    #[arg(long, env = "WAYMARK_WORKER_RETENTION", default_value = "24h", value_parser = bounded_duration, global = true)]
+    pub worker_retention: Duration,
+
     /// Size limit in bytes for a run's input, state data and output.
     #[arg(long, env = "WAYMARK_MAX_PAYLOAD", default_value_t = 256 * 1024, global = true)]
     pub max_payload: usize,

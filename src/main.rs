@@ -350,6 +350,13 @@ fn write_private(path: &std::path::Path, content: &str) -> std::io::Result<()> {
         options.mode(0o600);
     }
     let mut file = options.open(path)?;
+    // `mode` applies only when the file is created: one left from before keeps its
+    // permissions unless they are set again.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
     writeln!(file, "{content}")
 }
 
@@ -412,6 +419,7 @@ fn runner_config(config: &Config) -> RunnerConfig {
         poll_interval: config.poll_interval,
         capabilities: config.capabilities.clone(),
         shutdown_grace: config.shutdown_grace,
+        worker_retention: config.worker_retention,
         ..RunnerConfig::default()
     }
 }

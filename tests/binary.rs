@@ -395,6 +395,15 @@ async fn first_start_creates_a_bootstrap_admin_key_and_keys_create_recovers_it()
         .parent()
         .unwrap()
         .to_path_buf();
+    // A world-readable file left from an earlier installation is overwritten, and its
+    // permissions are not kept.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let stale = data_dir.join("admin.key");
+        std::fs::write(&stale, "stale").unwrap();
+        std::fs::set_permissions(&stale, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let proc = spawn(&db, &["serve"]).await;
     let line = proc
         .printed

@@ -829,10 +829,21 @@ async fn worker_registry_records_heartbeats_and_stops(db: TestDb) {
     );
     assert_eq!(listed[0].capabilities, vec!["gpu".to_owned()]);
     assert!(listed[0].stopped_at.is_none());
+    let hour_ago = chrono::Utc::now() - chrono::Duration::hours(1);
+    let live = db.store.workers_live(hour_ago).await.unwrap();
+    assert_eq!(live.iter().map(|w| w.id).collect::<Vec<_>>(), vec![id]);
+    let in_a_minute = chrono::Utc::now() + chrono::Duration::minutes(1);
+    assert!(db.store.workers_live(in_a_minute).await.unwrap().is_empty());
     db.store.worker_stop(id).await.unwrap();
     let listed = db.store.worker_list().await.unwrap();
     assert!(listed[0].stopped_at.is_some());
     assert_eq!(listed[0].runs_in_hand, 0);
+    assert!(db.store.workers_live(hour_ago).await.unwrap().is_empty());
+    // Pruning forgets workers gone since before the cutoff, and only those.
+    assert_eq!(db.store.workers_prune(hour_ago).await.unwrap(), 0);
+    assert_eq!(db.store.worker_list().await.unwrap().len(), 1);
+    assert_eq!(db.store.workers_prune(in_a_minute).await.unwrap(), 1);
+    assert!(db.store.worker_list().await.unwrap().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1337,6 +1337,17 @@ async fn audit(
 async fn workers(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
     caller.require(Scope::Operator)?;
     let workers = state.engine.store.worker_list().await?;
+    let mut workers = serde_json::to_value(workers).map_err(|e| ApiError::internal(&e))?;
+    // Where Waymark runs (hosts, process ids) is the installation's business, not a
+    // tenant's: only an admin sees it.
+    if !caller.is_admin() {
+        for worker in workers.as_array_mut().into_iter().flatten() {
+            if let Some(fields) = worker.as_object_mut() {
+                fields.remove("host");
+                fields.remove("pid");
+            }
+        }
+    }
     Ok(Json(json!({ "workers": workers })))
 }
 

@@ -309,13 +309,7 @@ impl Engine {
         }
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(live_within).unwrap_or(chrono::Duration::MAX);
-        let live: Vec<_> = self
-            .store
-            .worker_list()
-            .await?
-            .into_iter()
-            .filter(|w| w.stopped_at.is_none() && w.last_heartbeat_at >= cutoff)
-            .collect();
+        let live = self.store.workers_live(cutoff).await?;
         let knows = |w: &crate::store::WorkerInfo| {
             w.workflows.iter().any(|entry| {
                 entry.rsplit_once('@').is_some_and(|(name, v)| {

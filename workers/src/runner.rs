@@ -34,6 +34,9 @@ pub struct RunnerConfig {
     pub shutdown_grace: Duration,
     /// After a run is cancelled, how long its running step may take to return.
     pub cancel_grace: Duration,
+    /// Workers stopped or silent this long are removed from the registry (by any
+    /// runner, at start and hourly).
+    pub worker_retention: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -46,6 +49,7 @@ impl Default for RunnerConfig {
             capabilities: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             cancel_grace: Duration::from_secs(10),
+            worker_retention: Duration::from_secs(86_400),
         }
     }
 }
@@ -106,6 +110,7 @@ impl Runner {
             .map_err(RunnerError::Register)?;
         tracing::info!(worker = %self.config.worker_id, concurrency = self.config.concurrency,
             capabilities = ?self.config.capabilities, "worker started");
+        prune_workers(&self.engine, &self.config).await;
 
         let in_hand: InHandMap = Arc::default();
         // Fires after the grace period: steps still running are abandoned and released.
@@ -766,10 +771,15 @@ async fn heartbeat_loop(
     stop: CancellationToken,
 ) {
     let period = config.lease / 3;
+    let mut pruned_at = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(period) => {}
+        }
+        if pruned_at.elapsed() >= Duration::from_secs(3600) {
+            pruned_at = tokio::time::Instant::now();
+            prune_workers(&engine, &config).await;
         }
         // Snapshot first: runs claimed after it are not judged by this beat.
         let snapshot: Vec<Lease> = in_hand
@@ -810,6 +820,22 @@ async fn heartbeat_loop(
         let count = in_hand.lock().map(|m| m.len()).unwrap_or(0) as i32;
         if let Err(error) = engine.store.worker_heartbeat(config.worker_id, count).await {
             tracing::warn!(error = %error_chain(&error), "worker heartbeat failed");
+        }
+    }
+}
+
+/// Removes workers long gone from the registry, so it stays as small as the fleet.
+async fn prune_workers(engine: &Engine, config: &RunnerConfig) {
+    let Some(before) = engine.clock.now().checked_sub_signed(
+        chrono::Duration::from_std(config.worker_retention).unwrap_or_default(),
+    ) else {
+        return;
+    };
+    match engine.store.workers_prune(before).await {
+        Ok(0) => {}
+        Ok(pruned) => tracing::info!(pruned, "removed workers gone since before {before}"),
+        Err(error) => {
+            tracing::warn!(error = %error_chain(&error), "cannot prune the worker registry")
         }
     }
 }

@@ -458,8 +458,20 @@ impl Store {
         dispatch!(self, s => s.worker_stop(id).await)
     }
 
+    /// Every registered worker, newest first.
     pub async fn worker_list(&self) -> StoreResult<Vec<WorkerInfo>> {
-        dispatch!(self, s => s.worker_list().await)
+        dispatch!(self, s => s.worker_list(None).await)
+    }
+
+    /// Workers not stopped that have heartbeated since `since` (an index serves it, so
+    /// a run's why-waiting line does not read the whole registry).
+    pub async fn workers_live(&self, since: DateTime<Utc>) -> StoreResult<Vec<WorkerInfo>> {
+        dispatch!(self, s => s.worker_list(Some(since)).await)
+    }
+
+    /// Forgets workers stopped, or silent, since before `before`.
+    pub async fn workers_prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        dispatch!(self, s => s.workers_prune(before).await)
     }
 }
 

@@ -1107,11 +1107,28 @@ impl SqliteStore {
         Ok(())
     }
 
-    pub(super) async fn worker_list(&self) -> StoreResult<Vec<WorkerInfo>> {
-        let rows: Vec<WorkerRow> =
-            sqlx::query_as("SELECT * FROM waymark_workers ORDER BY started_at DESC")
-                .fetch_all(&self.pool)
-                .await?;
+    pub(super) async fn workers_prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM waymark_workers WHERE COALESCE(stopped_at, last_heartbeat_at) < ?1",
+        )
+        .bind(ms(before))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    pub(super) async fn worker_list(
+        &self,
+        live_since: Option<DateTime<Utc>>,
+    ) -> StoreResult<Vec<WorkerInfo>> {
+        let rows: Vec<WorkerRow> = sqlx::query_as(
+            r#"SELECT * FROM waymark_workers
+                WHERE ?1 IS NULL OR (stopped_at IS NULL AND last_heartbeat_at >= ?1)
+                ORDER BY started_at DESC"#,
+        )
+        .bind(live_since.map(ms))
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(|w| {
                 Ok(WorkerInfo {
