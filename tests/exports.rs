@@ -16,6 +16,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use uuid::Uuid;
 use waymark_engine::RunStatus;
+use waymark_workflows::tenants::names::storage_prefix;
 use waymark_workflows::tenants::{record, TenantStatus};
 
 use crate::binary::{command, spawn_with};
@@ -222,7 +223,12 @@ async fn a_tenant_with_100000_runs_exports_in_bounded_memory(db: TestDb) {
                 .get_bytes(&format!("{prefix}manifest.json"), None)
                 .await
                 .unwrap();
+            // The bucket is shared: leave nothing of this test in it.
             store.delete_prefix(&prefix).await.unwrap();
+            store
+                .delete_prefix(&storage_prefix(&installation, slug))
+                .await
+                .unwrap();
             manifest
         }
         Backend::Sqlite => {
