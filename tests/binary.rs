@@ -17,11 +17,11 @@ use crate::support::{
 const BIN: &str = env!("CARGO_BIN_EXE_waymark");
 
 /// A `waymark` process; killed when dropped so a failing test leaves nothing behind.
-struct Proc {
-    child: Child,
-    addr: Option<String>,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
+    pub(crate) addr: Option<String>,
     /// What it printed before it started.
-    printed: Vec<String>,
+    pub(crate) printed: Vec<String>,
 }
 
 impl Drop for Proc {
@@ -30,7 +30,7 @@ impl Drop for Proc {
     }
 }
 
-fn command(db: &TestDb, args: &[&str]) -> Command {
+pub(crate) fn command(db: &TestDb, args: &[&str]) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_clear()
@@ -67,7 +67,7 @@ async fn spawn(db: &TestDb, args: &[&str]) -> Proc {
 /// Starts `waymark` and reads its stdout up to the line saying it started: the
 /// listening address (serve) or the worker's start line. Lines before it (the admin
 /// key printed on first start) are kept.
-async fn spawn_with(mut command: Command) -> Proc {
+pub(crate) async fn spawn_with(mut command: Command) -> Proc {
     let mut child = command.spawn().expect("spawn waymark");
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();

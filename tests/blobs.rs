@@ -146,6 +146,8 @@ on_both_stores!(
     list_and_delete_by_prefix,
     download_urls_work_until_they_expire,
     keys_that_could_escape_are_refused,
+    a_writer_streams_a_blob_in_parts_and_hashes_it,
+    an_aborted_or_dropped_writer_leaves_the_key_as_it_was,
 );
 
 /// Deterministic bytes that differ at every offset a bug could confuse.
@@ -508,4 +510,82 @@ async fn local_links_are_not_served_for_an_s3_store() {
     .status();
     server.abort();
     assert_eq!(status, 404);
+}
+
+async fn a_writer_streams_a_blob_in_parts_and_hashes_it(f: Fixture) {
+    // 12 MiB in uneven pieces: on S3, three 5 MiB parts whose boundaries fall inside
+    // pieces.
+    let data = pattern(12 * MIB as usize + 123, 5);
+    let key = f.key("streamed/writer.bin");
+    let mut writer = f
+        .store
+        .writer(&key, PutOptions::content_type("application/x-ndjson"))
+        .await
+        .unwrap();
+    for piece in data.chunks(999_983) {
+        writer.write(piece).await.unwrap();
+    }
+    let meta = writer.finish().await.unwrap();
+    assert_eq!(meta.size, data.len() as u64);
+    assert_eq!(meta.sha256.as_deref(), Some(sha256_hex(&data).as_str()));
+    let head = f.store.head(&key).await.unwrap().expect("written");
+    assert_eq!(head.size, data.len() as u64);
+    assert_eq!(head.content_type.as_deref(), Some("application/x-ndjson"));
+    // The full read verifies the stored checksum (composite over the parts on S3).
+    let back = f.store.get_bytes(&key, None).await.unwrap();
+    assert!(back == data, "{} bytes back, content differs", back.len());
+    if let BlobStore::S3(_) = &f.store {
+        let etag = head.etag.unwrap();
+        assert!(etag.trim_matches('"').ends_with("-3"), "{etag}");
+    }
+
+    // What fits in one part (or nothing at all) is one plain object.
+    for small in [b"one line\n".to_vec(), Vec::new()] {
+        let key = f.key("streamed/small");
+        let mut writer = f.store.writer(&key, PutOptions::default()).await.unwrap();
+        writer.write(&small).await.unwrap();
+        let meta = writer.finish().await.unwrap();
+        assert_eq!(meta.sha256.as_deref(), Some(sha256_hex(&small).as_str()));
+        assert_eq!(f.store.get_bytes(&key, None).await.unwrap(), small);
+    }
+    f.store.delete_prefix(&f.prefix).await.unwrap();
+}
+
+async fn an_aborted_or_dropped_writer_leaves_the_key_as_it_was(f: Fixture) {
+    let key = f.key("kept.txt");
+    f.store
+        .put_bytes(&key, b"the original", PutOptions::default())
+        .await
+        .unwrap();
+    // More than one part, so that S3 has a multipart upload under way.
+    let data = pattern(6 * MIB as usize, 1);
+    let mut aborted = f.store.writer(&key, PutOptions::default()).await.unwrap();
+    aborted.write(&data).await.unwrap();
+    aborted.write(&data).await.unwrap();
+    aborted.abort().await;
+    let mut dropped = f.store.writer(&key, PutOptions::default()).await.unwrap();
+    dropped.write(&data).await.unwrap();
+    drop(dropped);
+    let fresh = f.key("never.txt");
+    let mut never = f.store.writer(&fresh, PutOptions::default()).await.unwrap();
+    never.write(b"half").await.unwrap();
+    never.abort().await;
+
+    assert_eq!(
+        f.store.get_bytes(&key, None).await.unwrap(),
+        b"the original"
+    );
+    assert_eq!(f.store.head(&fresh).await.unwrap(), None);
+    assert_eq!(f.store.list(&f.prefix).await.unwrap().len(), 1);
+    if let BlobStore::Local(local) = &f.store {
+        let leftovers: Vec<_> = std::fs::read_dir(local.root().join("tmp"))
+            .unwrap()
+            .collect();
+        assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+    }
+    match f.store.writer("../escape", PutOptions::default()).await {
+        Err(BlobError::InvalidKey { .. }) => {}
+        other => panic!("expected InvalidKey, got {other:?}"),
+    }
+    f.store.delete_prefix(&f.prefix).await.unwrap();
 }

@@ -15,6 +15,7 @@ on_both_backends!(
     start_inserts_a_pending_run_with_its_started_history_row,
     same_idempotency_key_returns_the_same_run_and_another_input_conflicts,
     reads_are_scoped_to_the_tenant,
+    histories_of_many_runs_come_in_one_read_scoped_to_the_tenant,
     claim_takes_due_runs_once_and_fences_them,
     claim_skips_excluded_runs_even_with_an_expired_lease,
     claim_leaves_unknown_workflows_newer_versions_and_missing_capabilities_alone,
@@ -179,6 +180,56 @@ async fn reads_are_scoped_to_the_tenant(db: TestDb) {
         .await
         .unwrap()
         .is_none());
+}
+
+async fn histories_of_many_runs_come_in_one_read_scoped_to_the_tenant(db: TestDb) {
+    let mut ids = Vec::new();
+    for tenant in ["acme", "acme", "globex"] {
+        let run = db
+            .store
+            .run_start(new_run("w", tenant, None, json!({})))
+            .await
+            .unwrap()
+            .run;
+        ids.push(run.id);
+    }
+    let mine = TenantScope::Tenant("acme".into());
+    let each = |scope: TenantScope| {
+        let (store, ids) = (db.store.clone(), ids.clone());
+        async move {
+            let mut one_by_one = Vec::new();
+            for id in &ids {
+                one_by_one.extend(
+                    store
+                        .run_history(&scope, *id)
+                        .await
+                        .unwrap()
+                        .unwrap_or_default(),
+                );
+            }
+            one_by_one
+        }
+    };
+    let batched = db.store.runs_history(&mine, &ids).await.unwrap();
+    assert_eq!(
+        batched.len(),
+        2,
+        "one started row per acme run, none of globex's"
+    );
+    assert_eq!(batched, each(mine).await);
+    let all = db
+        .store
+        .runs_history(&TenantScope::All, &ids)
+        .await
+        .unwrap();
+    assert_eq!(all, each(TenantScope::All).await);
+    assert_eq!(all.len(), 3);
+    assert!(db
+        .store
+        .runs_history(&TenantScope::All, &[])
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 async fn claim_takes_due_runs_once_and_fences_them(db: TestDb) {

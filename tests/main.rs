@@ -11,6 +11,7 @@ mod binary;
 mod blobs;
 mod conformance;
 mod engine;
+mod exports;
 mod key_rotation;
 mod mail;
 mod schedules;

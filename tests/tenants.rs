@@ -319,11 +319,7 @@ impl Install {
             clock: options.clock,
             data_dir,
             stop,
-            _roles: RoleSweeper {
-                url: (db.backend == Backend::Postgres).then(|| db.location.clone()),
-                prefix: format!("waymark_{installation}_"),
-                data_dir: pg_data_dir,
-            },
+            _roles: RoleSweeper::new(&db, &installation, pg_data_dir),
             installation,
             db,
         }
@@ -532,11 +528,22 @@ impl Install {
 }
 
 /// Drops, when a test ends, the cluster-wide roles its installation created.
-struct RoleSweeper {
+pub(crate) struct RoleSweeper {
     url: Option<String>,
     prefix: String,
     /// A PostgreSQL test's data directory (SQLite's goes with its database).
     data_dir: Option<PathBuf>,
+}
+
+impl RoleSweeper {
+    /// Sweeps the roles of `installation` (PostgreSQL) and `data_dir` (if given).
+    pub(crate) fn new(db: &TestDb, installation: &str, data_dir: Option<PathBuf>) -> Self {
+        RoleSweeper {
+            url: (db.backend == Backend::Postgres).then(|| db.location.clone()),
+            prefix: format!("waymark_{installation}_"),
+            data_dir,
+        }
+    }
 }
 
 impl Drop for RoleSweeper {

@@ -20,8 +20,8 @@ pub mod blob;
 pub mod mail;
 
 pub use blob::{
-    BlobConfig, BlobError, BlobMeta, BlobStore, ByteRange, Download, LocalStore, PutOptions,
-    S3Config, S3Credentials, S3Store, UrlSigner,
+    BlobConfig, BlobError, BlobMeta, BlobStore, BlobWriter, ByteRange, Download, LocalStore,
+    PutOptions, S3Config, S3Credentials, S3Store, UrlSigner,
 };
 pub use mail::{
     Attachment, Email, MailConfig, MailError, Mailer, Rendered, Sent, SmtpOptions, Templates,

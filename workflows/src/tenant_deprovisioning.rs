@@ -25,6 +25,7 @@
 //! deletion began (↺) deletes the export and reactivates the tenant; once `purge` has
 //! begun, the tenant stays suspended and the export stays.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -32,13 +33,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
-use waymark_engine::store::{NewAudit, RunFilter};
+use waymark_engine::store::{HistoryEntry, NewAudit, RunFilter};
 use waymark_engine::{
     Access, Definition, OnFailure, RetryPolicy, RunStatus, StateDef, StepContext, StepError,
     StoreError, TenantScope, Transition, Wait, Workflow, WorkflowSignal, WorkflowState,
 };
 use waymark_services::PutOptions;
 
+use crate::tenants::export::{ExportedFile, JsonlWriter};
 use crate::tenants::names::export_prefix;
 use crate::tenants::record::{self, DeprovisionClaim, ResourceKind};
 use crate::tenants::{keys, space, storage, TenantDeps, TenantError};
@@ -388,63 +390,28 @@ impl TenantDeprovisioning {
         let deps = &self.deps;
         let installation = deps.installation().await?;
         let prefix = export_prefix(installation, slug, ctx.run_id);
-        let mut files = Vec::new();
-
-        for table in space::export(deps, slug).await? {
-            let key = format!("{prefix}tables/{}.jsonl", table.table);
-            files.push(put(deps, &key, table.jsonl.into_bytes(), table.rows).await?);
-        }
+        let mut files: Vec<ExportedFile> =
+            space::export(deps, slug, &format!("{prefix}tables/")).await?;
 
         let objects = storage::objects(deps, slug).await?;
-        let mut lines = String::new();
-        for object in &objects {
-            lines.push_str(
-                &json!({
-                    "key": object.key,
-                    "size": object.size,
-                    "etag": object.etag,
-                    "sha256": object.sha256,
-                    "last_modified": object.last_modified,
-                })
-                .to_string(),
-            );
-            lines.push('\n');
-        }
-        files.push(
-            put(
-                deps,
-                &format!("{prefix}objects.jsonl"),
-                lines.into_bytes(),
-                objects.len() as u64,
-            )
-            .await?,
-        );
+        let mut file = JsonlWriter::create(deps.blobs(), &format!("{prefix}objects.jsonl")).await?;
+        let filled = object_lines(&objects, &mut file).await;
+        files.push(file.finish_if(filled).await?);
 
-        let (runs, count) = runs_jsonl(deps, slug).await?;
-        files.push(
-            put(
-                deps,
-                &format!("{prefix}runs.jsonl"),
-                runs.into_bytes(),
-                count,
-            )
-            .await?,
-        );
+        let mut file = JsonlWriter::create(deps.blobs(), &format!("{prefix}runs.jsonl")).await?;
+        let filled = run_lines(deps, slug, &mut file).await;
+        files.push(file.finish_if(filled).await?);
 
         let mut summary = String::new();
         for file in &files {
-            summary.push_str(&format!(
-                "{}  {}\n",
-                file["sha256"].as_str().unwrap_or(""),
-                file["key"].as_str().unwrap_or("")
-            ));
+            summary.push_str(&format!("{}  {}\n", file.sha256, file.key));
         }
         let manifest = json!({
             "tenant": slug,
             "installation": installation,
             "run": ctx.run_id,
             "exported_at": ctx.clock.now(),
-            "files": files,
+            "files": files.iter().map(ExportedFile::manifest_entry).collect::<Vec<_>>(),
             // SHA-256 over `<sha256>  <key>\n` per file, in this order (sha256sum's format).
             "checksum": hex::encode(Sha256::digest(summary.as_bytes())),
         });
@@ -460,48 +427,51 @@ impl TenantDeprovisioning {
     }
 }
 
-/// Stores one export file and describes it for the manifest.
-async fn put(
-    deps: &TenantDeps,
-    key: &str,
-    bytes: Vec<u8>,
-    lines: u64,
-) -> Result<serde_json::Value, StepError> {
-    let sha256 = hex::encode(Sha256::digest(&bytes));
-    deps.blobs()
-        .put_bytes(
-            key,
-            &bytes,
-            PutOptions::content_type("application/x-ndjson"),
-        )
-        .await
-        .map_err(TenantError::from)?;
-    Ok(json!({ "key": key, "bytes": bytes.len(), "lines": lines, "sha256": sha256 }))
+/// The tenant's stored objects, one per line.
+async fn object_lines(
+    objects: &[waymark_services::BlobMeta],
+    file: &mut JsonlWriter,
+) -> Result<(), TenantError> {
+    for object in objects {
+        let line = json!({
+            "key": object.key,
+            "size": object.size,
+            "etag": object.etag,
+            "sha256": object.sha256,
+            "last_modified": object.last_modified,
+        });
+        file.line(&line.to_string()).await?;
+    }
+    Ok(())
 }
 
-/// The tenant's runs, newest first, one per line with its history.
-async fn runs_jsonl(deps: &TenantDeps, slug: &str) -> Result<(String, u64), StepError> {
+/// The tenant's runs, newest first, one per line with its history: a page of runs and
+/// their histories at a time, written before the next page is read.
+async fn run_lines(
+    deps: &TenantDeps,
+    slug: &str,
+    file: &mut JsonlWriter,
+) -> Result<(), TenantError> {
     let store = deps.store();
     let scope = TenantScope::Tenant(slug.to_owned());
-    let (mut out, mut count, mut before) = (String::new(), 0u64, None);
+    let mut before = None;
     loop {
         let page = store
             .runs_list(&scope, &RunFilter::default(), before, PAGE)
-            .await
-            .map_err(TenantError::from)?;
+            .await?;
+        let ids: Vec<Uuid> = page.iter().map(|r| r.id).collect();
+        let mut histories: HashMap<Uuid, Vec<HistoryEntry>> = HashMap::new();
+        for entry in store.runs_history(&scope, &ids).await? {
+            histories.entry(entry.run_id).or_default().push(entry);
+        }
         for run in &page {
-            let history = store
-                .run_history(&scope, run.id)
-                .await
-                .map_err(TenantError::from)?
-                .unwrap_or_default();
-            out.push_str(&json!({ "run": run, "history": history }).to_string());
-            out.push('\n');
-            count += 1;
+            let history = histories.remove(&run.id).unwrap_or_default();
+            file.line(&json!({ "run": run, "history": history }).to_string())
+                .await?;
         }
         match page.last() {
             Some(last) if page.len() == PAGE as usize => before = Some(last.id),
-            _ => return Ok((out, count)),
+            _ => return Ok(()),
         }
     }
 }

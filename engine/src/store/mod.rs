@@ -108,6 +108,17 @@ impl Store {
         dispatch!(self, s => s.run_history(scope, id).await)
     }
 
+    /// The history of each of `ids` (those in `scope`) in one query: ordered by run
+    /// id, then oldest first. For reading many runs' histories (an export) without a
+    /// round trip per run; keep `ids` to a page (a few hundred).
+    pub async fn runs_history(
+        &self,
+        scope: &TenantScope,
+        ids: &[Uuid],
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        dispatch!(self, s => s.runs_history(scope, ids).await)
+    }
+
     /// Every signal delivered to a run, oldest first, with what became of it.
     pub async fn run_signals(
         &self,

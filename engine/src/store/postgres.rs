@@ -677,26 +677,26 @@ impl PgStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter()
-            .map(|h| {
-                Ok(HistoryEntry {
-                    id: h.id,
-                    run_id: h.run_id,
-                    from_state: h.from_state,
-                    to_state: h.to_state,
-                    from_status: h.from_status.as_deref().map(parse_status).transpose()?,
-                    to_status: parse_status(&h.to_status)?,
-                    cause: h.cause,
-                    visit: h.visit,
-                    attempt: h.attempt,
-                    actor: h.actor,
-                    worker_id: h.worker_id,
-                    started_at: h.started_at,
-                    committed_at: h.committed_at,
-                    error: parse_error(h.error)?,
-                })
-            })
+            .map(history_entry)
             .collect::<StoreResult<Vec<_>>>()
             .map(Some)
+    }
+
+    pub(super) async fn runs_history(
+        &self,
+        scope: &TenantScope,
+        ids: &[Uuid],
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        let rows: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT h.* FROM waymark_history h JOIN waymark_runs r ON r.id = h.run_id \
+             WHERE h.run_id = ANY($1) AND ($2::text IS NULL OR r.tenant = $2) \
+             ORDER BY h.run_id, h.id",
+        )
+        .bind(ids)
+        .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(history_entry).collect()
     }
 
     pub(super) async fn run_signals(
@@ -1206,6 +1206,25 @@ async fn insert_audit(conn: &mut PgConnection, a: &NewAudit) -> StoreResult<()> 
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+fn history_entry(h: HistoryRow) -> StoreResult<HistoryEntry> {
+    Ok(HistoryEntry {
+        id: h.id,
+        run_id: h.run_id,
+        from_state: h.from_state,
+        to_state: h.to_state,
+        from_status: h.from_status.as_deref().map(parse_status).transpose()?,
+        to_status: parse_status(&h.to_status)?,
+        cause: h.cause,
+        visit: h.visit,
+        attempt: h.attempt,
+        actor: h.actor,
+        worker_id: h.worker_id,
+        started_at: h.started_at,
+        committed_at: h.committed_at,
+        error: parse_error(h.error)?,
+    })
 }
 
 impl PgStore {

@@ -734,26 +734,33 @@ impl SqliteStore {
                 .fetch_all(&self.pool)
                 .await?;
         rows.into_iter()
-            .map(|h| {
-                Ok(HistoryEntry {
-                    id: h.id,
-                    run_id: uuid(&h.run_id)?,
-                    from_state: h.from_state,
-                    to_state: h.to_state,
-                    from_status: h.from_status.as_deref().map(parse_status).transpose()?,
-                    to_status: parse_status(&h.to_status)?,
-                    cause: h.cause,
-                    visit: h.visit,
-                    attempt: h.attempt as i32,
-                    actor: h.actor,
-                    worker_id: h.worker_id.as_deref().map(uuid).transpose()?,
-                    started_at: from_ms(h.started_at)?,
-                    committed_at: from_ms(h.committed_at)?,
-                    error: parse_error(opt_json(h.error)?)?,
-                })
-            })
+            .map(history_entry)
             .collect::<StoreResult<Vec<_>>>()
             .map(Some)
+    }
+
+    pub(super) async fn runs_history(
+        &self,
+        scope: &TenantScope,
+        ids: &[Uuid],
+    ) -> StoreResult<Vec<HistoryEntry>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+            "SELECT h.* FROM waymark_history h JOIN waymark_runs r ON r.id = h.run_id WHERE h.run_id IN (",
+        );
+        let mut list = q.separated(", ");
+        for id in ids {
+            list.push_bind(id.to_string());
+        }
+        q.push(")");
+        if let Some(tenant) = scope.tenant() {
+            q.push(" AND r.tenant = ").push_bind(tenant.to_owned());
+        }
+        q.push(" ORDER BY h.run_id, h.id");
+        let rows: Vec<HistoryRow> = q.build_query_as().fetch_all(&self.pool).await?;
+        rows.into_iter().map(history_entry).collect()
     }
 
     pub(super) async fn run_signals(
@@ -1240,6 +1247,25 @@ async fn insert_audit(conn: &mut sqlx::SqliteConnection, a: &NewAudit) -> StoreR
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+fn history_entry(h: HistoryRow) -> StoreResult<HistoryEntry> {
+    Ok(HistoryEntry {
+        id: h.id,
+        run_id: uuid(&h.run_id)?,
+        from_state: h.from_state,
+        to_state: h.to_state,
+        from_status: h.from_status.as_deref().map(parse_status).transpose()?,
+        to_status: parse_status(&h.to_status)?,
+        cause: h.cause,
+        visit: h.visit,
+        attempt: h.attempt as i32,
+        actor: h.actor,
+        worker_id: h.worker_id.as_deref().map(uuid).transpose()?,
+        started_at: from_ms(h.started_at)?,
+        committed_at: from_ms(h.committed_at)?,
+        error: parse_error(opt_json(h.error)?)?,
+    })
 }
 
 impl SqliteStore {

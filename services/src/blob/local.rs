@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
-use super::parts::{Expected, Verifying};
+use super::parts::{Expected, Verifying, COPY_CHUNK};
 use super::signing::{SignatureError, UrlSigner};
 use super::{validate_key, validate_prefix, BlobError, BlobMeta, ByteRange, Download, PutOptions};
 
@@ -87,31 +87,62 @@ impl LocalStore {
         _size_hint: Option<u64>,
         options: &PutOptions,
     ) -> Result<BlobMeta, BlobError> {
+        let mut writer = self.writer(key, options).await?;
+        let mut chunk = vec![0u8; COPY_CHUNK];
+        loop {
+            match body.read(&mut chunk).await {
+                Ok(0) => return writer.finish().await,
+                Ok(n) => writer.write(&chunk[..n]).await?,
+                Err(source) => {
+                    writer.abort().await;
+                    return Err(BlobError::Io {
+                        path: PathBuf::from(key),
+                        source,
+                    });
+                }
+            }
+        }
+    }
+
+    /// A writer for `key`: the content goes to a file under `tmp/`, hashed as it is
+    /// written, and becomes the blob only when [`LocalWriter::finish`] renames it in.
+    pub async fn writer(&self, key: &str, options: &PutOptions) -> Result<LocalWriter, BlobError> {
         validate_key(key)?;
         let name = uuid::Uuid::now_v7().simple().to_string();
         let tmp = self.root.join("tmp").join(&name);
-        let written = write_hashed(&tmp, body).await;
-        let (size, sha256) = match written {
-            Ok(done) => done,
-            Err(source) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(BlobError::Io { path: tmp, source });
-            }
-        };
-        let data = self.root.join("data").join(&name);
-        tokio::fs::rename(&tmp, &data)
+        let file = tokio::fs::File::create(&tmp)
             .await
             .map_err(|source| BlobError::Io {
-                path: data.clone(),
+                path: tmp.clone(),
                 source,
             })?;
+        Ok(LocalWriter {
+            store: self.clone(),
+            key: key.to_owned(),
+            options: options.clone(),
+            name,
+            tmp,
+            file: Some(tokio::io::BufWriter::with_capacity(COPY_CHUNK, file)),
+            hasher: Sha256::new(),
+            size: 0,
+        })
+    }
 
+    /// Makes the content file `name` (already under `data/`) the blob at `key`.
+    async fn commit(
+        &self,
+        key: &str,
+        name: &str,
+        size: u64,
+        sha256: String,
+        options: &PutOptions,
+    ) -> Result<BlobMeta, BlobError> {
         let pointer = Pointer {
             key: key.to_owned(),
             size,
             sha256,
             content_type: options.content_type.clone(),
-            data: name.clone(),
+            data: name.to_owned(),
             created_at: Utc::now(),
         };
         let path = pointer_path(&self.root, key);
@@ -316,6 +347,92 @@ impl LocalStore {
     }
 }
 
+/// A blob being written to a local store (see [`LocalStore::writer`]). Nothing is
+/// visible at the key until [`LocalWriter::finish`]; [`LocalWriter::abort`], a failed
+/// write, or dropping the writer unfinished removes the temporary file.
+#[derive(Debug)]
+pub struct LocalWriter {
+    store: LocalStore,
+    key: String,
+    options: PutOptions,
+    /// The content file's name, in `tmp/` while written and in `data/` after.
+    name: String,
+    tmp: PathBuf,
+    /// `None` once finished or aborted.
+    file: Option<tokio::io::BufWriter<tokio::fs::File>>,
+    hasher: Sha256,
+    size: u64,
+}
+
+impl LocalWriter {
+    /// Appends `bytes` to the content file.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        let Some(file) = self.file.as_mut() else {
+            return Err(self.io(std::io::Error::other("the writer is finished")));
+        };
+        if let Err(source) = file.write_all(bytes).await {
+            self.discard().await;
+            return Err(self.io(source));
+        }
+        self.hasher.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Syncs the content to disk and swaps the key's pointer to it; returns the
+    /// blob's metadata with its size and SHA-256.
+    pub async fn finish(mut self) -> Result<BlobMeta, BlobError> {
+        let Some(mut file) = self.file.take() else {
+            return Err(self.io(std::io::Error::other("the writer is finished")));
+        };
+        let synced = async {
+            file.flush().await?;
+            file.get_ref().sync_all().await
+        }
+        .await;
+        drop(file);
+        if let Err(source) = synced {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(self.io(source));
+        }
+        let data = self.store.root.join("data").join(&self.name);
+        if let Err(source) = tokio::fs::rename(&self.tmp, &data).await {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(BlobError::Io { path: data, source });
+        }
+        let sha256 = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        self.store
+            .commit(&self.key, &self.name, self.size, sha256, &self.options)
+            .await
+    }
+
+    /// Gives up: the temporary file is removed and the key keeps what it had.
+    pub async fn abort(mut self) {
+        self.discard().await;
+    }
+
+    async fn discard(&mut self) {
+        if self.file.take().is_some() {
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> BlobError {
+        BlobError::Io {
+            path: self.tmp.clone(),
+            source,
+        }
+    }
+}
+
+impl Drop for LocalWriter {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 fn meta(pointer: Pointer) -> BlobMeta {
     BlobMeta {
         key: pointer.key,
@@ -354,28 +471,6 @@ async fn read_pointer(path: &Path) -> Result<Option<Pointer>, BlobError> {
             source,
         }),
     }
-}
-
-/// Copies `body` into a new file at `path`, returning its size and SHA-256 (hex).
-async fn write_hashed(
-    path: &Path,
-    body: &mut (dyn AsyncRead + Send + Unpin),
-) -> std::io::Result<(u64, String)> {
-    let mut file = tokio::fs::File::create(path).await?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = body.read(&mut buf).await?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        file.write_all(&buf[..n]).await?;
-        size += n as u64;
-    }
-    file.sync_all().await?;
-    Ok((size, hex::encode(hasher.finalize())))
 }
 
 async fn write_synced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

@@ -2,7 +2,8 @@
 //! bucket or, in embedded mode, under `$WAYMARK_DATA_DIR/blobs`.
 //!
 //! Both stores offer the same operations with the same meaning: streaming `put`
-//! (multipart on S3 above one part), `get` (whole or a byte range), `head`, `list` and
+//! (multipart on S3 above one part), a [`BlobWriter`] for content produced piece by
+//! piece (an export) in bounded memory, `get` (whole or a byte range), `head`, `list` and
 //! `delete_prefix`, and download URLs that expire (S3 presigned, or HMAC-signed and
 //! served by Waymark's `/blobs/…` route). A put records the blob's SHA-256 and a full
 //! `get` fails rather than return bytes that do not hash to it.
@@ -29,9 +30,9 @@ use chrono::{DateTime, Utc};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use waymark_engine::{ErrorKind, StepError};
 
-pub use local::LocalStore;
+pub use local::{LocalStore, LocalWriter};
 pub use parts::{ByteRange, ChecksumMismatch};
-pub use s3::{S3Config, S3Credentials, S3Store};
+pub use s3::{S3Config, S3Credentials, S3Store, S3Writer};
 pub use signing::{SignatureError, UrlSigner};
 
 /// S3's limit on key length, applied to both stores so that keys move between them.
@@ -234,8 +235,8 @@ pub enum BlobStore {
 macro_rules! dispatch {
     ($self:ident, $store:ident => $body:expr) => {
         match $self {
-            BlobStore::Local($store) => $body,
-            BlobStore::S3($store) => $body,
+            Self::Local($store) => $body,
+            Self::S3($store) => $body,
         }
     };
 }
@@ -301,6 +302,16 @@ impl BlobStore {
         dispatch!(self, s => s.put(key, &mut file, Some(size), &options).await)
     }
 
+    /// A writer that streams a blob of unknown size into `key` in bounded memory
+    /// (one part on S3, a small buffer locally), hashing it as it goes. The blob
+    /// appears, replacing any at `key`, only when [`BlobWriter::finish`] succeeds.
+    pub async fn writer(&self, key: &str, options: PutOptions) -> Result<BlobWriter, BlobError> {
+        Ok(match self {
+            BlobStore::Local(s) => BlobWriter::Local(s.writer(key, &options).await?),
+            BlobStore::S3(s) => BlobWriter::S3(s.writer(key, None, &options)?),
+        })
+    }
+
     /// The blob at `key`, whole or `range`. A whole read verifies the checksum as it
     /// streams; a range cannot be verified.
     pub async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Download, BlobError> {
@@ -349,6 +360,35 @@ impl BlobStore {
         expires_in: Duration,
     ) -> Result<String, BlobError> {
         dispatch!(self, s => s.download_url_at(key, now, expires_in).await)
+    }
+}
+
+/// A blob being written piece by piece (see [`BlobStore::writer`]).
+///
+/// A failed `write` or `finish` leaves nothing at the key (an S3 multipart upload is
+/// aborted, a local temporary file removed); so do [`BlobWriter::abort`] and dropping
+/// the writer unfinished. Writing the same key again later replaces the blob, as a put
+/// does.
+#[derive(Debug)]
+pub enum BlobWriter {
+    Local(LocalWriter),
+    S3(S3Writer),
+}
+
+impl BlobWriter {
+    /// Appends `bytes` to the blob.
+    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), BlobError> {
+        dispatch!(self, w => w.write(bytes).await)
+    }
+
+    /// Stores what was written; the metadata has its size and SHA-256 (hex).
+    pub async fn finish(self) -> Result<BlobMeta, BlobError> {
+        dispatch!(self, w => w.finish().await)
+    }
+
+    /// Stores nothing and discards what was written so far.
+    pub async fn abort(self) {
+        dispatch!(self, w => w.abort().await)
     }
 }
 

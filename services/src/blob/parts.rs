@@ -18,6 +18,8 @@ pub const MAX_PART_SIZE: u64 = 5 * 1024 * MIB;
 pub const MAX_PARTS: u64 = 10_000;
 /// The default part size: a part is held in memory while it uploads.
 pub const DEFAULT_PART_SIZE: u64 = 8 * MIB;
+/// What a put reads from its body at a time before handing it to a writer.
+pub const COPY_CHUNK: usize = 256 * 1024;
 
 /// The part size to upload with: `configured` clamped to S3's limits, and large enough
 /// that `size_hint` bytes fit in 10 000 parts (rounded up to whole MiB).

@@ -24,9 +24,9 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use super::parts::{self, composite_sha256, read_part, sha256_hex, Expected, Verifying};
+use super::parts::{self, composite_sha256, sha256_hex, Expected, Verifying};
 use super::{validate_key, validate_prefix, BlobError, BlobMeta, ByteRange, Download, PutOptions};
 
 const META_SHA256: &str = "waymark-sha256";
@@ -144,18 +144,43 @@ impl S3Store {
         size_hint: Option<u64>,
         options: &PutOptions,
     ) -> Result<BlobMeta, BlobError> {
-        validate_key(key)?;
-        let part_size = parts::part_size(self.part_size, size_hint);
-        let io = |source| BlobError::Io {
-            path: key.into(),
-            source,
-        };
-        let first = read_part(body, part_size).await.map_err(io)?;
-        if (first.len() as u64) < part_size {
-            return self.put_single(key, first, options).await;
+        let mut writer = self.writer(key, size_hint, options)?;
+        let mut chunk = vec![0u8; parts::COPY_CHUNK];
+        loop {
+            match body.read(&mut chunk).await {
+                Ok(0) => return writer.finish().await,
+                Ok(n) => writer.write(&chunk[..n]).await?,
+                Err(source) => {
+                    writer.abort().await;
+                    return Err(BlobError::Io {
+                        path: key.into(),
+                        source,
+                    });
+                }
+            }
         }
-        self.put_multipart(key, first, body, part_size, options)
-            .await
+    }
+
+    /// A writer for `key` that uploads one part at a time: parts of the configured
+    /// size (grown so that `size_hint` bytes fit in S3's 10 000 parts), or a single
+    /// PutObject if everything fits in one part.
+    pub fn writer(
+        &self,
+        key: &str,
+        size_hint: Option<u64>,
+        options: &PutOptions,
+    ) -> Result<S3Writer, BlobError> {
+        validate_key(key)?;
+        Ok(S3Writer {
+            store: self.clone(),
+            key: key.to_owned(),
+            options: options.clone(),
+            part_size: parts::part_size(self.part_size, size_hint),
+            buf: Vec::new(),
+            whole: Sha256::new(),
+            size: 0,
+            upload: None,
+        })
     }
 
     async fn put_single(
@@ -188,152 +213,19 @@ impl S3Store {
         })
     }
 
-    async fn put_multipart(
-        &self,
-        key: &str,
-        first: Vec<u8>,
-        body: &mut (dyn AsyncRead + Send + Unpin),
-        part_size: u64,
-        options: &PutOptions,
-    ) -> Result<BlobMeta, BlobError> {
-        let upload = self
+    async fn abort_upload(&self, key: &str, upload_id: &str) {
+        // Parts of an upload that is never completed are billed until aborted.
+        if let Err(abort) = self
             .client
-            .create_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .content_type(content_type(options))
-            .checksum_algorithm(ChecksumAlgorithm::Sha256)
-            .metadata(META_PART_SIZE, part_size.to_string())
-            .send()
-            .await
-            .map_err(|e| self.error("CreateMultipartUpload", key, e))?;
-        let upload_id = upload.upload_id().unwrap_or_default().to_owned();
-        match self
-            .upload_parts(key, &upload_id, first, body, part_size)
-            .await
-        {
-            Ok((size, sha256, etag)) => Ok(BlobMeta {
-                key: key.to_owned(),
-                size,
-                content_type: options.content_type.clone(),
-                sha256: Some(sha256),
-                etag,
-                last_modified: None,
-            }),
-            Err(error) => {
-                // Parts of an upload that is never completed are billed until aborted.
-                if let Err(abort) = self
-                    .client
-                    .abort_multipart_upload()
-                    .bucket(&self.bucket)
-                    .key(key)
-                    .upload_id(&upload_id)
-                    .send()
-                    .await
-                {
-                    tracing::warn!(key, error = %DisplayErrorContext(&abort), "cannot abort multipart upload");
-                }
-                Err(error)
-            }
-        }
-    }
-
-    /// Uploads `first` and the rest of `body` as parts and completes the upload;
-    /// returns the size, the whole blob's SHA-256 and the ETag.
-    async fn upload_parts(
-        &self,
-        key: &str,
-        upload_id: &str,
-        first: Vec<u8>,
-        body: &mut (dyn AsyncRead + Send + Unpin),
-        part_size: u64,
-    ) -> Result<(u64, String, Option<String>), BlobError> {
-        let mut whole = Sha256::new();
-        let mut digests: Vec<[u8; 32]> = Vec::new();
-        let mut completed = Vec::new();
-        let mut size = 0u64;
-        let mut part = first;
-        loop {
-            let number = completed.len() as i32 + 1;
-            if number as u64 > parts::MAX_PARTS {
-                return Err(BlobError::TooLarge {
-                    key: key.to_owned(),
-                    reason: format!(
-                        "more than {} parts of {part_size} bytes; pass its size (put_file) so the part size can grow",
-                        parts::MAX_PARTS
-                    ),
-                });
-            }
-            let digest: [u8; 32] = Sha256::digest(&part).into();
-            let checksum = base64_of(&digest);
-            whole.update(&part);
-            size += part.len() as u64;
-            let last = (part.len() as u64) < part_size;
-            let out = self
-                .client
-                .upload_part()
-                .bucket(&self.bucket)
-                .key(key)
-                .upload_id(upload_id)
-                .part_number(number)
-                .checksum_sha256(&checksum)
-                .body(ByteStream::from(part))
-                .send()
-                .await
-                .map_err(|e| self.error("UploadPart", key, e))?;
-            digests.push(digest);
-            completed.push(
-                CompletedPart::builder()
-                    .part_number(number)
-                    .set_e_tag(out.e_tag().map(str::to_owned))
-                    .checksum_sha256(checksum)
-                    .build(),
-            );
-            if last {
-                break;
-            }
-            part = read_part(body, part_size)
-                .await
-                .map_err(|source| BlobError::Io {
-                    path: key.into(),
-                    source,
-                })?;
-            // The stream ended exactly on a part boundary.
-            if part.is_empty() {
-                break;
-            }
-        }
-        let done = self
-            .client
-            .complete_multipart_upload()
+            .abort_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
-            .multipart_upload(
-                CompletedMultipartUpload::builder()
-                    .set_parts(Some(completed))
-                    .build(),
-            )
             .send()
             .await
-            .map_err(|e| self.error("CompleteMultipartUpload", key, e))?;
-        let ours = composite_sha256(&digests);
-        if let Some(theirs) = done.checksum_sha256().filter(|c| c.contains('-')) {
-            if theirs != ours {
-                return Err(BlobError::Checksum {
-                    key: key.to_owned(),
-                    source: parts::ChecksumMismatch {
-                        expected: ours,
-                        actual: theirs.to_owned(),
-                    },
-                });
-            }
+        {
+            tracing::warn!(key, error = %DisplayErrorContext(&abort), "cannot abort multipart upload");
         }
-        Ok((
-            size,
-            hex::encode(whole.finalize()),
-            done.e_tag().map(str::to_owned),
-        ))
     }
 
     pub async fn get(&self, key: &str, range: Option<ByteRange>) -> Result<Download, BlobError> {
@@ -603,6 +495,222 @@ impl S3Store {
             operation,
             status,
             message,
+        }
+    }
+}
+
+/// A blob being written to S3 (see [`S3Store::writer`]). Holds at most one part in
+/// memory. Until [`S3Writer::finish`] returns, nothing is visible at the key; a failed
+/// write or finish aborts the multipart upload, and so do [`S3Writer::abort`] and
+/// dropping the writer unfinished.
+pub struct S3Writer {
+    store: S3Store,
+    key: String,
+    options: PutOptions,
+    part_size: u64,
+    /// The part being filled: uploaded once full and more bytes arrive, so a blob
+    /// that fits in one part is a single PutObject.
+    buf: Vec<u8>,
+    whole: Sha256,
+    size: u64,
+    upload: Option<Upload>,
+}
+
+/// A multipart upload in progress.
+struct Upload {
+    id: String,
+    completed: Vec<CompletedPart>,
+    digests: Vec<[u8; 32]>,
+}
+
+impl std::fmt::Debug for S3Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Writer")
+            .field("key", &self.key)
+            .field("size", &self.size)
+            .field(
+                "parts",
+                &self.upload.as_ref().map_or(0, |u| u.completed.len()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl S3Writer {
+    /// Appends `bytes`, uploading a part whenever one is full.
+    pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), BlobError> {
+        self.whole.update(bytes);
+        self.size += bytes.len() as u64;
+        while !bytes.is_empty() {
+            if self.buf.len() as u64 == self.part_size {
+                if let Err(error) = self.upload_part().await {
+                    self.abort_upload().await;
+                    return Err(error);
+                }
+            }
+            if self.buf.capacity() == 0 {
+                self.buf.reserve_exact(self.part_size as usize);
+            }
+            let room = self.part_size as usize - self.buf.len();
+            let (now, rest) = bytes.split_at(room.min(bytes.len()));
+            self.buf.extend_from_slice(now);
+            bytes = rest;
+        }
+        Ok(())
+    }
+
+    /// Uploads what is left and makes the blob visible; returns its metadata with its
+    /// size and SHA-256.
+    pub async fn finish(mut self) -> Result<BlobMeta, BlobError> {
+        if self.upload.is_none() {
+            let bytes = std::mem::take(&mut self.buf);
+            return self.store.put_single(&self.key, bytes, &self.options).await;
+        }
+        match self.complete().await {
+            Ok(meta) => Ok(meta),
+            Err(error) => {
+                self.abort_upload().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Gives up: nothing is stored, and uploaded parts are discarded.
+    pub async fn abort(mut self) {
+        self.abort_upload().await;
+    }
+
+    async fn abort_upload(&mut self) {
+        if let Some(upload) = self.upload.take() {
+            self.store.abort_upload(&self.key, &upload.id).await;
+        }
+    }
+
+    /// Uploads the buffer as the next part, starting the multipart upload first if
+    /// this is the first part.
+    async fn upload_part(&mut self) -> Result<(), BlobError> {
+        let (store, key) = (&self.store, self.key.as_str());
+        if self.upload.is_none() {
+            let created = store
+                .client
+                .create_multipart_upload()
+                .bucket(&store.bucket)
+                .key(key)
+                .content_type(content_type(&self.options))
+                .checksum_algorithm(ChecksumAlgorithm::Sha256)
+                .metadata(META_PART_SIZE, self.part_size.to_string())
+                .send()
+                .await
+                .map_err(|e| store.error("CreateMultipartUpload", key, e))?;
+            self.upload = Some(Upload {
+                id: created.upload_id().unwrap_or_default().to_owned(),
+                completed: Vec::new(),
+                digests: Vec::new(),
+            });
+        }
+        let upload = self.upload.as_mut().expect("started above");
+        let number = upload.completed.len() as i32 + 1;
+        if number as u64 > parts::MAX_PARTS {
+            return Err(BlobError::TooLarge {
+                key: key.to_owned(),
+                reason: format!(
+                    "more than {} parts of {} bytes; pass its size (put_file) so the part size can grow",
+                    parts::MAX_PARTS,
+                    self.part_size
+                ),
+            });
+        }
+        let part = std::mem::take(&mut self.buf);
+        let digest: [u8; 32] = Sha256::digest(&part).into();
+        let checksum = base64_of(&digest);
+        let out = store
+            .client
+            .upload_part()
+            .bucket(&store.bucket)
+            .key(key)
+            .upload_id(&upload.id)
+            .part_number(number)
+            .checksum_sha256(&checksum)
+            .body(ByteStream::from(part))
+            .send()
+            .await
+            .map_err(|e| store.error("UploadPart", key, e))?;
+        upload.digests.push(digest);
+        upload.completed.push(
+            CompletedPart::builder()
+                .part_number(number)
+                .set_e_tag(out.e_tag().map(str::to_owned))
+                .checksum_sha256(checksum)
+                .build(),
+        );
+        Ok(())
+    }
+
+    /// Uploads the last part and completes the upload, checking S3's composite
+    /// checksum against ours.
+    async fn complete(&mut self) -> Result<BlobMeta, BlobError> {
+        // Never empty here: a part is only uploaded when more bytes follow it.
+        self.upload_part().await?;
+        let (store, key) = (&self.store, self.key.as_str());
+        let upload = self.upload.take().expect("a multipart upload");
+        let done = store
+            .client
+            .complete_multipart_upload()
+            .bucket(&store.bucket)
+            .key(key)
+            .upload_id(&upload.id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(upload.completed))
+                    .build(),
+            )
+            .send()
+            .await;
+        let done = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // Still open: put it back so that finish aborts it.
+                let error = store.error("CompleteMultipartUpload", key, e);
+                self.upload = Some(Upload {
+                    id: upload.id,
+                    completed: Vec::new(),
+                    digests: Vec::new(),
+                });
+                return Err(error);
+            }
+        };
+        let ours = composite_sha256(&upload.digests);
+        if let Some(theirs) = done.checksum_sha256().filter(|c| c.contains('-')) {
+            if theirs != ours {
+                return Err(BlobError::Checksum {
+                    key: key.to_owned(),
+                    source: parts::ChecksumMismatch {
+                        expected: ours,
+                        actual: theirs.to_owned(),
+                    },
+                });
+            }
+        }
+        Ok(BlobMeta {
+            key: key.to_owned(),
+            size: self.size,
+            content_type: self.options.content_type.clone(),
+            sha256: Some(hex::encode(std::mem::take(&mut self.whole).finalize())),
+            etag: done.e_tag().map(str::to_owned),
+            last_modified: None,
+        })
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // Dropped mid-upload (an error or a cancelled step elsewhere): abort it in the
+        // background, if a runtime is still there to do it.
+        if let Some(upload) = self.upload.take() {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let (store, key) = (self.store.clone(), std::mem::take(&mut self.key));
+                runtime.spawn(async move { store.abort_upload(&key, &upload.id).await });
+            }
         }
     }
 }

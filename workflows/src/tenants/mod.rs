@@ -3,6 +3,7 @@
 //! database space and its storage space.
 //!
 //! # Layout
+//! - [`export`]: export files, JSON Lines streamed into the blob store.
 //! - [`keys`]: the tenant's API keys as resources (revoke, then delete).
 //! - [`names`]: schema, role, prefix and file names derived from a slug; quoting.
 //! - [`plans`]: plans, quotas and `WAYMARK_TENANT_PLANS`.
@@ -17,6 +18,7 @@
 //! of making a second one, and every removal tolerates what was never created: steps
 //! and compensations run at least once.
 
+pub mod export;
 pub mod keys;
 pub mod names;
 pub mod plans;

@@ -15,11 +15,14 @@
 use std::path::Path;
 
 use chrono::{DateTime, Utc};
+use futures_util::{Stream, TryStreamExt};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode};
 use sqlx::{Connection, PgPool, Row, SqliteConnection};
 use uuid::Uuid;
 use waymark_engine::Store;
+use waymark_services::BlobStore;
 
+use super::export::{ExportedFile, JsonlWriter};
 use super::names::{quote_ident, role_name, schema_name, sqlite_file};
 use super::plans::Quota;
 use super::record::{self, ResourceKind};
@@ -56,14 +59,6 @@ pub struct SpaceSpec<'a> {
     pub admin_email: &'a str,
     pub run: Uuid,
     pub now: DateTime<Utc>,
-}
-
-/// One table of an export: its rows as JSON Lines.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TableExport {
-    pub table: String,
-    pub rows: u64,
-    pub jsonl: String,
 }
 
 /// Creates the tenant's database space, or finds the one an earlier attempt made, and
@@ -107,15 +102,54 @@ pub async fn remove(deps: &TenantDeps, slug: &str) -> Result<(), TenantError> {
     }
 }
 
-/// Every table of the tenant's database space as JSON Lines, by table name.
-pub async fn export(deps: &TenantDeps, slug: &str) -> Result<Vec<TableExport>, TenantError> {
+/// Streams every table of the tenant's database space, in table name order, into the
+/// blob store as `<key_prefix><table>.jsonl`: one JSON object per row, the lines in
+/// byte order, so the same data exports to the same bytes (and checksum). Rows are
+/// read with a cursor and written as they come: memory does not grow with the table.
+pub async fn export(
+    deps: &TenantDeps,
+    slug: &str,
+    key_prefix: &str,
+) -> Result<Vec<ExportedFile>, TenantError> {
     match deps.store() {
         Store::Postgres(pg) => {
             let installation = deps.installation().await?;
-            pg_export(pg.pool(), installation, slug).await
+            pg_export(pg.pool(), installation, slug, deps.blobs(), key_prefix).await
         }
-        Store::Sqlite(_) => sqlite_export(&sqlite_file(deps.data_dir(), slug)).await,
+        Store::Sqlite(_) => {
+            sqlite_export(
+                &sqlite_file(deps.data_dir(), slug),
+                deps.blobs(),
+                key_prefix,
+            )
+            .await
+        }
     }
+}
+
+/// Writes one table's rows (`lines`, already in order) into `<key_prefix><table>.jsonl`.
+async fn export_table<S>(
+    blobs: &BlobStore,
+    key_prefix: &str,
+    table: &str,
+    lines: S,
+) -> Result<ExportedFile, TenantError>
+where
+    S: Stream<Item = Result<String, sqlx::Error>> + Unpin,
+{
+    let mut file = JsonlWriter::create(blobs, &format!("{key_prefix}{table}.jsonl")).await?;
+    let filled = copy_lines(lines, &mut file).await;
+    file.finish_if(filled).await
+}
+
+async fn copy_lines<S>(mut lines: S, file: &mut JsonlWriter) -> Result<(), TenantError>
+where
+    S: Stream<Item = Result<String, sqlx::Error>> + Unpin,
+{
+    while let Some(line) = lines.try_next().await? {
+        file.line(&line).await?;
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------
@@ -297,7 +331,9 @@ async fn pg_export(
     pool: &PgPool,
     installation: &str,
     slug: &str,
-) -> Result<Vec<TableExport>, TenantError> {
+    blobs: &BlobStore,
+    key_prefix: &str,
+) -> Result<Vec<ExportedFile>, TenantError> {
     let role = role_name(installation, slug);
     let schema = schema_name(slug);
     let mut conn = pool.acquire().await?;
@@ -315,31 +351,17 @@ async fn pg_export(
     .await?;
     let mut out = Vec::new();
     for table in tables {
-        let lines: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT row_to_json(t)::text FROM {}.{} t",
+        // COLLATE "C" compares bytes, as the export has always been sorted.
+        let sql = format!(
+            "SELECT line FROM (SELECT row_to_json(t)::text AS line FROM {}.{} t) AS rows \
+             ORDER BY line COLLATE \"C\"",
             quote_ident(&schema),
             quote_ident(&table)
-        ))
-        .persistent(false)
-        .fetch_all(&mut *conn)
-        .await?;
-        out.push(table_export(table, lines));
+        );
+        let lines = sqlx::query_scalar(&sql).persistent(false).fetch(&mut *conn);
+        out.push(export_table(blobs, key_prefix, &table, lines).await?);
     }
     Ok(out)
-}
-
-fn table_export(table: String, mut lines: Vec<String>) -> TableExport {
-    // Sorted, so the same data exports to the same bytes (and checksum).
-    lines.sort();
-    let mut jsonl = lines.join("\n");
-    if !jsonl.is_empty() {
-        jsonl.push('\n');
-    }
-    TableExport {
-        table,
-        rows: lines.len() as u64,
-        jsonl,
-    }
 }
 
 // ---------------------------------------------------------------------------------
@@ -447,7 +469,11 @@ async fn sqlite_remove(path: &Path) -> Result<(), TenantError> {
     Ok(())
 }
 
-async fn sqlite_export(path: &Path) -> Result<Vec<TableExport>, TenantError> {
+async fn sqlite_export(
+    path: &Path,
+    blobs: &BlobStore,
+    key_prefix: &str,
+) -> Result<Vec<ExportedFile>, TenantError> {
     if !tokio::fs::try_exists(path).await.unwrap_or(false) {
         return Err(TenantError::Refused(format!(
             "the tenant's database file {} does not exist",
@@ -474,14 +500,14 @@ async fn sqlite_export(path: &Path) -> Result<Vec<TableExport>, TenantError> {
             .iter()
             .map(|c| format!("{}, {}", sql_string(c), quote_ident(c)))
             .collect();
-        let lines: Vec<String> = sqlx::query_scalar(&format!(
-            "SELECT json_object({}) FROM {}",
+        // BINARY (SQLite's default collation) compares bytes.
+        let sql = format!(
+            "SELECT line FROM (SELECT json_object({}) AS line FROM {}) ORDER BY line COLLATE BINARY",
             pairs.join(", "),
             quote_ident(&table)
-        ))
-        .fetch_all(&mut conn)
-        .await?;
-        out.push(table_export(table, lines));
+        );
+        let lines = sqlx::query_scalar(&sql).fetch(&mut conn);
+        out.push(export_table(blobs, key_prefix, &table, lines).await?);
     }
     conn.close().await?;
     Ok(out)
@@ -505,14 +531,6 @@ mod tests {
             .collect();
         assert_eq!(pg, lite);
         assert!(pg.windows(2).all(|w| w[0].0 < w[1].0), "in order");
-    }
-
-    #[test]
-    fn exports_are_sorted_and_end_with_a_newline() {
-        let export = table_export("t".into(), vec!["{\"b\":2}".into(), "{\"a\":1}".into()]);
-        assert_eq!(export.jsonl, "{\"a\":1}\n{\"b\":2}\n");
-        assert_eq!(export.rows, 2);
-        assert_eq!(table_export("e".into(), vec![]).jsonl, "");
     }
 
     #[test]
