@@ -137,6 +137,16 @@ pub struct Config {
     )]
     pub db_max_connections: u32,
 
+    /// PostgreSQL connections per process kept for the runner's claims, commits and
+    /// heartbeats, apart from the main pool, so API load cannot starve them.
+    #[arg(
+        long,
+        env = "WAYMARK_DB_WORKER_CONNECTIONS",
+        default_value_t = 4,
+        global = true
+    )]
+    pub db_worker_connections: u32,
+
     /// SMTP relay: `smtp://host:25`, `smtp://user:pass@host:587?tls=required` (STARTTLS)
     /// or `smtps://user:pass@host:465`. Unset: messages are written as .eml files to
     /// DATA_DIR/outbox.
@@ -259,6 +269,7 @@ impl Config {
             Some(url) if !url.is_empty() => StoreConfig::Postgres {
                 url: url.clone(),
                 max_connections: self.db_max_connections,
+                worker_connections: self.db_worker_connections,
             },
             _ => StoreConfig::Sqlite {
                 path: self.data_dir.join("waymark.db"),

@@ -789,6 +789,7 @@ async fn concurrent_migrations_on_one_postgres_database_all_succeed() {
             let store = waymark_engine::Store::connect(&waymark_engine::StoreConfig::Postgres {
                 url,
                 max_connections: 2,
+                worker_connections: 1,
             })
             .await
             .unwrap();
