@@ -247,6 +247,24 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_RATE_LIMIT", default_value_t = 100, global = true)]
     pub rate_limit: u32,
 
+    /// Status requests with `?wait=` this process holds at once; past it they answer 429.
+    #[arg(
+        long,
+        env = "WAYMARK_MAX_WAITING",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_waiting: usize,
+
+    /// Status requests with `?wait=` one API key may hold at once; past it they answer 429.
+    #[arg(
+        long,
+        env = "WAYMARK_MAX_WAITING_PER_KEY",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_waiting_per_key: usize,
+
     /// The admin key to create on first start, instead of a generated one
     /// (`wmk_<12 hex>_<secret>`). Unset: a key is generated, printed once and written to
     /// `$WAYMARK_DATA_DIR/admin.key`.

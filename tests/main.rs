@@ -12,6 +12,7 @@ mod blobs;
 mod conformance;
 mod engine;
 mod key_rotation;
+mod long_poll;
 mod mail;
 mod schedules;
 mod semantics;

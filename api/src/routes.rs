@@ -340,13 +340,23 @@ async fn get_run(
                 .min(state.api.max_wait),
         ),
     };
-    if let Some(wait) = wait {
-        // Long poll: re-read until the run ends or the time is up. Polling the row is
-        // cheap and needs no notification for every kind of transition.
+    if let Some(wait) = wait.filter(|_| !run.status.is_terminal()) {
+        let _slot = state.api.waits.enter(
+            caller.key.id,
+            state.api.max_waiting,
+            state.api.max_waiting_per_key,
+        )?;
+        // Long poll: the store wakes the watch when the run ends (or may have); only
+        // then is the run read again, so a waiting request costs no query meanwhile.
+        let mut watch = state.engine.store.run_watch(run.id);
+        // Registered before this read: an ending after it wakes the watch.
+        run = load_run(&state, &caller, &id).await?;
         let deadline = tokio::time::Instant::now() + wait;
-        while !run.status.is_terminal() && tokio::time::Instant::now() < deadline {
-            let pause = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
-            tokio::time::sleep(pause).await;
+        while !run.status.is_terminal() {
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
             run = load_run(&state, &caller, &id).await?;
         }
     }
