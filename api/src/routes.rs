@@ -67,7 +67,7 @@ pub fn table() -> Vec<Route> {
     vec![
         route(Method::POST, "/v1/workflows/{workflow}/runs", "Start a run; the body is the workflow's input. `Idempotency-Key` makes it idempotent; `?tag=` labels it; an admin acting for a tenant passes `?tenant=`.", Scope::Operator, &[200, 201], Some(json!({"type": "object"})), post(start_run)),
         route(Method::GET, "/v1/runs", "List runs, newest first, with filters (workflow, status, state, created_after, created_before, tag) and keyset pagination (`cursor`, `limit`).", Scope::Reader, &[200], None, get(list_runs)),
-        route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up.", Scope::Reader, &[200], None, get(get_run)),
+        route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up (429 with Retry-After past the caps on waiting requests per key and per process).", Scope::Reader, &[200], None, get(get_run)),
         route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors.", Scope::Reader, &[200], None, get(run_history)),
         route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them.", Scope::Reader, &[200], None, get(run_signals)),
         route(Method::POST, "/v1/runs/{id}/signals/{signal}", "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is honoured.", Scope::Operator, &[200, 201], Some(json!({})), post(send_signal)),
