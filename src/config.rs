@@ -143,6 +143,7 @@ pub struct Config {
         long,
         env = "WAYMARK_DB_WORKER_CONNECTIONS",
         default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..),
         global = true
     )]
     pub db_worker_connections: u32,
