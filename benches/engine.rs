@@ -117,6 +117,7 @@ async fn bench_waymark(url: &str, in_flight: usize, runs: usize) -> Figures {
     let store = Store::connect(&StoreConfig::Postgres {
         url: url.to_owned(),
         max_connections: (in_flight as u32 + 4).min(40),
+        worker_connections: (in_flight as u32 + 4).min(40),
     })
     .await
     .expect("connect");
@@ -346,6 +347,7 @@ fn main() {
         Store::connect(&StoreConfig::Postgres {
             url: url.clone(),
             max_connections: 2,
+            worker_connections: 1,
         })
         .await
         .unwrap()

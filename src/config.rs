@@ -141,6 +141,17 @@ pub struct Config {
     )]
     pub db_max_connections: u32,
 
+    /// PostgreSQL connections per process kept for the runner's claims, commits and
+    /// heartbeats, apart from the main pool, so API load cannot starve them.
+    #[arg(
+        long,
+        env = "WAYMARK_DB_WORKER_CONNECTIONS",
+        default_value_t = 4,
+        value_parser = clap::value_parser!(u32).range(1..),
+        global = true
+    )]
+    pub db_worker_connections: u32,
+
     /// SMTP relay: `smtp://host:25`, `smtp://user:pass@host:587?tls=required` (STARTTLS)
     /// or `smtps://user:pass@host:465`. Unset: messages are written as .eml files to
     /// DATA_DIR/outbox.
@@ -241,6 +252,24 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_RATE_LIMIT", default_value_t = 100, global = true)]
     pub rate_limit: u32,
 
+    /// Status requests with `?wait=` this process holds at once; past it they answer 429.
+    #[arg(
+        long,
+        env = "WAYMARK_MAX_WAITING",
+        default_value_t = 1000,
+        global = true
+    )]
+    pub max_waiting: usize,
+
+    /// Status requests with `?wait=` one API key may hold at once; past it they answer 429.
+    #[arg(
+        long,
+        env = "WAYMARK_MAX_WAITING_PER_KEY",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_waiting_per_key: usize,
+
     /// The admin key to create on first start, instead of a generated one
     /// (`wmk_<12 hex>_<secret>`). Unset: a key is generated, printed once and written to
     /// `$WAYMARK_DATA_DIR/admin.key`.
@@ -263,6 +292,7 @@ impl Config {
             Some(url) if !url.is_empty() => StoreConfig::Postgres {
                 url: url.clone(),
                 max_connections: self.db_max_connections,
+                worker_connections: self.db_worker_connections,
             },
             _ => StoreConfig::Sqlite {
                 path: self.data_dir.join("waymark.db"),

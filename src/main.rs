@@ -146,6 +146,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             blobs: Some(blobs.clone()),
             api: waymark_api::ApiConfig {
                 rate_limit: config.rate_limit,
+                max_waiting: config.max_waiting,
+                max_waiting_per_key: config.max_waiting_per_key,
                 metrics_token: config.metrics_token.clone(),
                 sealer: sealer.clone(),
                 rotation_grace: config.rotation_grace,

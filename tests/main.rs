@@ -13,6 +13,7 @@ mod conformance;
 mod engine;
 mod exports;
 mod key_rotation;
+mod long_poll;
 mod mail;
 mod schedules;
 mod security;

@@ -100,6 +100,12 @@ pub struct ApiConfig {
     pub max_body: usize,
     /// The longest `?wait=` a status request may hold.
     pub max_wait: Duration,
+    /// Long polls (`?wait=`) this process holds at once; past it they answer 429.
+    pub max_waiting: usize,
+    /// Long polls one key may hold at once; past it they answer 429.
+    pub max_waiting_per_key: usize,
+    /// The long polls in progress (shared by the clones of this config).
+    pub waits: Arc<crate::waits::Waits>,
     /// When set, `/metrics` wants `Authorization: Bearer <token>`.
     pub metrics_token: Option<String>,
     /// Opens sealed key secrets for their one reveal.
@@ -115,6 +121,9 @@ impl Default for ApiConfig {
             rate_limit: 100,
             max_body: 512 * 1024,
             max_wait: Duration::from_secs(60),
+            max_waiting: 1000,
+            max_waiting_per_key: 100,
+            waits: Arc::default(),
             metrics_token: None,
             // A throwaway master key: nothing sealed under it outlives the process.
             // `main` passes the installation's.

@@ -19,6 +19,8 @@ pub struct ApiError {
     pub kind: &'static str,
     pub title: &'static str,
     pub detail: String,
+    /// `Retry-After` seconds for a 429 (1 unless set).
+    pub retry_after: Option<u64>,
 }
 
 pub type ApiResult<T> = Result<T, ApiError>;
@@ -35,7 +37,14 @@ impl ApiError {
             kind,
             title,
             detail: detail.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client how many seconds to wait before retrying (with a 429).
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn unauthorized(detail: impl Into<String>) -> Self {
@@ -144,9 +153,10 @@ impl IntoResponse for ApiError {
         )
             .into_response();
         if self.status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                header::HeaderValue::from(self.retry_after.unwrap_or(1)),
+            );
         }
         response
     }

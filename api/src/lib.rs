@@ -12,6 +12,7 @@
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
 //! - [`tenants`]: `/v1/tenants`, provisioning and deprovisioning tenants (appended to
 //!   the route table).
+//! - [`waits`]: the caps on long polls (`?wait=`), per key and per process.
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -29,6 +30,7 @@ pub mod error;
 pub mod routes;
 pub mod tenants;
 pub mod views;
+pub mod waits;
 
 pub use auth::ApiConfig;
 
@@ -81,11 +83,14 @@ async fn metrics(
     let now = state.engine.clock.now();
     let (due, oldest) = state.engine.store.runs_due_stats(now).await?;
     let age = oldest.and_then(|t| (now - t).to_std().ok());
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.engine.metrics.render(due, age),
-    )
-        .into_response())
+    let mut text = state.engine.metrics.render(due, age);
+    text.push_str(&format!(
+        "# HELP waymark_api_waiting_requests Status requests (?wait=) waiting for their run to end.\n\
+         # TYPE waymark_api_waiting_requests gauge\n\
+         waymark_api_waiting_requests {}\n",
+        state.api.waits.current()
+    ));
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 async fn not_found() -> error::ApiError {

@@ -69,7 +69,7 @@ pub fn table() -> Vec<Route> {
     vec![
         route(Method::POST, "/v1/workflows/{workflow}/runs", "Start a run; the body is the workflow's input. `Idempotency-Key` makes it idempotent; `?tag=` labels it; an admin acting for a tenant passes `?tenant=`.", Scope::Operator, &[200, 201], Some(json!({"type": "object"})), post(start_run)),
         route(Method::GET, "/v1/runs", "List runs, newest first, with filters (workflow, status, state, created_after, created_before, tag) and keyset pagination (`cursor`, `limit`).", Scope::Reader, &[200], None, get(list_runs)),
-        route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up.", Scope::Reader, &[200], None, get(get_run)),
+        route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up (429 with Retry-After past the caps on waiting requests per key and per process).", Scope::Reader, &[200], None, get(get_run)),
         route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors.", Scope::Reader, &[200], None, get(run_history)),
         route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them.", Scope::Reader, &[200], None, get(run_signals)),
         route(Method::POST, "/v1/runs/{id}/signals/{signal}", "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is honoured.", Scope::Operator, &[200, 201], Some(json!({})), post(send_signal)),
@@ -341,13 +341,23 @@ async fn get_run(
                 .min(state.api.max_wait),
         ),
     };
-    if let Some(wait) = wait {
-        // Long poll: re-read until the run ends or the time is up. Polling the row is
-        // cheap and needs no notification for every kind of transition.
+    if let Some(wait) = wait.filter(|_| !run.status.is_terminal()) {
+        let _slot = state.api.waits.enter(
+            caller.key.id,
+            state.api.max_waiting,
+            state.api.max_waiting_per_key,
+        )?;
+        // Long poll: the store wakes the watch when the run ends (or may have); only
+        // then is the run read again, so a waiting request costs no query meanwhile.
+        let mut watch = state.engine.store.run_watch(run.id);
+        // Registered before this read: an ending after it wakes the watch.
+        run = load_run(&state, &caller, &id).await?;
         let deadline = tokio::time::Instant::now() + wait;
-        while !run.status.is_terminal() && tokio::time::Instant::now() < deadline {
-            let pause = (deadline - tokio::time::Instant::now()).min(Duration::from_millis(100));
-            tokio::time::sleep(pause).await;
+        while !run.status.is_terminal() {
+            tokio::select! {
+                _ = watch.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
             run = load_run(&state, &caller, &id).await?;
         }
     }

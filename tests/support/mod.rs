@@ -64,6 +64,7 @@ impl TestDb {
         let store = Store::connect(&StoreConfig::Postgres {
             url: url.clone(),
             max_connections: 8,
+            worker_connections: 4,
         })
         .await
         .expect("connect to the test database");
@@ -107,6 +108,7 @@ impl TestDb {
             Backend::Postgres => StoreConfig::Postgres {
                 url: self.location.clone(),
                 max_connections: 8,
+                worker_connections: 4,
             },
             Backend::Sqlite => StoreConfig::Sqlite {
                 path: PathBuf::from(&self.location),

@@ -8,13 +8,19 @@
 //!
 //! Reads that serve a caller take a [`TenantScope`], so tenant isolation is a property
 //! of the signatures rather than a filter each handler must remember.
+//!
+//! [`Store::run_watch`] lets a caller wait for a run to end without reading it in a
+//! loop (see `endings.rs`).
 
+mod endings;
 mod logic;
 mod model;
 mod postgres;
 mod sqlite;
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -22,6 +28,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 use uuid::Uuid;
 
+pub use endings::{RunEndings, RunWatch, SWEEP};
 pub use model::*;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -34,8 +41,17 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Where the data lives.
 #[derive(Debug, Clone)]
 pub enum StoreConfig {
-    Postgres { url: String, max_connections: u32 },
-    Sqlite { path: PathBuf },
+    /// `max_connections` serves the API and everything else; the runner's claims,
+    /// commits and heartbeats use their own `worker_connections`, so a burst of API
+    /// reads cannot keep a heartbeat waiting until its lease expires.
+    Postgres {
+        url: String,
+        max_connections: u32,
+        worker_connections: u32,
+    },
+    Sqlite {
+        path: PathBuf,
+    },
 }
 
 /// The store, on whichever backend was configured.
@@ -61,7 +77,10 @@ impl Store {
             StoreConfig::Postgres {
                 url,
                 max_connections,
-            } => Store::Postgres(PgStore::connect(url, *max_connections).await?),
+                worker_connections,
+            } => {
+                Store::Postgres(PgStore::connect(url, *max_connections, *worker_connections).await?)
+            }
             StoreConfig::Sqlite { path } => Store::Sqlite(SqliteStore::open(path).await?),
         })
     }
@@ -89,6 +108,33 @@ impl Store {
     /// events between two looks are one change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         dispatch!(self, s => s.subscribe())
+    }
+
+    /// Registers interest in run `id` ending: the watch wakes when it ends (completed,
+    /// failed or cancelled) or may have, and the caller re-reads it. Register before
+    /// reading the run, so an ending in between is not missed. Waking costs no query
+    /// per watcher: endings are pushed (NOTIFY on PostgreSQL, in process on SQLite),
+    /// and one sweep per process checks all watched runs every [`SWEEP`] in case a
+    /// notification was lost.
+    pub fn run_watch(&self, id: Uuid) -> RunWatch {
+        let endings = self.endings();
+        let watch = endings.watch(id);
+        if let Store::Postgres(pg) = self {
+            pg.ensure_listening();
+        }
+        if !endings.sweeping.swap(true, Ordering::SeqCst) {
+            tokio::spawn(sweep(self.clone(), endings.clone()));
+        }
+        watch
+    }
+
+    fn endings(&self) -> &Arc<RunEndings> {
+        dispatch!(self, s => s.endings())
+    }
+
+    /// Which of `ids` exist and have not ended.
+    pub async fn runs_unfinished(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        dispatch!(self, s => s.runs_unfinished(ids).await)
     }
 
     /// Inserts a run, or returns the run its idempotency key already names.
@@ -483,6 +529,37 @@ impl Store {
     /// Forgets workers stopped, or silent, since before `before`.
     pub async fn workers_prune(&self, before: DateTime<Utc>) -> StoreResult<u64> {
         dispatch!(self, s => s.workers_prune(before).await)
+    }
+}
+
+/// The safety net under the notifications: every [`SWEEP`], one query finds which
+/// watched runs ended (or vanished) and wakes their waiters. Stops when nobody watches.
+async fn sweep(store: Store, endings: Arc<RunEndings>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SWEEP) => {}
+            _ = endings.unwatched() => {}
+        }
+        if endings.is_empty() {
+            endings.stop_sweeping();
+            // A watch made between the check and the store above saw the flag still
+            // set and started no sweep: carry on for it.
+            if endings.is_empty() || endings.sweeping.swap(true, Ordering::SeqCst) {
+                return;
+            }
+        }
+        let watched = endings.watched();
+        for chunk in watched.chunks(500) {
+            match store.runs_unfinished(chunk).await {
+                Ok(live) => {
+                    let live: std::collections::HashSet<Uuid> = live.into_iter().collect();
+                    for id in chunk.iter().filter(|id| !live.contains(id)) {
+                        endings.ended(*id);
+                    }
+                }
+                Err(error) => tracing::warn!(error = %error, "cannot sweep watched runs"),
+            }
+        }
     }
 }
 

@@ -5,6 +5,12 @@
 //! cancellations or queued signals) commit in one statement whose CTEs update the run
 //! and append its history row. Everything else goes through the shared rules in
 //! `logic.rs` inside one transaction, with the run locked `FOR UPDATE`.
+//!
+//! Two pools: the runner's loop (claims, commits, releases, heartbeats, wait timeouts,
+//! the next due time) uses a small one of its own, so API reads (or anything else holding connections) cannot make a
+//! heartbeat wait until its lease expires. A transaction that ends a run notifies
+//! [`ENDED_CHANNEL`] with the run id; the process's one LISTEN connection hands both
+//! channels on (workers' wake-ups, long polls' endings).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::logic::{self, Ops};
+use super::RunEndings;
 use super::{
     check_schema_not_newer, from_json, json_error, latest_version, opt_from_json, parse_error,
     parse_status, to_json, AuditEntry, CatchUp, ClaimRequest, Commit, CompensationRecord, Held,
@@ -32,10 +39,17 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgre
 /// The channel the `waymark_runs_notify_due` trigger notifies.
 const CHANNEL: &str = "waymark_runs";
 
+/// The channel a run's ending is notified on, with the run id as payload, in the
+/// transaction that ends it (so a waiter never hears of an ending that rolled back).
+pub const ENDED_CHANNEL: &str = "waymark_run_ended";
+
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The runner's claims, commits and heartbeats (see the module docs).
+    worker_pool: PgPool,
     wake: Arc<watch::Sender<u64>>,
+    endings: Arc<RunEndings>,
     listening: Arc<AtomicBool>,
 }
 
@@ -253,11 +267,15 @@ WITH upd AS (
 SELECT * FROM upd
 "#;
 
-/// Runs one of the shared rules in its own transaction.
+/// Runs one of the shared rules in its own transaction (on the main pool, or on
+/// `pool` when given).
 macro_rules! in_tx {
-    ($store:ident, $ops:ident => $body:expr) => {{
+    ($store:ident, $ops:ident => $body:expr) => {
+        in_tx!($store.pool, $ops => $body)
+    };
+    ($pool:expr, $ops:ident => $body:expr) => {{
         let mut tx_ops = PgOps {
-            tx: $store.pool.begin().await?,
+            tx: $pool.begin().await?,
         };
         let value = {
             let $ops = &mut tx_ops;
@@ -326,6 +344,14 @@ impl Ops for PgOps {
         .bind(r.finished_at)
         .execute(&mut *self.tx)
         .await?;
+        if r.status.is_terminal() {
+            // Delivered at commit, and only if the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(ENDED_CHANNEL)
+                .bind(r.id.to_string())
+                .execute(&mut *self.tx)
+                .await?;
+        }
         Ok(())
     }
 
@@ -542,22 +568,46 @@ async fn insert_history(conn: &mut PgConnection, h: &NewHistory) -> StoreResult<
 }
 
 impl PgStore {
-    pub async fn connect(url: &str, max_connections: u32) -> StoreResult<PgStore> {
+    /// Opens the main pool (`max_connections`) and the runner's (`worker_connections`,
+    /// opened lazily, so a process that serves only the API never fills it).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        worker_connections: u32,
+    ) -> StoreResult<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             .acquire_timeout(Duration::from_secs(10))
             .connect(url)
             .await?;
-        Ok(Self::from_pool(pool))
+        let worker_pool = PgPoolOptions::new()
+            .max_connections(worker_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with((*pool.connect_options()).clone());
+        let mut store = Self::from_pool(pool);
+        store.worker_pool = worker_pool;
+        Ok(store)
     }
 
+    /// A store on one pool for everything (no separate pool for the runner).
     pub fn from_pool(pool: PgPool) -> PgStore {
         let (wake, _) = watch::channel(0);
         PgStore {
+            worker_pool: pool.clone(),
             pool,
             wake: Arc::new(wake),
+            endings: Arc::default(),
             listening: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// The runner's pool (the main pool for a store made by [`Self::from_pool`]).
+    pub fn worker_pool(&self) -> &PgPool {
+        &self.worker_pool
+    }
+
+    pub(super) fn endings(&self) -> &Arc<RunEndings> {
+        &self.endings
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -589,14 +639,32 @@ impl PgStore {
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
+        let rx = self.wake.subscribe();
+        self.ensure_listening();
+        rx
+    }
+
+    /// Starts this process's LISTEN connection unless it runs; it stops when neither
+    /// workers nor waiters want it.
+    pub(super) fn ensure_listening(&self) {
         if !self.listening.swap(true, Ordering::SeqCst) {
             tokio::spawn(listen(
                 self.pool.clone(),
                 self.wake.clone(),
+                self.endings.clone(),
                 self.listening.clone(),
             ));
         }
-        self.wake.subscribe()
+    }
+
+    pub(super) async fn runs_unfinished(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        Ok(sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs
+               WHERE id = ANY($1) AND status NOT IN ('completed', 'failed', 'cancelled')"#,
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(super) async fn run_start(&self, new: NewRun) -> StoreResult<Started> {
@@ -778,7 +846,7 @@ impl PgStore {
         .bind(req.worker_id)
         .bind(secs(req.lease))
         .bind(&req.exclude)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.worker_pool)
         .await?;
         rows_to_runs(rows)
     }
@@ -787,7 +855,7 @@ impl PgStore {
         if let Some(run) = self.commit_fast(lease, commit).await? {
             return Ok(run);
         }
-        in_tx!(self, ops => logic::commit(ops, lease, commit))
+        in_tx!(self.worker_pool, ops => logic::commit(ops, lease, commit))
     }
 
     /// The one-statement path; `None` when the commit is not a hot one or its extra
@@ -851,7 +919,7 @@ impl PgStore {
             .bind(from_attempt)
             .bind(&commit.actor)
             .bind(commit.step_started_at)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.worker_pool)
             .await?;
         row.map(Run::try_from).transpose()
     }
@@ -922,12 +990,12 @@ impl PgStore {
         )
         .bind(now)
         .bind(limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.worker_pool)
         .await?;
         let mut fired = 0;
         for id in due {
             let fired_one: StoreResult<bool> =
-                in_tx!(self, ops => logic::fire_timeout(ops, id, now));
+                in_tx!(self.worker_pool, ops => logic::fire_timeout(ops, id, now));
             if fired_one? {
                 fired += 1;
             }
@@ -948,7 +1016,7 @@ impl PgStore {
         .bind(lease.token)
         .bind(lease.worker_id)
         .bind(now)
-        .execute(&self.pool)
+        .execute(&self.worker_pool)
         .await?;
         lease_applied(lease, done.rows_affected())
     }
@@ -969,7 +1037,7 @@ impl PgStore {
         .bind(lease.worker_id)
         .bind(fraction)
         .bind(message)
-        .execute(&self.pool)
+        .execute(&self.worker_pool)
         .await?;
         lease_applied(lease, done.rows_affected())
     }
@@ -989,7 +1057,7 @@ impl PgStore {
         .bind(worker_id)
         .bind(secs(lease))
         .bind(runs)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.worker_pool)
         .await?;
         Ok(rows
             .into_iter()
@@ -1010,7 +1078,7 @@ impl PgStore {
                WHERE status IN ('pending', 'sleeping', 'retrying', 'waiting')
                   OR (status = 'compensating' AND locked_by IS NULL)"#,
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&self.worker_pool)
         .await?)
     }
 
@@ -1063,7 +1131,7 @@ impl PgStore {
         )
         .bind(id)
         .bind(runs_in_hand)
-        .execute(&self.pool)
+        .execute(&self.worker_pool)
         .await?;
         Ok(())
     }
@@ -1823,14 +1891,53 @@ fn lease_applied(lease: &Lease, rows: u64) -> StoreResult<()> {
     }
 }
 
-/// Forwards NOTIFYs to the in-process wake channel. After any connection loss it
-/// reconnects and bumps the channel once, so workers sweep for runs that became due
-/// while nobody was listening.
-async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>, listening: Arc<AtomicBool>) {
+/// Whether anyone in this process wants notifications: workers or long-poll waiters.
+fn wanted(wake: &watch::Sender<u64>, endings: &RunEndings) -> bool {
+    wake.receiver_count() > 0 || !endings.is_empty()
+}
+
+/// Resolves once neither workers nor waiters want notifications.
+async fn unwanted(wake: &watch::Sender<u64>, endings: &RunEndings) {
+    loop {
+        wake.closed().await;
+        endings.unwatched().await;
+        if !wanted(wake, endings) {
+            return;
+        }
+    }
+}
+
+/// The process's one LISTEN connection: due runs wake the workers, endings wake the
+/// long polls waiting on them. Runs while anyone wants it.
+async fn listen(
+    pool: PgPool,
+    wake: Arc<watch::Sender<u64>>,
+    endings: Arc<RunEndings>,
+    listening: Arc<AtomicBool>,
+) {
+    loop {
+        listen_while_wanted(&pool, &wake, &endings).await;
+        listening.store(false, Ordering::SeqCst);
+        // A subscriber or watch that came between the last check and the store above
+        // saw the flag still set and started no listener: carry on for it.
+        if pool.is_closed() || !wanted(&wake, &endings) || listening.swap(true, Ordering::SeqCst) {
+            return;
+        }
+    }
+}
+
+/// After any connection loss it reconnects and wakes everyone once, so workers sweep
+/// for runs that became due and waiters re-read runs that may have ended while nobody
+/// was listening.
+async fn listen_while_wanted(pool: &PgPool, wake: &watch::Sender<u64>, endings: &RunEndings) {
     let bump = || wake.send_modify(|n| *n = n.wrapping_add(1));
+    let lost = || {
+        bump();
+        endings.wake_all();
+    };
     let mut backoff = Duration::from_millis(100);
-    while !pool.is_closed() && wake.receiver_count() > 0 {
-        let mut listener = match PgListener::connect_with(&pool).await {
+    while !pool.is_closed() && wanted(wake, endings) {
+        let mut listener = match PgListener::connect_with(pool).await {
             Ok(listener) => listener,
             Err(error) => {
                 tracing::warn!(error = %error, "cannot open the LISTEN connection; retrying");
@@ -1839,32 +1946,37 @@ async fn listen(pool: PgPool, wake: Arc<watch::Sender<u64>>, listening: Arc<Atom
                 continue;
             }
         };
-        if let Err(error) = listener.listen(CHANNEL).await {
+        if let Err(error) = listener.listen_all([CHANNEL, ENDED_CHANNEL]).await {
             tracing::warn!(error = %error, "LISTEN failed; retrying");
             tokio::time::sleep(backoff).await;
             continue;
         }
         backoff = Duration::from_millis(100);
-        bump();
+        lost();
         loop {
             tokio::select! {
                 received = listener.try_recv() => match received {
+                    Ok(Some(note)) if note.channel() == ENDED_CHANNEL => {
+                        match note.payload().parse::<Uuid>() {
+                            Ok(id) => endings.ended(id),
+                            Err(_) => endings.wake_all(),
+                        }
+                    }
                     Ok(Some(_)) => bump(),
                     Ok(None) => {
-                        // The connection dropped; try_recv reconnects on the next call
-                        // and re-LISTENs, but notifications in between are gone.
-                        tracing::warn!("LISTEN connection lost; reconnecting and sweeping");
-                        bump();
+                        // The connection dropped and was re-established (LISTEN
+                        // included), but notifications in between are gone.
+                        tracing::warn!("LISTEN connection lost; reconnected, sweeping");
+                        lost();
                     }
                     Err(error) => {
                         tracing::warn!(error = %error, "LISTEN connection failed; reconnecting");
-                        bump();
+                        lost();
                         break;
                     }
                 },
-                _ = wake.closed() => break,
+                _ = unwanted(wake, endings) => return,
             }
         }
     }
-    listening.store(false, Ordering::SeqCst);
 }

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::logic::{self, Ops};
+use super::RunEndings;
 use super::{
     check_schema_not_newer, json_error, latest_version, parse_error, parse_status, to_json,
     AuditEntry, CatchUp, ClaimRequest, Commit, CompensationRecord, Held, HistoryEntry, KeyRecord,
@@ -38,6 +39,8 @@ const DB_NOW: &str = "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGE
 pub struct SqliteStore {
     pool: SqlitePool,
     wake: Arc<watch::Sender<u64>>,
+    /// Long polls waiting for runs to end, woken after the commits that end them.
+    endings: Arc<RunEndings>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -252,23 +255,30 @@ fn rows_to_runs(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
     rows.into_iter().map(Run::try_from).collect()
 }
 
-/// Runs one of the shared rules in its own transaction.
+/// Runs one of the shared rules in its own transaction, then wakes the waiters of the
+/// runs it ended.
 macro_rules! in_tx {
     ($store:ident, $ops:ident => $body:expr) => {{
         let mut tx_ops = SqliteOps {
             tx: $store.pool.begin().await?,
+            ended: Vec::new(),
         };
         let value = {
             let $ops = &mut tx_ops;
             $body.await?
         };
         tx_ops.tx.commit().await?;
+        for id in tx_ops.ended {
+            $store.endings.ended(id);
+        }
         Ok(value)
     }};
 }
 
 struct SqliteOps {
     tx: Transaction<'static, Sqlite>,
+    /// Runs this transaction ended, announced once it commits.
+    ended: Vec<Uuid>,
 }
 
 impl Ops for SqliteOps {
@@ -324,6 +334,9 @@ impl Ops for SqliteOps {
         .bind(r.finished_at.map(ms))
         .execute(&mut *self.tx)
         .await?;
+        if r.status.is_terminal() {
+            self.ended.push(r.id);
+        }
         Ok(())
     }
 
@@ -594,6 +607,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             pool,
             wake: Arc::new(wake),
+            endings: Arc::default(),
         })
     }
 
@@ -642,6 +656,23 @@ impl SqliteStore {
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {
         self.wake.subscribe()
+    }
+
+    pub(super) fn endings(&self) -> &Arc<RunEndings> {
+        &self.endings
+    }
+
+    pub(super) async fn runs_unfinished(&self, ids: &[Uuid]) -> StoreResult<Vec<Uuid>> {
+        let ids: Vec<String> = ids.iter().map(Uuid::to_string).collect();
+        let found: Vec<String> = sqlx::query_scalar(
+            r#"SELECT id FROM waymark_runs
+               WHERE id IN (SELECT value FROM json_each(?1))
+                 AND status NOT IN ('completed', 'failed', 'cancelled')"#,
+        )
+        .bind(serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?)
+        .fetch_all(&self.pool)
+        .await?;
+        found.iter().map(|id| uuid(id)).collect()
     }
 
     pub(super) async fn run_start(&self, new: NewRun) -> StoreResult<Started> {
