@@ -27,6 +27,7 @@ on_both_backends!(
     a_rotation_policy_schedule_cannot_be_pointed_at_another_key,
     a_step_reaches_only_its_own_tenant_unless_its_workflow_is_a_system_one,
     extreme_durations_are_refused_naming_the_field_and_the_maximum,
+    every_documented_route_refuses_a_key_one_scope_below_its_own,
 );
 
 /// Every shipped workflow registered, with an outbox mailer and local blobs: the
@@ -536,5 +537,55 @@ async fn extreme_durations_are_refused_naming_the_field_and_the_maximum(db: Test
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
+    api.stop().await;
+}
+
+/// Walks the served OpenAPI document (what is documented) and calls every operation
+/// with a key one scope below the one it names (`x-waymark-scope`), or with no key for
+/// reader routes: each answers 403 (401) before looking at its input. The router
+/// applies the table's scope itself, so this holds even for a handler that forgot.
+async fn every_documented_route_refuses_a_key_one_scope_below_its_own(db: TestDb) {
+    let api = api_with_shipped_workflows(db).await;
+    let (_, reader) = api.key("alpha", &["reader"]).await;
+    let (_, operator) = api.key("alpha", &["operator"]).await;
+    let (status, document) = api.call(Method::GET, "/openapi.json", None, None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut probed = 0;
+    for (path, operations) in document["paths"].as_object().unwrap() {
+        for (method, operation) in operations.as_object().unwrap() {
+            let Some(scope) = operation["x-waymark-scope"].as_str() else {
+                continue;
+            };
+            let (key, expected) = match scope {
+                "reader" => (None, StatusCode::UNAUTHORIZED),
+                "operator" => (Some(reader.as_str()), StatusCode::FORBIDDEN),
+                "admin" => (Some(operator.as_str()), StatusCode::FORBIDDEN),
+                other => panic!("{method} {path}: unknown scope {other}"),
+            };
+            // Path parameters filled with something that names nothing: the scope is
+            // checked before anything is looked up.
+            let concrete = path
+                .split('/')
+                .map(|part| {
+                    if part.starts_with('{') {
+                        uuid::Uuid::now_v7().to_string()
+                    } else {
+                        part.to_owned()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let method: Method = method.to_uppercase().parse().unwrap();
+            let body =
+                matches!(method, Method::POST | Method::PUT | Method::PATCH).then(|| json!({}));
+            let (status, answer) = api.call(method.clone(), &concrete, key, body).await;
+            assert_eq!(
+                status, expected,
+                "{method} {path} ({scope}) with a key one scope below: {answer}"
+            );
+            probed += 1;
+        }
+    }
+    assert!(probed >= 30, "only {probed} operations documented");
     api.stop().await;
 }

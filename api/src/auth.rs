@@ -141,6 +141,11 @@ impl FromRequestParts<AppState> for Caller {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
+        // Authenticated once per request: the router's scope check (see
+        // [`require_scope`]) leaves the caller here for the handler.
+        if let Some(caller) = parts.extensions.get::<Caller>() {
+            return Ok(caller.clone());
+        }
         let header = parts.headers.get(header::AUTHORIZATION).ok_or_else(|| {
             ApiError::unauthorized("an API key is required: Authorization: Bearer <key>")
         })?;
@@ -185,4 +190,26 @@ impl FromRequestParts<AppState> for Caller {
             .map(|ConnectInfo(addr)| addr.ip().to_string());
         Ok(Caller { key, address })
     }
+}
+
+/// The scope check the router applies to every route of the table, from the scope the
+/// table documents, before the handler (or its body) is looked at: the OpenAPI
+/// document's `x-waymark-scope` and what is enforced cannot drift apart.
+pub(crate) async fn require_scope(
+    axum::extract::State((state, scope)): axum::extract::State<(AppState, Scope)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let (mut parts, body) = request.into_parts();
+    let caller = match Caller::from_request_parts(&mut parts, &state).await {
+        Ok(caller) => caller,
+        Err(problem) => return problem.into_response(),
+    };
+    if let Err(problem) = caller.require(scope) {
+        return problem.into_response();
+    }
+    parts.extensions.insert(caller);
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }

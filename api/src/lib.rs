@@ -49,7 +49,9 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(routes::openapi_json))
         .route("/metrics", get(metrics));
     for route in routes::table() {
-        router = router.route(route.path, route.handler);
+        let check =
+            axum::middleware::from_fn_with_state((state.clone(), route.scope), auth::require_scope);
+        router = router.route(route.path, route.handler.route_layer(check));
     }
     router
         .fallback(not_found)
