@@ -14,6 +14,7 @@ mod engine;
 mod exports;
 mod key_rotation;
 mod mail;
+mod pagination;
 mod schedules;
 mod security;
 mod semantics;
