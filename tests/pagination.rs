@@ -426,6 +426,7 @@ impl WorkflowState for Book {
 #[serde(tag = "signal", content = "payload", rename_all = "snake_case")]
 enum Entry {
     Sign {
+        // Never read: it is the shape the API checks a `sign` payload against.
         #[allow(dead_code)]
         by: String,
     },
