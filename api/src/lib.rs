@@ -8,7 +8,8 @@
 //! - [`diagram`]: a workflow's state machine drawn as SVG.
 //! - [`routes`]: every `/v1` route in one table that builds both the router and the
 //!   OpenAPI document; [`auth`] (API keys, scopes, rate limit), [`body`] (reading and
-//!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`].
+//!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`]; `paging`
+//!   reads `limit` and `cursor` the same way for every list route.
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
 //! - [`tenants`]: `/v1/tenants`, provisioning and deprovisioning tenants (appended to
 //!   the route table).
@@ -27,6 +28,7 @@ pub mod blobs;
 pub mod body;
 pub mod diagram;
 pub mod error;
+mod paging;
 pub mod routes;
 pub mod tenants;
 pub mod views;

@@ -23,6 +23,7 @@ use waymark_engine::{is_valid_tenant, Access, RunStatus, SendSignal, StartRun, T
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
+use crate::paging::{known_only, Page};
 use crate::views::{HistoryView, KeyView, RunView};
 use crate::{body, AppState};
 
@@ -68,10 +69,10 @@ pub fn table() -> Vec<Route> {
     let reason = json!({"type": "object", "properties": {"reason": {"type": "string"}}});
     vec![
         route(Method::POST, "/v1/workflows/{workflow}/runs", "Start a run; the body is the workflow's input. `Idempotency-Key` makes it idempotent; `?tag=` labels it; an admin acting for a tenant passes `?tenant=`.", Scope::Operator, &[200, 201], Some(json!({"type": "object"})), post(start_run)),
-        route(Method::GET, "/v1/runs", "List runs, newest first, with filters (workflow, status, state, created_after, created_before, tag) and keyset pagination (`cursor`, `limit`).", Scope::Reader, &[200], None, get(list_runs)),
+        route(Method::GET, "/v1/runs", "List runs, newest first, with filters (workflow, status, state, created_after, created_before, tag). Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(list_runs)),
         route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up (429 with Retry-After past the caps on waiting requests per key and per process).", Scope::Reader, &[200], None, get(get_run)),
-        route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors.", Scope::Reader, &[200], None, get(run_history)),
-        route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them.", Scope::Reader, &[200], None, get(run_signals)),
+        route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors, oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(run_history)),
+        route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them, oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(run_signals)),
         route(Method::POST, "/v1/runs/{id}/signals/{signal}", "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is honoured.", Scope::Operator, &[200, 201], Some(json!({})), post(send_signal)),
         route(Method::POST, "/v1/runs/{id}/cancel", "Cancel a run: compensation runs, then it ends `cancelled`.", Scope::Operator, &[200], Some(reason.clone()), operator_route("cancel")),
         route(Method::POST, "/v1/runs/{id}/terminate", "End a run at once without compensation.", Scope::Operator, &[200], Some(reason.clone()), operator_route("terminate")),
@@ -83,7 +84,7 @@ pub fn table() -> Vec<Route> {
         route(Method::GET, "/v1/workflows/{workflow}", "One workflow type: states, edges, signals, timers, compensations.", Scope::Reader, &[200], None, get(get_workflow)),
         route(Method::GET, "/v1/workflows/{workflow}/diagram.svg", "The workflow's state machine as an SVG picture.", Scope::Reader, &[200], None, get(workflow_diagram)),
         route(Method::POST, "/v1/keys", "Create an API key; its secret is in this answer only.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["scopes"], "properties": {"tenant": {"type": "string"}, "scopes": {"type": "array", "items": {"enum": ["reader", "operator", "admin"]}}, "name": {"type": "string"}, "owner_email": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}})), post(create_key)),
-        route(Method::GET, "/v1/keys", "API keys of the caller's tenant (all, for an admin).", Scope::Operator, &[200], None, get(list_keys)),
+        route(Method::GET, "/v1/keys", "API keys of the caller's tenant (all, for an admin), oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Operator, &[200], None, get(list_keys)),
         route(Method::GET, "/v1/keys/{id}", "One API key.", Scope::Operator, &[200], None, get(get_key)),
         route(Method::DELETE, "/v1/keys/{id}", "Revoke an API key.", Scope::Operator, &[200], None, delete(revoke_key)),
         route(Method::POST, "/v1/keys/{id}/rotate", "Rotate a key: a new key (same tenant, scopes, name, owner) is issued with the rotation's run in one transaction; both work through the grace, then the old one is revoked. The new secret is in this answer only.", Scope::Operator, &[201], Some(json!({"type": "object", "properties": {"grace_period": {"type": "string", "examples": ["24h", "90s"]}, "reason": {"type": "string"}, "emergency": {"type": "boolean"}}})), post(rotate_key)),
@@ -91,20 +92,20 @@ pub fn table() -> Vec<Route> {
         route(Method::DELETE, "/v1/keys/{id}/rotation-policy", "Stop rotating this key on a schedule.", Scope::Operator, &[200], None, delete(delete_rotation_policy)),
         route(Method::POST, "/v1/keys/{id}/reveal", "Reveal, once, the secret of a key nobody has seen yet (a scheduled rotation's, a new tenant's admin key); afterwards only its hash remains.", Scope::Operator, &[200], None, post(reveal_key)),
         route(Method::POST, "/v1/schedules", "Create a schedule: a cron rule (crontab(5) syntax, 5 or 6 fields, in an IANA time zone) that starts runs of a workflow with a fixed input.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["name", "cron", "workflow"], "properties": {"name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string", "default": "UTC"}, "workflow": {"type": "string"}, "input": {}, "overlap": {"enum": ["skip", "buffer_one", "allow", "cancel_previous"]}, "catch_up": {"enum": ["skip", "run_once"]}, "paused": {"type": "boolean"}}})), post(create_schedule)),
-        route(Method::GET, "/v1/schedules", "Schedules of the caller's tenant (all, for an admin).", Scope::Reader, &[200], None, get(list_schedules)),
+        route(Method::GET, "/v1/schedules", "Schedules of the caller's tenant (all, for an admin), oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(list_schedules)),
         route(Method::GET, "/v1/schedules/{id}", "One schedule with its next 5 fire times.", Scope::Reader, &[200], None, get(get_schedule)),
         route(Method::PATCH, "/v1/schedules/{id}", "Edit, pause or resume a schedule.", Scope::Operator, &[200], Some(json!({"type": "object"})), patch(update_schedule)),
         route(Method::DELETE, "/v1/schedules/{id}", "Delete a schedule (its runs stay).", Scope::Operator, &[200], None, delete(delete_schedule)),
         route(Method::GET, "/v1/whoami", "The presented key's id, tenant and scopes.", Scope::Reader, &[200], None, get(whoami)),
         route(Method::GET, "/v1/audit", "The append-only audit log of the caller's tenant, newest first (`before`, `limit`).", Scope::Operator, &[200], None, get(audit)),
-        route(Method::GET, "/v1/workers", "The worker registry.", Scope::Operator, &[200], None, get(workers)),
+        route(Method::GET, "/v1/workers", "The worker registry, newest first (hosts and process ids for admins only). Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Operator, &[200], None, get(workers)),
     ].into_iter().chain(crate::tenants::routes()).collect()
 }
 
 // ---------------------------------------------------------------------------------
 // Helpers
 
-fn params(raw: Option<String>) -> Vec<(String, String)> {
+pub(crate) fn params(raw: Option<String>) -> Vec<(String, String)> {
     raw.map(|q| {
         url::form_urlencoded::parse(q.as_bytes())
             .into_owned()
@@ -397,22 +398,7 @@ async fn list_runs(
     caller.require(Scope::Reader)?;
     let query = params(query);
     let filter = filter_from(&query)?;
-    let limit = match param(&query, "limit") {
-        None => 50,
-        Some(text) => text
-            .parse::<u32>()
-            .ok()
-            .filter(|n| (1..=500).contains(n))
-            .ok_or_else(|| ApiError::invalid(format!("limit: expected 1 to 500, got {text:?}")))?,
-    };
-    let cursor = match param(&query, "cursor") {
-        None => None,
-        Some(text) => Some(text.parse::<Uuid>().map_err(|_| {
-            ApiError::invalid(format!(
-                "cursor: {text:?} is not a cursor from a previous page"
-            ))
-        })?),
-    };
+    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
     let scope = match (caller.is_admin(), param(&query, "tenant")) {
         (true, Some(tenant)) => TenantScope::Tenant(tenant.to_owned()),
         (false, Some(tenant)) if tenant != caller.key.tenant => {
@@ -425,11 +411,9 @@ async fn list_runs(
     let runs = state
         .engine
         .store
-        .runs_list(&scope, &filter, cursor, limit)
+        .runs_list(&scope, &filter, page.after, page.fetch())
         .await?;
-    let next_cursor = (runs.len() as u32 == limit)
-        .then(|| runs.last().map(|r| r.id))
-        .flatten();
+    let (runs, next_cursor) = page.finish(runs, |r| r.id);
     let runs: Vec<RunView> = runs.into_iter().map(RunView::new).collect();
     Ok(Json(json!({ "runs": runs, "next_cursor": next_cursor })))
 }
@@ -438,32 +422,48 @@ async fn run_history(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Json<HistoryView>> {
     caller.require(Scope::Reader)?;
     let id = run_id(&id)?;
+    let query = params(query);
+    known_only(&query, &["cursor", "limit"])?;
+    // History ids are positive serials.
+    let page = Page::from_query(&query, |c| c.parse::<i64>().ok().filter(|n| *n > 0))?;
     let history = state
         .engine
         .store
-        .run_history(&caller.scope(), id)
+        .run_history_page(&caller.scope(), id, page.after, page.fetch())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
-    Ok(Json(HistoryView { history }))
+    let (history, next_cursor) = page.finish(history, |h| h.id);
+    Ok(Json(HistoryView {
+        history,
+        next_cursor,
+    }))
 }
 
 async fn run_signals(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
     caller.require(Scope::Reader)?;
     let id = run_id(&id)?;
+    let query = params(query);
+    known_only(&query, &["cursor", "limit"])?;
+    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
     let signals = state
         .engine
         .store
-        .run_signals(&caller.scope(), id)
+        .run_signals_page(&caller.scope(), id, page.after, page.fetch())
         .await?
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))?;
-    Ok(Json(json!({ "signals": signals })))
+    let (signals, next_cursor) = page.finish(signals, |s| s.id);
+    Ok(Json(
+        json!({ "signals": signals, "next_cursor": next_cursor }),
+    ))
 }
 
 async fn send_signal(
@@ -903,18 +903,24 @@ async fn create_key(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn list_keys(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_keys(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
     caller.require(Scope::Operator)?;
+    let query = params(query);
+    known_only(&query, &["cursor", "limit"])?;
+    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
     let now = state.engine.clock.now();
-    let keys: Vec<KeyView> = state
+    let keys = state
         .engine
         .store
-        .key_list(&caller.scope())
-        .await?
-        .into_iter()
-        .map(|k| KeyView::new(k, now))
-        .collect();
-    Ok(Json(json!({ "keys": keys })))
+        .keys_page(&caller.scope(), page.after, page.fetch())
+        .await?;
+    let (keys, next_cursor) = page.finish(keys, |k| k.id);
+    let keys: Vec<KeyView> = keys.into_iter().map(|k| KeyView::new(k, now)).collect();
+    Ok(Json(json!({ "keys": keys, "next_cursor": next_cursor })))
 }
 
 async fn get_key(
@@ -1344,9 +1350,21 @@ async fn audit(
     Ok(Json(json!({ "entries": entries })))
 }
 
-async fn workers(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn workers(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
     caller.require(Scope::Operator)?;
-    let workers = state.engine.store.worker_list().await?;
+    let query = params(query);
+    known_only(&query, &["cursor", "limit"])?;
+    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
+    let workers = state
+        .engine
+        .store
+        .workers_page(page.after, page.fetch())
+        .await?;
+    let (workers, next_cursor) = page.finish(workers, |w| w.id);
     let mut workers = serde_json::to_value(workers).map_err(|e| ApiError::internal(&e))?;
     // Where Waymark runs (hosts, process ids) is the installation's business, not a
     // tenant's: only an admin sees it.
@@ -1358,7 +1376,9 @@ async fn workers(State(state): State<AppState>, caller: Caller) -> ApiResult<Jso
             }
         }
     }
-    Ok(Json(json!({ "workers": workers })))
+    Ok(Json(
+        json!({ "workers": workers, "next_cursor": next_cursor }),
+    ))
 }
 
 // ---------------------------------------------------------------------------------
@@ -1521,18 +1541,29 @@ async fn create_schedule(
         .into_response())
 }
 
-async fn list_schedules(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_schedules(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
     caller.require(Scope::Reader)?;
+    let query = params(query);
+    known_only(&query, &["cursor", "limit"])?;
+    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
     let now = state.engine.clock.now();
-    let schedules: Vec<Value> = state
+    let schedules = state
         .engine
         .store
-        .schedule_list(&caller.scope())
-        .await?
+        .schedules_page(&caller.scope(), page.after, page.fetch())
+        .await?;
+    let (schedules, next_cursor) = page.finish(schedules, |s| s.id);
+    let schedules: Vec<Value> = schedules
         .into_iter()
         .map(|s| schedule_view(s, now))
         .collect();
-    Ok(Json(json!({ "schedules": schedules })))
+    Ok(Json(
+        json!({ "schedules": schedules, "next_cursor": next_cursor }),
+    ))
 }
 
 async fn load_schedule(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<Schedule> {

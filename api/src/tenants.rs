@@ -14,7 +14,7 @@
 //! makes) the row, so it is idempotent on its own.
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use waymark_engine::keys::Scope;
 use waymark_engine::store::NewAudit;
-use waymark_engine::{StartRun, Store, StoreError, TenantScope, Workflow};
+use waymark_engine::{is_valid_tenant, StartRun, Store, StoreError, TenantScope, Workflow};
 use waymark_workflows::tenant_deprovisioning::{DeprovisioningInput, TenantDeprovisioning};
 use waymark_workflows::tenant_provisioning::{slug_problem, TenantProvisioning};
 use waymark_workflows::tenants::names::SYSTEM_TENANT;
@@ -32,14 +32,15 @@ use waymark_workflows::tenants::{plans, NewTenant, Tenant, TenantStatus};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::routes::{route, Route};
+use crate::paging::{known_only, Page};
+use crate::routes::{params, route, Route};
 use crate::{body, AppState};
 
 /// The tenant routes, appended to [`crate::routes::table`].
 pub fn routes() -> Vec<Route> {
     vec![
         route(Method::POST, "/v1/tenants", "Provision a tenant: reserve its slug and start the `tenant_provisioning` saga (database space, storage space, admin key revealed once through `POST /v1/keys/{id}/reveal`, welcome email). 422 for an invalid slug, email or unknown plan; 409 if the slug is taken in any status.", Scope::Admin, &[202], Some(json!({"type": "object", "required": ["slug", "name", "plan", "admin_email"], "properties": {"slug": {"type": "string", "pattern": "^[a-z][a-z0-9-]{2,39}$"}, "name": {"type": "string"}, "plan": {"type": "string"}, "admin_email": {"type": "string", "format": "email"}}})), post(create_tenant)),
-        route(Method::GET, "/v1/tenants", "Tenants with their status and every resource created, with the run that created it (an operator sees only its own tenant).", Scope::Operator, &[200], None, get(list_tenants)),
+        route(Method::GET, "/v1/tenants", "Tenants by slug with their status and every resource created, with the run that created it (an operator sees only its own tenant). Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Operator, &[200], None, get(list_tenants)),
         route(Method::GET, "/v1/tenants/{slug}", "One tenant: status (provisioning, active, failed, suspended, deleted), quotas, resources and the runs that made them.", Scope::Operator, &[200], None, get(get_tenant)),
         route(Method::POST, "/v1/tenants/{slug}/deprovision", "Deprovision an active tenant: suspend it (keys, schedules, runs), export its data, wait out the retention (signal `restore` to the run reactivates it), then delete it.", Scope::Admin, &[202], Some(json!({"type": "object"})), post(deprovision_tenant)),
     ]
@@ -202,22 +203,32 @@ async fn create_tenant(
         .into_response())
 }
 
-async fn list_tenants(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
+async fn list_tenants(
+    State(state): State<AppState>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<Value>> {
     caller.require(Scope::Operator)?;
+    let query = params(query);
+    known_only(&query, &["cursor", "limit"])?;
+    // The cursor is a slug, and every stored slug is a valid one.
+    let page = Page::from_query(&query, |c| is_valid_tenant(c).then(|| c.to_owned()))?;
     let store = &state.engine.store;
-    let tenants = match caller.scope() {
-        TenantScope::All => record::list(store).await.map_err(db)?,
-        TenantScope::Tenant(own) => record::get(store, &own)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .collect(),
+    let only = match caller.scope() {
+        TenantScope::All => None,
+        TenantScope::Tenant(own) => Some(own),
     };
+    let tenants = record::list_page(store, only.as_deref(), page.after.as_deref(), page.fetch())
+        .await
+        .map_err(db)?;
+    let (tenants, next_cursor) = page.finish(tenants, |t| t.slug.clone());
     let mut views = Vec::with_capacity(tenants.len());
     for tenant in tenants {
         views.push(view(store, tenant).await?);
     }
-    Ok(Json(json!({ "tenants": views })))
+    Ok(Json(
+        json!({ "tenants": views, "next_cursor": next_cursor }),
+    ))
 }
 
 /// The tenant `slug` as the caller may see it: any for an admin, its own otherwise;

@@ -118,6 +118,8 @@ impl RunView {
 #[derive(Debug, Serialize)]
 pub struct HistoryView {
     pub history: Vec<HistoryEntry>,
+    /// The `cursor` of the next page; `None` on the last.
+    pub next_cursor: Option<String>,
 }
 
 /// A key as listed: never its secret or hash.

@@ -151,7 +151,20 @@ impl Store {
         scope: &TenantScope,
         id: Uuid,
     ) -> StoreResult<Option<Vec<HistoryEntry>>> {
-        dispatch!(self, s => s.run_history(scope, id).await)
+        dispatch!(self, s => s.run_history(scope, id, None, i64::MAX).await)
+    }
+
+    /// A page of a run's history, oldest first: at most `limit` rows, strictly after
+    /// the row `after` (keyset pagination on the history's serial id). `None` if the
+    /// run is not in `scope`.
+    pub async fn run_history_page(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        after: Option<i64>,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<HistoryEntry>>> {
+        dispatch!(self, s => s.run_history(scope, id, after, i64::from(limit)).await)
     }
 
     /// The history of each of `ids` (those in `scope`) in one query: ordered by run
@@ -171,7 +184,20 @@ impl Store {
         scope: &TenantScope,
         id: Uuid,
     ) -> StoreResult<Option<Vec<SignalRecord>>> {
-        dispatch!(self, s => s.run_signals(scope, id).await)
+        dispatch!(self, s => s.run_signals(scope, id, None, i64::MAX).await)
+    }
+
+    /// A page of the signals delivered to a run, oldest first: at most `limit`,
+    /// strictly after the signal `after` (keyset pagination on the time-ordered id).
+    /// `None` if the run is not in `scope`.
+    pub async fn run_signals_page(
+        &self,
+        scope: &TenantScope,
+        id: Uuid,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Option<Vec<SignalRecord>>> {
+        dispatch!(self, s => s.run_signals(scope, id, after, i64::from(limit)).await)
     }
 
     /// The children `parent` started in its visit `visit`, by child index.
@@ -356,6 +382,17 @@ impl Store {
         dispatch!(self, s => s.key_list(scope).await)
     }
 
+    /// A page of the keys of `scope`, oldest first: at most `limit`, strictly after the
+    /// key `after` (keyset pagination on the time-ordered id).
+    pub async fn keys_page(
+        &self,
+        scope: &TenantScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<KeyRecord>> {
+        dispatch!(self, s => s.keys_page(scope, after, limit).await)
+    }
+
     /// Revokes a key (idempotently: the first revocation's time and actor stay) and
     /// appends the audit record in the same transaction.
     pub async fn key_revoke(
@@ -462,6 +499,17 @@ impl Store {
         dispatch!(self, s => s.schedule_list(scope).await)
     }
 
+    /// A page of the schedules of `scope`, oldest first: at most `limit`, strictly
+    /// after the schedule `after` (keyset pagination on the time-ordered id).
+    pub async fn schedules_page(
+        &self,
+        scope: &TenantScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<Schedule>> {
+        dispatch!(self, s => s.schedules_page(scope, after, limit).await)
+    }
+
     /// Writes a schedule's editable fields (the caller checked its tenant).
     pub async fn schedule_update(&self, schedule: &Schedule) -> StoreResult<Schedule> {
         dispatch!(self, s => s.schedule_update(schedule).await)
@@ -518,6 +566,16 @@ impl Store {
     /// Every registered worker, newest first.
     pub async fn worker_list(&self) -> StoreResult<Vec<WorkerInfo>> {
         dispatch!(self, s => s.worker_list(None).await)
+    }
+
+    /// A page of the worker registry, newest first: at most `limit`, strictly older
+    /// than the worker `before` (keyset pagination on the time-ordered id).
+    pub async fn workers_page(
+        &self,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<WorkerInfo>> {
+        dispatch!(self, s => s.workers_page(before, limit).await)
     }
 
     /// Workers not stopped that have heartbeated since `since` (an index serves it, so

@@ -251,6 +251,27 @@ struct WorkerRow {
     stopped_at: Option<i64>,
 }
 
+impl TryFrom<WorkerRow> for WorkerInfo {
+    type Error = StoreError;
+
+    fn try_from(w: WorkerRow) -> StoreResult<WorkerInfo> {
+        Ok(WorkerInfo {
+            id: uuid(&w.id)?,
+            host: w.host,
+            pid: w.pid as i32,
+            version: w.version,
+            capabilities: serde_json::from_str(&w.capabilities)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            workflows: serde_json::from_str(&w.workflows)
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            started_at: from_ms(w.started_at)?,
+            last_heartbeat_at: from_ms(w.last_heartbeat_at)?,
+            runs_in_hand: w.runs_in_hand as i32,
+            stopped_at: opt_from_ms(w.stopped_at)?,
+        })
+    }
+}
+
 fn rows_to_runs(rows: Vec<RunRow>) -> StoreResult<Vec<Run>> {
     rows.into_iter().map(Run::try_from).collect()
 }
@@ -755,15 +776,22 @@ impl SqliteStore {
         &self,
         scope: &TenantScope,
         id: Uuid,
+        after: Option<i64>,
+        limit: i64,
     ) -> StoreResult<Option<Vec<HistoryEntry>>> {
         if self.run_get(scope, id).await?.is_none() {
             return Ok(None);
         }
-        let rows: Vec<HistoryRow> =
-            sqlx::query_as("SELECT * FROM waymark_history WHERE run_id = ?1 ORDER BY id")
-                .bind(id.to_string())
-                .fetch_all(&self.pool)
-                .await?;
+        // History ids start at 1, so 0 is "from the start" and the range stays one the
+        // (run_id, id) index answers.
+        let rows: Vec<HistoryRow> = sqlx::query_as(
+            "SELECT * FROM waymark_history WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        )
+        .bind(id.to_string())
+        .bind(after.unwrap_or(0))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         rows.into_iter()
             .map(history_entry)
             .collect::<StoreResult<Vec<_>>>()
@@ -798,14 +826,20 @@ impl SqliteStore {
         &self,
         scope: &TenantScope,
         id: Uuid,
+        after: Option<Uuid>,
+        limit: i64,
     ) -> StoreResult<Option<Vec<SignalRecord>>> {
         if self.run_get(scope, id).await?.is_none() {
             return Ok(None);
         }
+        // Signal ids are UUIDv7s made on receipt: their order is the order of arrival
+        // (as text too: lowercase hex sorts like the bytes).
         let rows: Vec<SignalRow> = sqlx::query_as(
-            "SELECT * FROM waymark_signals WHERE run_id = ?1 ORDER BY received_at, rowid",
+            "SELECT * FROM waymark_signals WHERE run_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
         )
         .bind(id.to_string())
+        .bind(after.unwrap_or(Uuid::nil()).to_string())
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
@@ -1167,24 +1201,22 @@ impl SqliteStore {
         .bind(live_since.map(ms))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|w| {
-                Ok(WorkerInfo {
-                    id: uuid(&w.id)?,
-                    host: w.host,
-                    pid: w.pid as i32,
-                    version: w.version,
-                    capabilities: serde_json::from_str(&w.capabilities)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    workflows: serde_json::from_str(&w.workflows)
-                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                    started_at: from_ms(w.started_at)?,
-                    last_heartbeat_at: from_ms(w.last_heartbeat_at)?,
-                    runs_in_hand: w.runs_in_hand as i32,
-                    stopped_at: opt_from_ms(w.stopped_at)?,
-                })
-            })
-            .collect()
+        rows.into_iter().map(WorkerInfo::try_from).collect()
+    }
+
+    /// Newest first by the time-ordered id (made when the worker starts).
+    pub(super) async fn workers_page(
+        &self,
+        before: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<WorkerInfo>> {
+        let rows: Vec<WorkerRow> =
+            sqlx::query_as("SELECT * FROM waymark_workers WHERE id < ?1 ORDER BY id DESC LIMIT ?2")
+                .bind(before.unwrap_or(Uuid::max()).to_string())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        rows.into_iter().map(WorkerInfo::try_from).collect()
     }
 }
 
@@ -1397,6 +1429,24 @@ impl SqliteStore {
             "SELECT * FROM waymark_keys WHERE (?1 IS NULL OR tenant = ?1) ORDER BY created_at, id",
         )
         .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(KeyRecord::try_from).collect()
+    }
+
+    pub(super) async fn keys_page(
+        &self,
+        scope: &TenantScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<KeyRecord>> {
+        let rows: Vec<KeyRow> = sqlx::query_as(
+            "SELECT * FROM waymark_keys WHERE (?1 IS NULL OR tenant = ?1) AND id > ?2 \
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(scope.tenant())
+        .bind(after.unwrap_or(Uuid::nil()).to_string())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(KeyRecord::try_from).collect()
@@ -1654,6 +1704,24 @@ impl SqliteStore {
             "SELECT * FROM waymark_schedules WHERE (?1 IS NULL OR tenant = ?1) ORDER BY tenant, name",
         )
         .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter().map(Schedule::try_from).collect()
+    }
+
+    pub(super) async fn schedules_page(
+        &self,
+        scope: &TenantScope,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> StoreResult<Vec<Schedule>> {
+        let rows: Vec<ScheduleRow> = sqlx::query_as(
+            "SELECT * FROM waymark_schedules WHERE (?1 IS NULL OR tenant = ?1) AND id > ?2 \
+             ORDER BY id LIMIT ?3",
+        )
+        .bind(scope.tenant())
+        .bind(after.unwrap_or(Uuid::nil()).to_string())
+        .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter().map(Schedule::try_from).collect()

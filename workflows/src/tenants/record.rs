@@ -419,6 +419,28 @@ pub async fn list(store: &Store) -> Result<Vec<Tenant>, sqlx::Error> {
     fetch_tenants(store, &sql, &[]).await
 }
 
+/// A page of tenants by slug: at most `limit`, strictly after the slug `after`, only
+/// the tenant `only` when given (an operator sees its own record alone).
+pub async fn list_page(
+    store: &Store,
+    only: Option<&str>,
+    after: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Tenant>, sqlx::Error> {
+    // Every slug sorts after the empty string, so "from the start" stays a range on
+    // the primary key.
+    let sql = format!(
+        "SELECT {TENANT_COLUMNS} FROM waymark_tenants \
+         WHERE ($1 IS NULL OR slug = $1) AND slug > $2 ORDER BY slug LIMIT $3"
+    );
+    let args = [
+        Arg::Text(only.map(str::to_owned)),
+        text(after.unwrap_or_default()),
+        Arg::Int(Some(i64::from(limit))),
+    ];
+    fetch_tenants(store, &sql, &args).await
+}
+
 /// The tenant, locked until the caller's transaction ends (PostgreSQL).
 pub async fn get_for_update_pg(
     conn: &mut PgConnection,
