@@ -278,7 +278,6 @@ async fn start_run(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Scope::Operator)?;
     let query = params(query);
     let tenant = acting_tenant(&caller, param(&query, "tenant"))?;
     startable(&state, &caller, &workflow)?;
@@ -327,7 +326,6 @@ async fn get_run(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<RunView>> {
-    caller.require(Scope::Reader)?;
     let mut run = load_run(&state, &caller, &id).await?;
     let query = params(query);
     let wait = match param(&query, "wait") {
@@ -395,7 +393,6 @@ async fn list_runs(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     let query = params(query);
     let filter = filter_from(&query)?;
     let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
@@ -424,7 +421,6 @@ async fn run_history(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<HistoryView>> {
-    caller.require(Scope::Reader)?;
     let id = run_id(&id)?;
     let query = params(query);
     known_only(&query, &["cursor", "limit"])?;
@@ -449,7 +445,6 @@ async fn run_signals(
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     let id = run_id(&id)?;
     let query = params(query);
     known_only(&query, &["cursor", "limit"])?;
@@ -473,7 +468,6 @@ async fn send_signal(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Scope::Operator)?;
     let run = load_run(&state, &caller, &id).await?;
     let declared = state
         .engine
@@ -533,7 +527,6 @@ async fn operator_action(
     request_body: Body,
     action: &'static str,
 ) -> ApiResult<Json<RunView>> {
-    caller.require(Scope::Operator)?;
     let run = load_run(&state, &caller, &id).await?;
     let bytes = body::read(request_body, state.api.max_body).await?;
     let reason: ReasonBody = body::json(&headers, &bytes, true)?;
@@ -613,7 +606,6 @@ async fn bulk(
     request_body: Body,
     action: &'static str,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let bytes = body::read(request_body, state.api.max_body).await?;
     let request: BulkBody = body::json(&headers, &bytes, false)?;
     let filter = RunFilter {
@@ -773,7 +765,6 @@ fn startable<'a>(
 }
 
 async fn list_workflows(State(state): State<AppState>, caller: Caller) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     let workflows: Vec<Value> = state
         .engine
         .registry
@@ -789,7 +780,6 @@ async fn get_workflow(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     let workflow = visible(&state, &caller, &name)?;
     Ok(Json(describe(workflow.as_ref())))
 }
@@ -799,7 +789,6 @@ async fn workflow_diagram(
     caller: Caller,
     Path(name): Path<String>,
 ) -> ApiResult<Response> {
-    caller.require(Scope::Reader)?;
     let workflow = visible(&state, &caller, &name)?;
     let svg = crate::diagram::svg(workflow.name(), workflow.definition());
     Ok(([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response())
@@ -828,7 +817,6 @@ async fn create_key(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Scope::Operator)?;
     let bytes = body::read(request_body, state.api.max_body).await?;
     let request: CreateKey = body::json(&headers, &bytes, false)?;
     let tenant = match (&request.tenant, caller.is_admin()) {
@@ -908,7 +896,6 @@ async fn list_keys(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let query = params(query);
     known_only(&query, &["cursor", "limit"])?;
     let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
@@ -928,7 +915,6 @@ async fn get_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
-    caller.require(Scope::Operator)?;
     let id = key_id(&id)?;
     let key = state
         .engine
@@ -944,7 +930,6 @@ async fn revoke_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
-    caller.require(Scope::Operator)?;
     let id = key_id(&id)?;
     let scope = caller.scope();
     let existing = state
@@ -982,7 +967,6 @@ async fn reveal_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let id = key_id(&id)?;
     let scope = caller.scope();
     if let Some(key) = state.engine.store.key_get(&scope, id).await? {
@@ -1092,7 +1076,6 @@ async fn rotate_key(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Scope::Operator)?;
     let id = key_id(&id)?;
     let scope = caller.scope();
     let old = state
@@ -1185,7 +1168,6 @@ async fn set_rotation_policy(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let id = key_id(&id)?;
     let scope = caller.scope();
     let key = state
@@ -1270,7 +1252,6 @@ async fn delete_rotation_policy(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let id = key_id(&id)?;
     let scope = caller.scope();
     let key = state
@@ -1310,7 +1291,6 @@ async fn delete_rotation_policy(
 }
 
 async fn whoami(caller: Caller) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     Ok(Json(json!({
         "key_id": caller.key.id,
         "prefix": caller.key.prefix,
@@ -1325,7 +1305,6 @@ async fn audit(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let query = params(query);
     let limit = match param(&query, "limit") {
         None => 100,
@@ -1355,7 +1334,6 @@ async fn workers(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let query = params(query);
     known_only(&query, &["cursor", "limit"])?;
     let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
@@ -1479,7 +1457,6 @@ async fn create_schedule(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Response> {
-    caller.require(Scope::Operator)?;
     let query = params(query);
     let tenant = acting_tenant(&caller, param(&query, "tenant"))?;
     let bytes = body::read(request_body, state.api.max_body).await?;
@@ -1546,7 +1523,6 @@ async fn list_schedules(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     let query = params(query);
     known_only(&query, &["cursor", "limit"])?;
     let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
@@ -1581,7 +1557,6 @@ async fn get_schedule(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Reader)?;
     let schedule = load_schedule(&state, &caller, &id).await?;
     Ok(Json(schedule_view(schedule, state.engine.clock.now())))
 }
@@ -1593,7 +1568,6 @@ async fn update_schedule(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let mut schedule = load_schedule(&state, &caller, &id).await?;
     let bytes = body::read(request_body, state.api.max_body).await?;
     let body: ScheduleBody = body::json(&headers, &bytes, false)?;
@@ -1672,7 +1646,6 @@ async fn delete_schedule(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    caller.require(Scope::Operator)?;
     let schedule = load_schedule(&state, &caller, &id).await?;
     state
         .engine
