@@ -17,6 +17,7 @@ use crate::support::{
 };
 
 on_both_backends!(
+    start_in_commits_or_rolls_back_with_the_callers_transaction,
     a_run_advances_through_every_state_with_one_history_row_per_transition,
     retries_back_off_by_the_engine_clock_until_the_step_succeeds,
     exhausted_retries_fail_the_run_with_the_error_and_its_causes,
@@ -590,29 +591,32 @@ async fn a_worker_never_reclaims_a_run_whose_attempt_it_still_runs(db: TestDb) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn start_in_commits_or_rolls_back_with_the_callers_transaction() {
-    let db = TestDb::postgres().await;
+/// The caller's transaction seam on either backend: a business row written with the
+/// seam's SQL and a run started in the same transaction roll back or commit together;
+/// the started run is counted once in the metrics.
+async fn start_in_commits_or_rolls_back_with_the_callers_transaction(db: TestDb) {
+    use waymark_engine::store::Arg;
     let (registry, _) = registry();
     let engine = db.engine(registry, Arc::new(SystemClock));
-    let pool = db.pg().pool().clone();
-    sqlx::query("CREATE TABLE orders (id int PRIMARY KEY, run_id uuid)")
-        .execute(&pool)
+    db.store
+        .sql_execute(
+            "CREATE TABLE orders (id integer PRIMARY KEY, run_id text, placed_at bigint)",
+            &[],
+        )
         .await
         .unwrap();
+    let order =
+        |n: i64, run: uuid::Uuid| vec![Arg::int(n), Arg::text(run.to_string()), Arg::int(n * 10)];
+    let insert = "INSERT INTO orders (id, run_id, placed_at) VALUES ($1, $2, $3)";
 
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = db.store.begin().await.unwrap();
     let run = engine
         .start_in(&mut tx, start_req("three_step", json!({"n": 1})))
         .await
         .unwrap()
         .run;
-    sqlx::query("INSERT INTO orders VALUES (1, $1)")
-        .bind(run.id)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
+    assert_eq!(tx.execute(insert, &order(1, run.id)).await.unwrap(), 1);
+    drop(tx);
     assert!(
         db.store
             .run_get(&TenantScope::All, run.id)
@@ -621,35 +625,36 @@ async fn start_in_commits_or_rolls_back_with_the_callers_transaction() {
             .is_none(),
         "rolled back with the order"
     );
+    let orders = db
+        .store
+        .sql_fetch("SELECT id FROM orders", &[])
+        .await
+        .unwrap();
+    assert!(orders.is_empty());
 
-    let mut tx = pool.begin().await.unwrap();
+    let mut tx = db.store.begin().await.unwrap();
     let run = engine
         .start_in(&mut tx, start_req("three_step", json!({"n": 1})))
         .await
         .unwrap()
         .run;
-    sqlx::query("INSERT INTO orders VALUES (1, $1)")
-        .bind(run.id)
-        .execute(&mut *tx)
+    tx.execute(insert, &order(1, run.id)).await.unwrap();
+    let read = tx
+        .fetch(
+            "SELECT id, run_id, placed_at FROM orders WHERE id = $1",
+            &[Arg::int(1)],
+        )
         .await
         .unwrap();
+    assert_eq!(read[0].int("placed_at").unwrap(), 10);
+    assert_eq!(read[0].text("run_id").unwrap(), run.id.to_string());
     tx.commit().await.unwrap();
     let runner = spawn_runner(engine.clone(), test_runner_config());
     wait_for_status(&db.store, run.id, RunStatus::Completed).await;
     runner.stop().await;
-}
-
-#[tokio::test]
-async fn start_in_is_refused_on_sqlite() {
-    let db = TestDb::sqlite().await;
-    let pg = TestDb::postgres().await;
-    let (registry, _) = registry();
-    let engine = db.engine(registry, Arc::new(SystemClock));
-    let mut conn = pg.pg().pool().acquire().await.unwrap();
-    assert!(matches!(
-        engine
-            .start_in(&mut conn, start_req("three_step", json!({"n": 1})))
-            .await,
-        Err(EngineError::NotPostgres)
-    ));
+    let metrics = engine.metrics.render(0, None);
+    assert!(
+        metrics.contains("waymark_runs_started_total{workflow=\"three_step\"} 1"),
+        "only the committed start is counted: {metrics}"
+    );
 }

@@ -209,9 +209,6 @@ impl From<EngineError> for ApiError {
             EngineError::Conflict(message) => ApiError::conflict(message),
             other @ EngineError::SystemTenantOnly { .. } => ApiError::invalid(other.to_string()),
             EngineError::Store(store) => store.into(),
-            other @ (EngineError::NotPostgres | EngineError::NotSqlite) => {
-                ApiError::internal(&other)
-            }
         }
     }
 }

@@ -3,11 +3,9 @@
 //! records with every resource they own and the run that made it.
 //!
 //! `POST /v1/tenants` checks everything before it answers, then reserves the slug and
-//! starts the provisioning run so that a crash cannot leave one without the other:
-//! - PostgreSQL: one transaction inserts the tenant row, starts the run
-//!   (`Engine::start_in`) and names the run on the row.
-//! - SQLite: the same, in one transaction on the store's single connection
-//!   (`Engine::start_in_sqlite`), waking the local workers after the commit.
+//! starts the provisioning run so that a crash cannot leave one without the other: one
+//! transaction of the caller's (`Store::begin`) inserts the tenant row, starts the run
+//! (`Engine::start_in`) and names the run on the row, on either backend.
 //!
 //! The slug's primary key and the run's idempotency key `tenant:<slug>` decide every
 //! race; the saga's first step still finds (or, for a run started some other way,
@@ -147,39 +145,20 @@ async fn create_tenant(
         actor: caller.actor(),
     };
     let now = state.engine.clock.now();
-    let run_id = match store {
-        Store::Postgres(pg) => {
-            let mut tx = pg.pool().begin().await.map_err(db)?;
-            if !record::reserve_pg(&mut tx, &new, now).await.map_err(db)? {
-                return Err(taken(&slug));
-            }
-            let started = state.engine.start_in(&mut tx, start).await?;
-            record::attach_run_pg(&mut tx, &slug, started.run.id)
-                .await
-                .map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            started.run.id
-        }
-        Store::Sqlite(lite) => {
-            // The same single transaction as on PostgreSQL. The pool has one connection,
-            // so only the transaction is used until it ends.
-            let mut tx = lite.pool().begin().await.map_err(db)?;
-            if !record::reserve_lite(&mut tx, &new, now).await.map_err(db)? {
-                return Err(taken(&slug));
-            }
-            let started = state.engine.start_in_sqlite(&mut tx, start).await?;
-            if !started.created {
-                // The key `tenant:<slug>` names an earlier run: the slug is taken.
-                return Err(taken(&slug));
-            }
-            record::attach_run_lite(&mut tx, &slug, started.run.id)
-                .await
-                .map_err(db)?;
-            tx.commit().await.map_err(db)?;
-            lite.wake();
-            started.run.id
-        }
-    };
+    // The slug's reservation and its run commit together: the slug's primary key and
+    // the run's idempotency key `tenant:<slug>` settle every race.
+    let mut tx = store.begin().await?;
+    if !record::reserve(&mut tx, &new, now).await? {
+        return Err(taken(&slug));
+    }
+    let started = state.engine.start_in(&mut tx, start).await?;
+    if !started.created {
+        // The key `tenant:<slug>` names an earlier run: the slug is taken.
+        return Err(taken(&slug));
+    }
+    record::attach_run(&mut tx, &slug, started.run.id).await?;
+    tx.commit().await?;
+    let run_id = started.run.id;
     audit(
         &state,
         &caller,
@@ -292,74 +271,29 @@ async fn deprovision_tenant(
     };
     let store = &state.engine.store;
     let now = state.engine.clock.now();
-    let run_id = match store {
-        Store::Postgres(pg) => {
-            let mut tx = pg.pool().begin().await.map_err(db)?;
-            let locked = record::get_for_update_pg(&mut tx, &slug)
-                .await
-                .map_err(db)?
-                .ok_or_else(|| ApiError::not_found(format!("tenant {slug:?} not found")))?;
-            if let Some(conflict) = not_deprovisionable(&locked) {
-                return Err(conflict);
-            }
-            let started = state
-                .engine
-                .start_in(&mut tx, start(record::deprovision_key(&locked))?)
-                .await?;
-            match record::claim_deprovision_pg(&mut tx, &slug, started.run.id, now)
-                .await
-                .map_err(db)?
-            {
-                DeprovisionClaim::Claimed(_) => {}
-                _ => {
-                    return Err(ApiError::conflict(format!(
-                        "tenant {slug:?} changed while being deprovisioned; try again"
-                    )))
-                }
-            }
-            tx.commit().await.map_err(db)?;
-            started.run.id
+    // Locked, checked, started and claimed in one transaction: of two requests racing
+    // for one tenant, the second finds the first's claim.
+    let mut tx = store.begin().await?;
+    let locked = record::get_locked(&mut tx, &slug)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("tenant {slug:?} not found")))?;
+    if let Some(conflict) = not_deprovisionable(&locked) {
+        return Err(conflict);
+    }
+    let started = state
+        .engine
+        .start_in(&mut tx, start(record::deprovision_key(&locked))?)
+        .await?;
+    match record::claim_deprovision_in(&mut tx, &slug, started.run.id, now).await? {
+        DeprovisionClaim::Claimed(_) => {}
+        _ => {
+            return Err(ApiError::conflict(format!(
+                "tenant {slug:?} changed while being deprovisioned; try again"
+            )))
         }
-        Store::Sqlite(_) => {
-            let started = state
-                .engine
-                .start(start(record::deprovision_key(&tenant))?)
-                .await?;
-            let run = started.run.id;
-            match record::claim_deprovision(store, &slug, run, now)
-                .await
-                .map_err(db)?
-            {
-                DeprovisionClaim::Claimed(_) => run,
-                lost => {
-                    // Another request won the race: this run would fail at its first
-                    // step anyway; end it now.
-                    if let Err(error) = state
-                        .engine
-                        .cancel(
-                            &TenantScope::All,
-                            run,
-                            &caller.actor(),
-                            "lost the race to deprovision",
-                            caller.address.as_deref(),
-                        )
-                        .await
-                    {
-                        tracing::warn!(%run, error = %error, "cannot cancel a superfluous deprovisioning run");
-                    }
-                    return Err(ApiError::conflict(match lost {
-                        DeprovisionClaim::HeldBy(other) => format!(
-                            "tenant {slug:?} is already being deprovisioned by run {other}"
-                        ),
-                        DeprovisionClaim::NotActive(status) => format!(
-                            "tenant {slug:?} is {status}; only an active tenant can be deprovisioned"
-                        ),
-                        _ => format!("tenant {slug:?} changed meanwhile; try again"),
-                    }));
-                }
-            }
-        }
-    };
+    }
+    tx.commit().await?;
+    let run_id = started.run.id;
     audit(
         &state,
         &caller,

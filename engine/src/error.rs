@@ -119,6 +119,18 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
 }
 
+/// For code outside the engine whose functions answer `sqlx::Error` and now use the
+/// store's SQL seam (`store::sql`): a database error stays itself, anything else (a
+/// column that did not decode) becomes a decode error with its message.
+impl From<StoreError> for sqlx::Error {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::Database(e) => e,
+            other => sqlx::Error::Decode(other.to_string().into()),
+        }
+    }
+}
+
 impl StoreError {
     pub fn is_lease_lost(&self) -> bool {
         matches!(self, StoreError::LeaseLost { .. })

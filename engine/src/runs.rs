@@ -8,7 +8,8 @@ use uuid::Uuid;
 
 use crate::clock::SharedClock;
 use crate::error::StoreError;
-use crate::store::{NewRun, NewSignal, Run, SignalReceipt, Started, Store, TenantScope};
+use crate::store::sql::TxInner;
+use crate::store::{NewRun, NewSignal, Run, SignalReceipt, Started, Store, TenantScope, Tx};
 use crate::workflow::{DecodeError, Registry};
 
 /// Size limits on what runs carry.
@@ -49,10 +50,6 @@ pub enum EngineError {
     InvalidInput(#[from] DecodeError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("start_in needs the PostgreSQL store")]
-    NotPostgres,
-    #[error("start_in_sqlite needs the SQLite store")]
-    NotSqlite,
     #[error("run {0} not found")]
     RunNotFound(Uuid),
     #[error("workflow {workflow:?} has no signal {signal:?}")]
@@ -362,37 +359,27 @@ impl Engine {
         Ok(started)
     }
 
-    /// Starts a run inside the caller's SQLite transaction (on this store's pool), so a
-    /// business row and its run commit together. Call `SqliteStore::wake` after the
-    /// commit.
-    pub async fn start_in_sqlite(
-        &self,
-        conn: &mut sqlx::SqliteConnection,
-        req: StartRun,
-    ) -> Result<Started, EngineError> {
-        let crate::store::Store::Sqlite(lite) = &self.store else {
-            return Err(EngineError::NotSqlite);
-        };
+    /// Starts a run inside the caller's transaction ([`Store::begin`]), so a business
+    /// row and its run commit (or roll back) together:
+    /// `let mut tx = engine.store.begin().await?; …; engine.start_in(&mut tx, req).await?; tx.commit().await?`.
+    /// Workers hear of the run when the transaction commits.
+    pub async fn start_in(&self, tx: &mut Tx, req: StartRun) -> Result<Started, EngineError> {
         let new = self.prepare(req)?;
-        let started = lite.run_start_in(conn, new).await?;
+        let started = match (&self.store, &mut tx.inner) {
+            (Store::Postgres(pg), TxInner::Postgres(tx)) => pg.run_start_in(tx, new).await?,
+            (Store::Sqlite(lite), TxInner::Sqlite { tx, .. }) => lite.run_start_in(tx, new).await?,
+            _ => {
+                return Err(EngineError::Store(StoreError::Corrupt(
+                    "a transaction of another store was passed to Engine::start_in".into(),
+                )))
+            }
+        };
         if started.created {
-            self.metrics.run_started(&started.run.workflow);
+            // Counted when the caller commits: a rolled-back run never started.
+            tx.started
+                .push((self.metrics.clone(), started.run.workflow.clone()));
         }
         Ok(started)
-    }
-
-    /// Starts a run inside the caller's PostgreSQL transaction, so a business row and
-    /// its run commit together: `engine.start_in(&mut tx, req)`.
-    pub async fn start_in(
-        &self,
-        conn: &mut sqlx::PgConnection,
-        req: StartRun,
-    ) -> Result<Started, EngineError> {
-        let crate::store::Store::Postgres(pg) = &self.store else {
-            return Err(EngineError::NotPostgres);
-        };
-        let new = self.prepare(req)?;
-        Ok(pg.run_start_in(conn, new).await?)
     }
 }
 

@@ -16,6 +16,7 @@ mod endings;
 mod logic;
 mod model;
 mod postgres;
+pub mod sql;
 mod sqlite;
 
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ use uuid::Uuid;
 pub use endings::{RunEndings, RunWatch, SWEEP};
 pub use model::*;
 pub use postgres::PgStore;
+pub use sql::{Arg, Row, Tx};
 pub use sqlite::SqliteStore;
 
 use crate::error::{StepError, StoreError};

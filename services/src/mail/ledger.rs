@@ -5,9 +5,9 @@
 //! All of the mailer's SQL lives here, in a PostgreSQL and a SQLite variant that behave
 //! the same. Every statement takes "now" as a parameter.
 
-use chrono::{DateTime, TimeZone, Utc};
-use sqlx::Row;
-use waymark_engine::Store;
+use chrono::{DateTime, Utc};
+use waymark_engine::store::Arg;
+use waymark_engine::{Store, StoreError};
 
 /// Where a key's message stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,66 +101,39 @@ impl Ledger {
         now: DateTime<Utc>,
         until: DateTime<Utc>,
     ) -> Result<Claim, sqlx::Error> {
-        let claimed: Option<String> = match &self.store {
-            Store::Postgres(pg) => {
-                sqlx::query(
-                    "INSERT INTO waymark_mail_ledger (idempotency_key, message_id, status, transport, \
-                     recipients, subject, created_at, updated_at) \
-                     VALUES ($1, $2, 'sending', $3, $4, $5, $6, $6) \
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(entry.key)
-                .bind(entry.message_id)
-                .bind(entry.transport)
-                .bind(entry.recipients)
-                .bind(entry.subject)
-                .bind(now)
-                .execute(pg.pool())
-                .await?;
-                sqlx::query_scalar(
-                    "UPDATE waymark_mail_ledger \
-                     SET attempts = attempts + 1, claimed_until = $2, updated_at = $3 \
-                     WHERE idempotency_key = $1 AND status = 'sending' \
-                       AND (claimed_until IS NULL OR claimed_until <= $3) \
-                     RETURNING message_id",
-                )
-                .bind(entry.key)
-                .bind(until)
-                .bind(now)
-                .fetch_optional(pg.pool())
-                .await?
-            }
-            Store::Sqlite(lite) => {
-                sqlx::query(
-                    "INSERT INTO waymark_mail_ledger (idempotency_key, message_id, status, transport, \
-                     recipients, subject, created_at, updated_at) \
-                     VALUES (?1, ?2, 'sending', ?3, ?4, ?5, ?6, ?6) \
-                     ON CONFLICT (idempotency_key) DO NOTHING",
-                )
-                .bind(entry.key)
-                .bind(entry.message_id)
-                .bind(entry.transport)
-                .bind(entry.recipients)
-                .bind(entry.subject)
-                .bind(now.timestamp_millis())
-                .execute(lite.pool())
-                .await?;
-                sqlx::query_scalar(
-                    "UPDATE waymark_mail_ledger \
-                     SET attempts = attempts + 1, claimed_until = ?2, updated_at = ?3 \
-                     WHERE idempotency_key = ?1 AND status = 'sending' \
-                       AND (claimed_until IS NULL OR claimed_until <= ?3) \
-                     RETURNING message_id",
-                )
-                .bind(entry.key)
-                .bind(until.timestamp_millis())
-                .bind(now.timestamp_millis())
-                .fetch_optional(lite.pool())
-                .await?
-            }
-        };
-        if let Some(message_id) = claimed {
-            return Ok(Claim::Send { message_id });
+        self.store
+            .sql_execute(
+                "INSERT INTO waymark_mail_ledger (idempotency_key, message_id, status, transport, \
+                 recipients, subject, created_at, updated_at) \
+                 VALUES ($1, $2, 'sending', $3, $4, $5, $6, $6) \
+                 ON CONFLICT (idempotency_key) DO NOTHING",
+                &[
+                    Arg::text(entry.key),
+                    Arg::text(entry.message_id),
+                    Arg::text(entry.transport),
+                    Arg::text(entry.recipients),
+                    Arg::text(entry.subject),
+                    Arg::time(now),
+                ],
+            )
+            .await
+            .map_err(sqlx::Error::from)?;
+        let claimed = self
+            .store
+            .sql_fetch(
+                "UPDATE waymark_mail_ledger \
+                 SET attempts = attempts + 1, claimed_until = $2, updated_at = $3 \
+                 WHERE idempotency_key = $1 AND status = 'sending' \
+                   AND (claimed_until IS NULL OR claimed_until <= $3) \
+                 RETURNING message_id",
+                &[Arg::text(entry.key), Arg::time(until), Arg::time(now)],
+            )
+            .await
+            .map_err(sqlx::Error::from)?;
+        if let Some(row) = claimed.first() {
+            return Ok(Claim::Send {
+                message_id: row.text("message_id").map_err(sqlx::Error::from)?,
+            });
         }
         // Not claimable: sent already, or held by another attempt. Between the two
         // statements the holder may have finished; the caller just asks again.
@@ -179,28 +152,16 @@ impl Ledger {
 
     /// Marks the key sent. False if it was not claimed for sending (nothing changed).
     pub async fn mark_sent(&self, key: &str, now: DateTime<Utc>) -> Result<bool, sqlx::Error> {
-        let done = match &self.store {
-            Store::Postgres(pg) => sqlx::query(
+        let done = self
+            .store
+            .sql_execute(
                 "UPDATE waymark_mail_ledger \
                  SET status = 'sent', sent_at = $2, updated_at = $2, claimed_until = NULL, last_error = NULL \
                  WHERE idempotency_key = $1 AND status = 'sending'",
+                &[Arg::text(key), Arg::time(now)],
             )
-            .bind(key)
-            .bind(now)
-            .execute(pg.pool())
-            .await?
-            .rows_affected(),
-            Store::Sqlite(lite) => sqlx::query(
-                "UPDATE waymark_mail_ledger \
-                 SET status = 'sent', sent_at = ?2, updated_at = ?2, claimed_until = NULL, last_error = NULL \
-                 WHERE idempotency_key = ?1 AND status = 'sending'",
-            )
-            .bind(key)
-            .bind(now.timestamp_millis())
-            .execute(lite.pool())
-            .await?
-            .rows_affected(),
-        };
+            .await
+            .map_err(sqlx::Error::from)?;
         Ok(done == 1)
     }
 
@@ -212,28 +173,15 @@ impl Ledger {
         before: DateTime<Utc>,
         limit: u32,
     ) -> Result<u64, sqlx::Error> {
-        Ok(match &self.store {
-            Store::Postgres(pg) => sqlx::query(
+        self.store
+            .sql_execute(
                 "DELETE FROM waymark_mail_ledger WHERE idempotency_key IN ( \
                    SELECT idempotency_key FROM waymark_mail_ledger \
                    WHERE status = 'sent' AND sent_at < $1 LIMIT $2)",
+                &[Arg::time(before), Arg::int(limit.into())],
             )
-            .bind(before)
-            .bind(limit as i64)
-            .execute(pg.pool())
-            .await?
-            .rows_affected(),
-            Store::Sqlite(lite) => sqlx::query(
-                "DELETE FROM waymark_mail_ledger WHERE idempotency_key IN ( \
-                   SELECT idempotency_key FROM waymark_mail_ledger \
-                   WHERE status = 'sent' AND sent_at < ?1 LIMIT ?2)",
-            )
-            .bind(before.timestamp_millis())
-            .bind(limit as i64)
-            .execute(lite.pool())
-            .await?
-            .rows_affected(),
-        })
+            .await
+            .map_err(sqlx::Error::from)
     }
 
     /// Gives the key back after an attempt that did not send, so the next attempt need
@@ -244,97 +192,48 @@ impl Ledger {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<(), sqlx::Error> {
-        match &self.store {
-            Store::Postgres(pg) => {
-                sqlx::query(
-                    "UPDATE waymark_mail_ledger \
-                     SET claimed_until = NULL, last_error = $2, updated_at = $3 \
-                     WHERE idempotency_key = $1 AND status = 'sending'",
-                )
-                .bind(key)
-                .bind(error)
-                .bind(now)
-                .execute(pg.pool())
-                .await?;
-            }
-            Store::Sqlite(lite) => {
-                sqlx::query(
-                    "UPDATE waymark_mail_ledger \
-                     SET claimed_until = NULL, last_error = ?2, updated_at = ?3 \
-                     WHERE idempotency_key = ?1 AND status = 'sending'",
-                )
-                .bind(key)
-                .bind(error)
-                .bind(now.timestamp_millis())
-                .execute(lite.pool())
-                .await?;
-            }
-        }
+        self.store
+            .sql_execute(
+                "UPDATE waymark_mail_ledger \
+                 SET claimed_until = NULL, last_error = $2, updated_at = $3 \
+                 WHERE idempotency_key = $1 AND status = 'sending'",
+                &[Arg::text(key), Arg::text(error), Arg::time(now)],
+            )
+            .await
+            .map_err(sqlx::Error::from)?;
         Ok(())
     }
 
     pub async fn entry(&self, key: &str) -> Result<Option<LedgerEntry>, sqlx::Error> {
-        match &self.store {
-            Store::Postgres(pg) => {
-                let row = sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM waymark_mail_ledger WHERE idempotency_key = $1"
-                ))
-                .bind(key)
-                .fetch_optional(pg.pool())
-                .await?;
-                row.map(|r| {
-                    Ok(LedgerEntry {
-                        idempotency_key: r.try_get("idempotency_key")?,
-                        message_id: r.try_get("message_id")?,
-                        status: LedgerStatus::parse(r.try_get("status")?)?,
-                        transport: r.try_get("transport")?,
-                        recipients: r.try_get("recipients")?,
-                        subject: r.try_get("subject")?,
-                        attempts: r.try_get("attempts")?,
-                        claimed_until: r.try_get("claimed_until")?,
-                        last_error: r.try_get("last_error")?,
-                        created_at: r.try_get("created_at")?,
-                        updated_at: r.try_get("updated_at")?,
-                        sent_at: r.try_get("sent_at")?,
-                    })
-                })
-                .transpose()
-            }
-            Store::Sqlite(lite) => {
-                let row = sqlx::query(&format!(
-                    "SELECT {COLUMNS} FROM waymark_mail_ledger WHERE idempotency_key = ?1"
-                ))
-                .bind(key)
-                .fetch_optional(lite.pool())
-                .await?;
-                row.map(|r| {
-                    Ok(LedgerEntry {
-                        idempotency_key: r.try_get("idempotency_key")?,
-                        message_id: r.try_get("message_id")?,
-                        status: LedgerStatus::parse(r.try_get("status")?)?,
-                        transport: r.try_get("transport")?,
-                        recipients: r.try_get("recipients")?,
-                        subject: r.try_get("subject")?,
-                        attempts: r.try_get("attempts")?,
-                        claimed_until: opt_from_ms(r.try_get("claimed_until")?)?,
-                        last_error: r.try_get("last_error")?,
-                        created_at: from_ms(r.try_get("created_at")?)?,
-                        updated_at: from_ms(r.try_get("updated_at")?)?,
-                        sent_at: opt_from_ms(r.try_get("sent_at")?)?,
-                    })
-                })
-                .transpose()
-            }
-        }
+        let rows = self
+            .store
+            .sql_fetch(
+                &format!("SELECT {COLUMNS} FROM waymark_mail_ledger WHERE idempotency_key = $1"),
+                &[Arg::text(key)],
+            )
+            .await
+            .map_err(sqlx::Error::from)?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        let entry = || -> Result<LedgerEntry, StoreError> {
+            Ok(LedgerEntry {
+                idempotency_key: r.text("idempotency_key")?,
+                message_id: r.text("message_id")?,
+                status: LedgerStatus::parse(&r.text("status")?)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                transport: r.text("transport")?,
+                recipients: r.text("recipients")?,
+                subject: r.text("subject")?,
+                attempts: i32::try_from(r.int("attempts")?)
+                    .map_err(|e| StoreError::Corrupt(format!("attempts: {e}")))?,
+                claimed_until: r.opt_time("claimed_until")?,
+                last_error: r.opt_text("last_error")?,
+                created_at: r.time("created_at")?,
+                updated_at: r.time("updated_at")?,
+                sent_at: r.opt_time("sent_at")?,
+            })
+        };
+        entry().map(Some).map_err(sqlx::Error::from)
     }
-}
-
-fn from_ms(ms: i64) -> Result<DateTime<Utc>, sqlx::Error> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {ms} out of range").into()))
-}
-
-fn opt_from_ms(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    ms.map(from_ms).transpose()
 }

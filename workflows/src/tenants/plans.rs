@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use waymark_engine::store::Arg;
 use waymark_engine::Store;
 
 /// What a plan allows.
@@ -114,76 +114,53 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// Replaces the stored plans with `plans` (tenants keep the quotas they were created
 /// with). Every process of an installation should be given the same plans.
 pub async fn sync(store: &Store, plans: &[Plan], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
-    let names: Vec<String> = plans.iter().map(|p| p.name.clone()).collect();
-    match store {
-        Store::Postgres(pg) => {
-            let mut tx = pg.pool().begin().await?;
-            sqlx::query("DELETE FROM waymark_tenant_plans WHERE NOT (name = ANY($1))")
-                .bind(&names)
-                .execute(&mut *tx)
-                .await?;
-            for plan in plans {
-                sqlx::query(
-                    "INSERT INTO waymark_tenant_plans (name, storage_bytes, runs, updated_at) \
-                     VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (name) DO UPDATE SET storage_bytes = EXCLUDED.storage_bytes, \
-                       runs = EXCLUDED.runs, updated_at = EXCLUDED.updated_at",
-                )
-                .bind(&plan.name)
-                .bind(plan.quota.storage_bytes as i64)
-                .bind(plan.quota.runs.map(|r| r as i64))
-                .bind(now)
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await
-        }
-        Store::Sqlite(lite) => {
-            let mut tx = lite.pool().begin().await?;
-            let listed = serde_json::to_string(&names).expect("names serialise");
-            sqlx::query(
-                "DELETE FROM waymark_tenant_plans WHERE name NOT IN (SELECT value FROM json_each(?1))",
-            )
-            .bind(listed)
-            .execute(&mut *tx)
-            .await?;
-            for plan in plans {
-                sqlx::query(
-                    "INSERT INTO waymark_tenant_plans (name, storage_bytes, runs, updated_at) \
-                     VALUES (?1, ?2, ?3, ?4) \
-                     ON CONFLICT (name) DO UPDATE SET storage_bytes = excluded.storage_bytes, \
-                       runs = excluded.runs, updated_at = excluded.updated_at",
-                )
-                .bind(&plan.name)
-                .bind(plan.quota.storage_bytes as i64)
-                .bind(plan.quota.runs.map(|r| r as i64))
-                .bind(now.timestamp_millis())
-                .execute(&mut *tx)
-                .await?;
-            }
-            tx.commit().await
-        }
+    let mut tx = store.begin().await.map_err(sqlx::Error::from)?;
+    // `$1, $2, …` for the names kept: one statement text for both backends.
+    let names: Vec<Arg> = plans.iter().map(|p| Arg::text(&p.name)).collect();
+    let kept = (1..=names.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let delete = if names.is_empty() {
+        "DELETE FROM waymark_tenant_plans".to_owned()
+    } else {
+        format!("DELETE FROM waymark_tenant_plans WHERE name NOT IN ({kept})")
+    };
+    tx.execute(&delete, &names)
+        .await
+        .map_err(sqlx::Error::from)?;
+    for plan in plans {
+        tx.execute(
+            "INSERT INTO waymark_tenant_plans (name, storage_bytes, runs, updated_at) \
+             VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET storage_bytes = excluded.storage_bytes, \
+               runs = excluded.runs, updated_at = excluded.updated_at",
+            &[
+                Arg::text(&plan.name),
+                Arg::int(plan.quota.storage_bytes as i64),
+                Arg::Int(plan.quota.runs.map(|r| r as i64)),
+                Arg::time(now),
+            ],
+        )
+        .await
+        .map_err(sqlx::Error::from)?;
     }
+    tx.commit().await.map_err(sqlx::Error::from)
 }
 
 /// Every stored plan, by name.
 pub async fn list(store: &Store) -> Result<Vec<Plan>, sqlx::Error> {
     let sql = "SELECT name, storage_bytes, runs FROM waymark_tenant_plans ORDER BY name";
-    let rows = match store {
-        Store::Postgres(pg) => sqlx::query(sql)
-            .fetch_all(pg.pool())
-            .await?
-            .iter()
-            .map(|r| plan_from(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?,
-        Store::Sqlite(lite) => sqlx::query(sql)
-            .fetch_all(lite.pool())
-            .await?
-            .iter()
-            .map(|r| plan_from(r.try_get(0)?, r.try_get(1)?, r.try_get(2)?))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?,
-    };
-    Ok(rows)
+    let rows = store.sql_fetch(sql, &[]).await.map_err(sqlx::Error::from)?;
+    rows.iter()
+        .map(|r| {
+            plan_from(
+                r.text("name").map_err(sqlx::Error::from)?,
+                r.int("storage_bytes").map_err(sqlx::Error::from)?,
+                r.opt_int("runs").map_err(sqlx::Error::from)?,
+            )
+        })
+        .collect()
 }
 
 /// The plan called `name`, if there is one.

@@ -8,14 +8,12 @@
 use std::fmt;
 use std::str::FromStr;
 
-use chrono::{DateTime, TimeZone, Utc};
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::postgres::PgRow;
-use sqlx::sqlite::SqliteRow;
-use sqlx::{PgConnection, Row};
 use uuid::Uuid;
-use waymark_engine::Store;
+use waymark_engine::store::{Arg, Row, Tx};
+use waymark_engine::{Store, StoreError};
 
 use super::plans::Quota;
 use super::{names, TenantError};
@@ -204,81 +202,25 @@ pub enum DeprovisionClaim {
 }
 
 // ---------------------------------------------------------------------------------
-// One statement text for both backends.
-
-#[derive(Debug, Clone)]
-enum Arg {
-    Text(Option<String>),
-    Int(Option<i64>),
-    Time(Option<DateTime<Utc>>),
-    Id(Option<Uuid>),
-    Json(Value),
-}
+// One statement text for both backends: the engine's `store::sql` seam.
 
 fn text(s: impl Into<String>) -> Arg {
-    Arg::Text(Some(s.into()))
+    Arg::text(s)
 }
 
 fn id(u: Uuid) -> Arg {
-    Arg::Id(Some(u))
+    Arg::id(u)
 }
 
 fn time(t: DateTime<Utc>) -> Arg {
-    Arg::Time(Some(t))
-}
-
-fn pg_query<'q>(
-    sql: &'q str,
-    args: &[Arg],
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let mut query = sqlx::query(sql);
-    for arg in args {
-        query = match arg.clone() {
-            Arg::Text(v) => query.bind(v),
-            Arg::Int(v) => query.bind(v),
-            Arg::Time(v) => query.bind(v),
-            Arg::Id(v) => query.bind(v),
-            Arg::Json(v) => query.bind(v),
-        };
-    }
-    query
-}
-
-fn lite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
-}
-
-fn lite_query<'q>(
-    sql: &'q str,
-    args: &[Arg],
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    let mut query = sqlx::query(sql);
-    for arg in args {
-        query = match arg.clone() {
-            Arg::Text(v) => query.bind(v),
-            Arg::Int(v) => query.bind(v),
-            Arg::Time(v) => query.bind(v.map(|t| t.timestamp_millis())),
-            Arg::Id(v) => query.bind(v.map(|u| u.to_string())),
-            Arg::Json(v) => query.bind(v.to_string()),
-        };
-    }
-    query
+    Arg::time(t)
 }
 
 async fn execute(store: &Store, sql: &str, args: &[Arg]) -> Result<u64, sqlx::Error> {
-    Ok(match store {
-        Store::Postgres(pg) => pg_query(sql, args)
-            .execute(pg.pool())
-            .await?
-            .rows_affected(),
-        Store::Sqlite(lite) => {
-            let sql = lite_sql(sql);
-            lite_query(&sql, args)
-                .execute(lite.pool())
-                .await?
-                .rows_affected()
-        }
-    })
+    store
+        .sql_execute(sql, args)
+        .await
+        .map_err(sqlx::Error::from)
 }
 
 const TENANT_COLUMNS: &str = "slug, name, plan, admin_email, storage_quota_bytes, runs_quota, \
@@ -299,92 +241,40 @@ fn quota(storage: i64, runs: Option<i64>) -> Result<Quota, sqlx::Error> {
     })
 }
 
-fn tenant_from_pg(r: &PgRow) -> Result<Tenant, sqlx::Error> {
+fn tenant_from_row(r: &Row) -> Result<Tenant, StoreError> {
+    let decode = |e: sqlx::Error| StoreError::Corrupt(e.to_string());
     Ok(Tenant {
-        slug: r.try_get("slug")?,
-        name: r.try_get("name")?,
-        plan: r.try_get("plan")?,
-        admin_email: r.try_get("admin_email")?,
-        quota: quota(r.try_get("storage_quota_bytes")?, r.try_get("runs_quota")?)?,
-        status: status_of(r.try_get("status")?)?,
-        reason: r.try_get("reason")?,
-        run_id: r.try_get("run_id")?,
-        admin_key_id: r.try_get("admin_key_id")?,
-        deprovision_run_id: r.try_get("deprovision_run_id")?,
-        deprovisions: r.try_get::<i32, _>("deprovisions")?.into(),
-        export_prefix: r.try_get("export_prefix")?,
-        paused_schedules: serde_json::from_value(r.try_get("paused_schedules")?)
-            .map_err(|e| sqlx::Error::Decode(e.into()))?,
-        created_at: r.try_get("created_at")?,
-        updated_at: r.try_get("updated_at")?,
-        activated_at: r.try_get("activated_at")?,
-        suspended_at: r.try_get("suspended_at")?,
-        purge_started_at: r.try_get("purge_started_at")?,
-        deleted_at: r.try_get("deleted_at")?,
-    })
-}
-
-fn from_ms(ms: i64) -> Result<DateTime<Utc>, sqlx::Error> {
-    Utc.timestamp_millis_opt(ms)
-        .single()
-        .ok_or_else(|| sqlx::Error::Decode(format!("timestamp {ms} out of range").into()))
-}
-
-fn opt_ms(ms: Option<i64>) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    ms.map(from_ms).transpose()
-}
-
-fn opt_uuid(s: Option<String>) -> Result<Option<Uuid>, sqlx::Error> {
-    s.map(|s| {
-        s.parse()
-            .map_err(|e| sqlx::Error::Decode(format!("uuid {s:?}: {e}").into()))
-    })
-    .transpose()
-}
-
-fn tenant_from_lite(r: &SqliteRow) -> Result<Tenant, sqlx::Error> {
-    Ok(Tenant {
-        slug: r.try_get("slug")?,
-        name: r.try_get("name")?,
-        plan: r.try_get("plan")?,
-        admin_email: r.try_get("admin_email")?,
-        quota: quota(r.try_get("storage_quota_bytes")?, r.try_get("runs_quota")?)?,
-        status: status_of(r.try_get("status")?)?,
-        reason: r.try_get("reason")?,
-        run_id: opt_uuid(r.try_get("run_id")?)?,
-        admin_key_id: opt_uuid(r.try_get("admin_key_id")?)?,
-        deprovision_run_id: opt_uuid(r.try_get("deprovision_run_id")?)?,
-        deprovisions: r.try_get("deprovisions")?,
-        export_prefix: r.try_get("export_prefix")?,
-        paused_schedules: serde_json::from_str(r.try_get("paused_schedules")?)
-            .map_err(|e| sqlx::Error::Decode(e.into()))?,
-        created_at: from_ms(r.try_get("created_at")?)?,
-        updated_at: from_ms(r.try_get("updated_at")?)?,
-        activated_at: opt_ms(r.try_get("activated_at")?)?,
-        suspended_at: opt_ms(r.try_get("suspended_at")?)?,
-        purge_started_at: opt_ms(r.try_get("purge_started_at")?)?,
-        deleted_at: opt_ms(r.try_get("deleted_at")?)?,
+        slug: r.text("slug")?,
+        name: r.text("name")?,
+        plan: r.text("plan")?,
+        admin_email: r.text("admin_email")?,
+        quota: quota(r.int("storage_quota_bytes")?, r.opt_int("runs_quota")?).map_err(decode)?,
+        status: status_of(&r.text("status")?).map_err(decode)?,
+        reason: r.opt_text("reason")?,
+        run_id: r.opt_id("run_id")?,
+        admin_key_id: r.opt_id("admin_key_id")?,
+        deprovision_run_id: r.opt_id("deprovision_run_id")?,
+        deprovisions: r.int("deprovisions")?,
+        export_prefix: r.opt_text("export_prefix")?,
+        paused_schedules: serde_json::from_value(r.json("paused_schedules")?)
+            .map_err(|e| StoreError::Corrupt(format!("paused_schedules: {e}")))?,
+        created_at: r.time("created_at")?,
+        updated_at: r.time("updated_at")?,
+        activated_at: r.opt_time("activated_at")?,
+        suspended_at: r.opt_time("suspended_at")?,
+        purge_started_at: r.opt_time("purge_started_at")?,
+        deleted_at: r.opt_time("deleted_at")?,
     })
 }
 
 async fn fetch_tenants(store: &Store, sql: &str, args: &[Arg]) -> Result<Vec<Tenant>, sqlx::Error> {
-    match store {
-        Store::Postgres(pg) => pg_query(sql, args)
-            .fetch_all(pg.pool())
-            .await?
-            .iter()
-            .map(tenant_from_pg)
-            .collect(),
-        Store::Sqlite(lite) => {
-            let sql = lite_sql(sql);
-            lite_query(&sql, args)
-                .fetch_all(lite.pool())
-                .await?
-                .iter()
-                .map(tenant_from_lite)
-                .collect()
-        }
-    }
+    let rows = store
+        .sql_fetch(sql, args)
+        .await
+        .map_err(sqlx::Error::from)?;
+    rows.iter()
+        .map(|r| tenant_from_row(r).map_err(sqlx::Error::from))
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -393,9 +283,14 @@ async fn fetch_tenants(store: &Store, sql: &str, args: &[Arg]) -> Result<Vec<Ten
 /// This database's installation id (12 hex digits, made by the migration).
 pub async fn installation_id(store: &Store) -> Result<String, TenantError> {
     let sql = "SELECT id FROM waymark_installation";
-    let id: String = match store {
-        Store::Postgres(pg) => sqlx::query_scalar(sql).fetch_one(pg.pool()).await?,
-        Store::Sqlite(lite) => sqlx::query_scalar(sql).fetch_one(lite.pool()).await?,
+    let rows = store.sql_fetch(sql, &[]).await?;
+    let id = match rows.first() {
+        Some(row) => row.text("id")?,
+        None => {
+            return Err(TenantError::Refused(
+                "the installation id is missing: migrations were not applied".into(),
+            ))
+        }
     };
     if !names::is_installation_id(&id) {
         return Err(TenantError::Refused(format!(
@@ -441,17 +336,17 @@ pub async fn list_page(
     fetch_tenants(store, &sql, &args).await
 }
 
-/// The tenant, locked until the caller's transaction ends (PostgreSQL).
-pub async fn get_for_update_pg(
-    conn: &mut PgConnection,
-    slug: &str,
-) -> Result<Option<Tenant>, sqlx::Error> {
-    let sql = format!("SELECT {TENANT_COLUMNS} FROM waymark_tenants WHERE slug = $1 FOR UPDATE");
-    pg_query(&sql, &[text(slug)])
-        .fetch_optional(conn)
+/// The tenant, locked until the caller's transaction ends (on SQLite the transaction
+/// holds the only connection, which excludes every other writer already).
+pub async fn get_locked(tx: &mut Tx, slug: &str) -> Result<Option<Tenant>, StoreError> {
+    let sql = format!(
+        "SELECT {TENANT_COLUMNS} FROM waymark_tenants WHERE slug = $1 {}",
+        tx.for_update()
+    );
+    tx.fetch(&sql, &[text(slug)])
         .await?
-        .as_ref()
-        .map(tenant_from_pg)
+        .first()
+        .map(tenant_from_row)
         .transpose()
 }
 
@@ -477,57 +372,19 @@ fn reserve_args(new: &NewTenant, run: Option<Uuid>, now: DateTime<Utc>) -> Vec<A
 }
 
 /// Reserves the slug inside the caller's transaction, before its run exists (the API
-/// on PostgreSQL then starts the run and [`attach_run_pg`]s it in the same
-/// transaction). False if the slug is taken, in any status; a concurrent reservation
-/// of the same slug waits for this transaction and then finds it taken.
-pub async fn reserve_pg(
-    conn: &mut PgConnection,
-    new: &NewTenant,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let done = pg_query(RESERVE, &reserve_args(new, None, now))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// [`reserve_pg`] for SQLite, inside the caller's transaction on the store's pool.
-pub async fn reserve_lite(
-    conn: &mut sqlx::SqliteConnection,
-    new: &NewTenant,
-    now: DateTime<Utc>,
-) -> Result<bool, sqlx::Error> {
-    let sql = lite_sql(RESERVE);
-    let done = lite_query(&sql, &reserve_args(new, None, now))
-        .execute(conn)
-        .await?;
-    Ok(done.rows_affected() == 1)
-}
-
-/// [`attach_run_pg`] for SQLite.
-pub async fn attach_run_lite(
-    conn: &mut sqlx::SqliteConnection,
-    slug: &str,
-    run: Uuid,
-) -> Result<(), sqlx::Error> {
-    let sql = lite_sql("UPDATE waymark_tenants SET run_id = $2 WHERE slug = $1 AND run_id IS NULL");
-    lite_query(&sql, &[text(slug), id(run)])
-        .execute(conn)
-        .await?;
-    Ok(())
+/// then starts the run and [`attach_run`]s it in the same transaction). False if the
+/// slug is taken, in any status; a concurrent reservation of the same slug waits for
+/// this transaction and then finds it taken.
+pub async fn reserve(tx: &mut Tx, new: &NewTenant, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    Ok(tx.execute(RESERVE, &reserve_args(new, None, now)).await? == 1)
 }
 
 /// Names the provisioning run of a tenant reserved in the same transaction.
-pub async fn attach_run_pg(
-    conn: &mut PgConnection,
-    slug: &str,
-    run: Uuid,
-) -> Result<(), sqlx::Error> {
-    pg_query(
+pub async fn attach_run(tx: &mut Tx, slug: &str, run: Uuid) -> Result<(), StoreError> {
+    tx.execute(
         "UPDATE waymark_tenants SET run_id = $2 WHERE slug = $1 AND run_id IS NULL",
         &[text(slug), id(run)],
     )
-    .execute(conn)
     .await?;
     Ok(())
 }
@@ -628,22 +485,21 @@ pub async fn claim_deprovision(
     Ok(claim_result(get(store, slug).await?, run))
 }
 
-/// [`claim_deprovision`] inside the caller's transaction (the API on PostgreSQL).
-pub async fn claim_deprovision_pg(
-    conn: &mut PgConnection,
+/// [`claim_deprovision`] inside the caller's transaction (the API's).
+pub async fn claim_deprovision_in(
+    tx: &mut Tx,
     slug: &str,
     run: Uuid,
     now: DateTime<Utc>,
-) -> Result<DeprovisionClaim, sqlx::Error> {
-    pg_query(CLAIM_DEPROVISION, &[text(slug), id(run), time(now)])
-        .execute(&mut *conn)
+) -> Result<DeprovisionClaim, StoreError> {
+    tx.execute(CLAIM_DEPROVISION, &[text(slug), id(run), time(now)])
         .await?;
     let sql = format!("SELECT {TENANT_COLUMNS} FROM waymark_tenants WHERE slug = $1");
-    let tenant = pg_query(&sql, &[text(slug)])
-        .fetch_optional(&mut *conn)
+    let tenant = tx
+        .fetch(&sql, &[text(slug)])
         .await?
-        .as_ref()
-        .map(tenant_from_pg)
+        .first()
+        .map(tenant_from_row)
         .transpose()?;
     Ok(claim_result(tenant, run))
 }
@@ -690,7 +546,7 @@ pub async fn reactivate(
             text(slug),
             id(run),
             time(now),
-            Arg::Json(Value::Array(vec![])),
+            Arg::json(Value::Array(vec![])),
         ],
     )
     .await?
@@ -720,7 +576,7 @@ pub async fn remember_paused(
         &[
             text(slug),
             id(run),
-            Arg::Json(serde_json::to_value(&all).expect("ids serialise")),
+            Arg::json(serde_json::to_value(&all).expect("ids serialise")),
             time(now),
         ],
     )
@@ -798,44 +654,23 @@ pub async fn mark_deleted(
         text(slug),
         text(format!("run:{run}")),
         text(format!("tenant:{slug}")),
-        Arg::Json(detail),
+        Arg::json(detail),
     ];
-    let changed = match store {
-        Store::Postgres(pg) => {
-            let mut tx = pg.pool().begin().await?;
-            let changed = pg_query(update, &[text(slug), id(run), time(now)])
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if changed {
-                pg_query(drop_resources, &[text(slug)])
-                    .execute(&mut *tx)
-                    .await?;
-                pg_query(audit, &audit_args).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            changed
-        }
-        Store::Sqlite(lite) => {
-            let mut tx = lite.pool().begin().await?;
-            let (update, drop_resources, audit) =
-                (lite_sql(update), lite_sql(drop_resources), lite_sql(audit));
-            let changed = lite_query(&update, &[text(slug), id(run), time(now)])
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                == 1;
-            if changed {
-                lite_query(&drop_resources, &[text(slug)])
-                    .execute(&mut *tx)
-                    .await?;
-                lite_query(&audit, &audit_args).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            changed
-        }
-    };
+    let mut tx = store.begin().await.map_err(sqlx::Error::from)?;
+    let changed = tx
+        .execute(update, &[text(slug), id(run), time(now)])
+        .await
+        .map_err(sqlx::Error::from)?
+        == 1;
+    if changed {
+        tx.execute(drop_resources, &[text(slug)])
+            .await
+            .map_err(sqlx::Error::from)?;
+        tx.execute(audit, &audit_args)
+            .await
+            .map_err(sqlx::Error::from)?;
+    }
+    tx.commit().await.map_err(sqlx::Error::from)?;
     Ok(changed)
 }
 
@@ -867,44 +702,41 @@ pub async fn resource_add(
     Ok(())
 }
 
-/// [`resource_add`] inside the caller's transaction (the database space on PostgreSQL
-/// records its role and schema in the transaction that creates them).
+/// [`resource_add`] inside the database space's own PostgreSQL transaction, which
+/// creates the role and schema it records (that work exists on PostgreSQL only).
 pub async fn resource_add_pg(
-    conn: &mut PgConnection,
+    conn: &mut sqlx::PgConnection,
     slug: &str,
     kind: ResourceKind,
     name: &str,
     run: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(), sqlx::Error> {
-    pg_query(
+    sqlx::query(
         "INSERT INTO waymark_tenant_resources (tenant, kind, name, run_id, created_at) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (tenant, kind, name) DO NOTHING",
-        &[
-            text(slug),
-            text(kind.as_str()),
-            text(name),
-            id(run),
-            time(now),
-        ],
     )
+    .bind(slug)
+    .bind(kind.as_str())
+    .bind(name)
+    .bind(run)
+    .bind(now)
     .execute(conn)
     .await?;
     Ok(())
 }
 
-/// [`resource_remove`] inside the caller's transaction.
+/// [`resource_remove`] inside the database space's own PostgreSQL transaction.
 pub async fn resource_remove_pg(
-    conn: &mut PgConnection,
+    conn: &mut sqlx::PgConnection,
     slug: &str,
     kind: ResourceKind,
 ) -> Result<(), sqlx::Error> {
-    pg_query(
-        "DELETE FROM waymark_tenant_resources WHERE tenant = $1 AND kind = $2",
-        &[text(slug), text(kind.as_str())],
-    )
-    .execute(conn)
-    .await?;
+    sqlx::query("DELETE FROM waymark_tenant_resources WHERE tenant = $1 AND kind = $2")
+        .bind(slug)
+        .bind(kind.as_str())
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -933,41 +765,24 @@ pub async fn resource_remove(
 pub async fn resources(store: &Store, slug: &str) -> Result<Vec<Resource>, sqlx::Error> {
     let sql = "SELECT kind, name, run_id, created_at FROM waymark_tenant_resources \
                WHERE tenant = $1 ORDER BY created_at, kind, name";
-    let kind = |s: String| -> Result<ResourceKind, sqlx::Error> {
-        s.parse().map_err(|e: String| sqlx::Error::Decode(e.into()))
-    };
-    match store {
-        Store::Postgres(pg) => pg_query(sql, &[text(slug)])
-            .fetch_all(pg.pool())
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Resource {
-                    kind: kind(r.try_get("kind")?)?,
-                    name: r.try_get("name")?,
-                    run_id: r.try_get("run_id")?,
-                    created_at: r.try_get("created_at")?,
-                })
+    let rows = store
+        .sql_fetch(sql, &[text(slug)])
+        .await
+        .map_err(sqlx::Error::from)?;
+    rows.iter()
+        .map(|r| {
+            Ok(Resource {
+                kind: r
+                    .text("kind")
+                    .map_err(sqlx::Error::from)?
+                    .parse()
+                    .map_err(|e: String| sqlx::Error::Decode(e.into()))?,
+                name: r.text("name").map_err(sqlx::Error::from)?,
+                run_id: r.id("run_id").map_err(sqlx::Error::from)?,
+                created_at: r.time("created_at").map_err(sqlx::Error::from)?,
             })
-            .collect(),
-        Store::Sqlite(lite) => {
-            let sql = lite_sql(sql);
-            lite_query(&sql, &[text(slug)])
-                .fetch_all(lite.pool())
-                .await?
-                .iter()
-                .map(|r| {
-                    Ok(Resource {
-                        kind: kind(r.try_get("kind")?)?,
-                        name: r.try_get("name")?,
-                        run_id: opt_uuid(r.try_get("run_id")?)?
-                            .ok_or_else(|| sqlx::Error::Decode("resource without a run".into()))?,
-                        created_at: from_ms(r.try_get("created_at")?)?,
-                    })
-                })
-                .collect()
-        }
-    }
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------
@@ -990,20 +805,14 @@ pub async fn delete_keys(
 
 /// How many of the tenant's runs have not ended.
 pub async fn live_runs(store: &Store, slug: &str) -> Result<i64, sqlx::Error> {
-    let sql = "SELECT count(*) FROM waymark_runs WHERE tenant = $1 AND finished_at IS NULL";
-    match store {
-        Store::Postgres(pg) => {
-            sqlx::query_scalar(sql)
-                .bind(slug)
-                .fetch_one(pg.pool())
-                .await
-        }
-        Store::Sqlite(lite) => {
-            sqlx::query_scalar(&lite_sql(sql))
-                .bind(slug)
-                .fetch_one(lite.pool())
-                .await
-        }
+    let sql = "SELECT count(*) AS live FROM waymark_runs WHERE tenant = $1 AND finished_at IS NULL";
+    let rows = store
+        .sql_fetch(sql, &[text(slug)])
+        .await
+        .map_err(sqlx::Error::from)?;
+    match rows.first() {
+        Some(row) => row.int("live").map_err(sqlx::Error::from),
+        None => Ok(0),
     }
 }
 
@@ -1019,66 +828,52 @@ pub async fn forget_runs(
     let mut deleted = 0;
     let mut messages = Vec::new();
     loop {
-        let done = match store {
-            Store::Postgres(pg) => {
-                let mut tx = pg.pool().begin().await?;
-                let ids: Vec<Uuid> = sqlx::query_scalar(
-                    "SELECT id FROM waymark_runs WHERE tenant = $1 AND finished_at IS NOT NULL \
-                     ORDER BY id LIMIT $2",
-                )
-                .bind(slug)
-                .bind(batch)
-                .fetch_all(&mut *tx)
-                .await?;
-                let texts: Vec<String> = ids.iter().map(Uuid::to_string).collect();
-                // Ledger keys are a step's idempotency key: `<run id>:<visit>:<call>`.
-                let gone: Vec<String> = sqlx::query_scalar(
-                    "DELETE FROM waymark_mail_ledger WHERE left(idempotency_key, 36) = ANY($1) \
-                     RETURNING message_id",
-                )
-                .bind(&texts)
-                .fetch_all(&mut *tx)
-                .await?;
-                messages.extend(gone);
-                let done = sqlx::query("DELETE FROM waymark_runs WHERE id = ANY($1)")
-                    .bind(&ids)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                tx.commit().await?;
-                done
-            }
-            Store::Sqlite(lite) => {
-                let mut tx = lite.pool().begin().await?;
-                let ids: Vec<String> = sqlx::query_scalar(
-                    "SELECT id FROM waymark_runs WHERE tenant = ?1 AND finished_at IS NOT NULL \
-                     ORDER BY id LIMIT ?2",
-                )
-                .bind(slug)
-                .bind(batch)
-                .fetch_all(&mut *tx)
-                .await?;
-                let listed = serde_json::to_string(&ids).expect("ids serialise");
-                let gone: Vec<String> = sqlx::query_scalar(
-                    "DELETE FROM waymark_mail_ledger \
-                     WHERE substr(idempotency_key, 1, 36) IN (SELECT value FROM json_each(?1)) \
-                     RETURNING message_id",
-                )
-                .bind(&listed)
-                .fetch_all(&mut *tx)
-                .await?;
-                messages.extend(gone);
-                let done = sqlx::query(
-                    "DELETE FROM waymark_runs WHERE id IN (SELECT value FROM json_each(?1))",
-                )
-                .bind(&listed)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                tx.commit().await?;
-                done
-            }
-        };
+        let mut tx = store.begin().await.map_err(sqlx::Error::from)?;
+        let ids: Vec<Uuid> = tx
+            .fetch(
+                "SELECT id FROM waymark_runs WHERE tenant = $1 AND finished_at IS NOT NULL \
+                 ORDER BY id LIMIT $2",
+                &[text(slug), Arg::int(batch)],
+            )
+            .await
+            .map_err(sqlx::Error::from)?
+            .iter()
+            .map(|r| r.id("id"))
+            .collect::<Result<_, _>>()
+            .map_err(sqlx::Error::from)?;
+        if ids.is_empty() {
+            tx.commit().await.map_err(sqlx::Error::from)?;
+            return Ok((deleted, messages));
+        }
+        // `$1, $2, …` for this batch: one statement text for both backends.
+        let list = (1..=ids.len())
+            .map(|n| format!("${n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        // Ledger keys are a step's idempotency key: `<run id>:<visit>:<call>`.
+        let texts: Vec<Arg> = ids.iter().map(|id| text(id.to_string())).collect();
+        let gone = tx
+            .fetch(
+                &format!(
+                    "DELETE FROM waymark_mail_ledger WHERE substr(idempotency_key, 1, 36) IN ({list}) \
+                     RETURNING message_id"
+                ),
+                &texts,
+            )
+            .await
+            .map_err(sqlx::Error::from)?;
+        for row in &gone {
+            messages.push(row.text("message_id").map_err(sqlx::Error::from)?);
+        }
+        let run_ids: Vec<Arg> = ids.iter().copied().map(id).collect();
+        let done = tx
+            .execute(
+                &format!("DELETE FROM waymark_runs WHERE id IN ({list})"),
+                &run_ids,
+            )
+            .await
+            .map_err(sqlx::Error::from)?;
+        tx.commit().await.map_err(sqlx::Error::from)?;
         deleted += done;
         if done < batch as u64 {
             return Ok((deleted, messages));
@@ -1103,13 +898,5 @@ mod tests {
             assert_eq!(kind.as_str().parse::<ResourceKind>(), Ok(kind));
         }
         assert!("archived".parse::<TenantStatus>().is_err());
-    }
-
-    #[test]
-    fn sqlite_statements_number_their_parameters_like_postgres() {
-        assert_eq!(
-            lite_sql("UPDATE t SET a = $2 WHERE b = $1 AND ($3 IS NULL OR c = $3)"),
-            "UPDATE t SET a = ?2 WHERE b = ?1 AND (?3 IS NULL OR c = ?3)"
-        );
     }
 }
