@@ -22,12 +22,48 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 use waymark_engine::keys::{IssueKey, Sealer};
-use waymark_engine::store::{KeyRecord, NewAudit, Store, TenantScope};
+use waymark_engine::store::{Arg, KeyRecord, NewAudit, Store, TenantScope, Tx};
 use waymark_engine::{
-    Access, Definition, ResultExt, StateDef, StepContext, StepError, Transition, Wait, Workflow,
-    WorkflowSignal, WorkflowState,
+    Access, Definition, ResultExt, StateDef, StepContext, StepError, StoreError, Transition, Wait,
+    Workflow, WorkflowSignal, WorkflowState,
 };
 use waymark_services::{Email, Mailer};
+
+/// The live rotation of a key: a run of this workflow whose input names it and that
+/// has not ended. `->>` reads a JSON field alike on PostgreSQL's `jsonb` and SQLite's
+/// JSON text, so one statement serves both.
+const ACTIVE: &str = "SELECT id FROM waymark_runs WHERE workflow = 'key_rotation' \
+    AND input ->> 'key_id' = $1 AND finished_at IS NULL ORDER BY id LIMIT 1";
+
+/// The run rotating `key_id` now, if any.
+pub async fn active(store: &Store, key_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+    match store
+        .sql_fetch(ACTIVE, &[Arg::text(key_id.to_string())])
+        .await?
+        .first()
+    {
+        Some(row) => Ok(Some(row.id("id")?)),
+        None => Ok(None),
+    }
+}
+
+/// Locks the key's row for the caller's transaction (so two rotations of one key are
+/// decided one after the other) and answers the run already rotating it, if any.
+pub async fn lock_for_rotation(tx: &mut Tx, key_id: Uuid) -> Result<Option<Uuid>, StoreError> {
+    let lock = format!(
+        "SELECT id FROM waymark_keys WHERE id = $1 {}",
+        tx.for_update()
+    );
+    tx.fetch(&lock, &[Arg::id(key_id)]).await?;
+    match tx
+        .fetch(ACTIVE, &[Arg::text(key_id.to_string())])
+        .await?
+        .first()
+    {
+        Some(row) => Ok(Some(row.id("id")?)),
+        None => Ok(None),
+    }
+}
 
 /// What a rotation needs besides its input.
 #[derive(Clone)]
@@ -274,12 +310,7 @@ impl Workflow for KeyRotation {
     ) -> Result<Transition<RotationState, RotationOutput>, StepError> {
         match state {
             RotationState::Issue => {
-                if let Some(active) = self
-                    .store
-                    .key_rotation_active(input.key_id)
-                    .await
-                    .retryable()?
-                {
+                if let Some(active) = active(&self.store, input.key_id).await.retryable()? {
                     if active != ctx.run_id {
                         return Ok(Transition::next(RotationState::Skipped {
                             active_run: active,

@@ -1,5 +1,8 @@
 //! API keys (create, list, revoke, reveal, rotate, rotation policies), identity, audit and the worker registry.
 
+use waymark_engine::Workflow;
+use waymark_workflows::key_rotation::{self, KeyRotation, RotationInput};
+
 use super::*;
 
 #[derive(Debug, Deserialize)]
@@ -323,27 +326,34 @@ pub(super) async fn rotate_key(
     audit.action = "key.rotated".into();
     audit.detail["replaces"] = json!(id);
     audit.detail["emergency"] = json!(request.emergency);
-    let input = json!({
-        "key_id": id,
-        "grace_period": humantime::format_duration(grace_period).to_string(),
-        "reason": request.reason,
-        "emergency": request.emergency,
-        "new_key_id": new_key.id,
-    });
-    let run = state.engine.prepare(StartRun {
+    let input = RotationInput {
+        key_id: id,
+        grace_period,
+        reason: request.reason,
+        emergency: request.emergency,
+        new_key_id: Some(new_key.id),
+        policy_schedule: None,
+    };
+    let start = StartRun {
         tenant: old.tenant.clone(),
-        workflow: "key_rotation".into(),
-        input,
+        workflow: KeyRotation::NAME.into(),
+        input: serde_json::to_value(&input).map_err(|e| ApiError::internal(&e))?,
         idempotency_key: None,
         tags: vec![format!("key:{id}")],
         actor: caller.actor(),
-    })?;
-    let (record, run) = state
-        .engine
-        .store
-        .key_rotation_start(id, &new_key, &audit, &run)
-        .await?;
-    state.engine.metrics.run_started("key_rotation");
+    };
+    // The new key and the run that manages it commit together: a crash cannot leave a
+    // key without its run, or a run without its key.
+    let store = &state.engine.store;
+    let mut tx = store.begin().await?;
+    if let Some(active) = key_rotation::lock_for_rotation(&mut tx, id).await? {
+        return Err(ApiError::conflict(format!(
+            "key {id} is already being rotated by run {active}"
+        )));
+    }
+    let record = store.key_insert_in(&mut tx, &new_key, &audit).await?;
+    let run = state.engine.start_in(&mut tx, start).await?.run;
+    tx.commit().await?;
     let mut body =
         serde_json::to_value(KeyView::new(record, now)).map_err(|e| ApiError::internal(&e))?;
     body["secret"] = json!(secret.expose());

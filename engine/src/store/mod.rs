@@ -438,22 +438,19 @@ impl Store {
         dispatch!(self, s => s.keys_suspend(tenant, suspended).await)
     }
 
-    /// The live `key_rotation` run rotating `key_id`, if any.
-    pub async fn key_rotation_active(&self, key_id: Uuid) -> StoreResult<Option<Uuid>> {
-        dispatch!(self, s => s.key_rotation_active(key_id).await)
-    }
-
-    /// Issues a rotation's new key and starts its run in one transaction: a crash
-    /// cannot leave a key without its run or a run without its key. A conflict
-    /// (naming the run) if the key is already being rotated.
-    pub async fn key_rotation_start(
+    /// Issues a key, with its audit record, inside the caller's transaction: a
+    /// workflow's route can issue a key and start the run that manages it so that a
+    /// crash leaves neither without the other.
+    pub async fn key_insert_in(
         &self,
-        old_key: Uuid,
-        new_key: &NewKey,
+        tx: &mut Tx,
+        key: &NewKey,
         audit: &NewAudit,
-        run: &NewRun,
-    ) -> StoreResult<(KeyRecord, Run)> {
-        dispatch!(self, s => s.key_rotation_start(old_key, new_key, audit, run).await)
+    ) -> StoreResult<KeyRecord> {
+        match &mut tx.inner {
+            sql::TxInner::Postgres(tx) => postgres::key_insert_in(tx, key, audit).await,
+            sql::TxInner::Sqlite { tx, .. } => sqlite::key_insert_in(tx, key, audit).await,
+        }
     }
 
     /// Records use of a key, at most once a minute per key.

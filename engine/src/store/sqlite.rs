@@ -1879,49 +1879,15 @@ impl SqliteStore {
     }
 }
 
-impl SqliteStore {
-    pub(super) async fn key_rotation_active(&self, key_id: Uuid) -> StoreResult<Option<Uuid>> {
-        let id: Option<String> = sqlx::query_scalar(
-            r#"SELECT id FROM waymark_runs WHERE workflow = 'key_rotation'
-                 AND json_extract(input, '$.key_id') = ?1
-                 AND status NOT IN ('completed', 'failed', 'cancelled') ORDER BY id LIMIT 1"#,
-        )
-        .bind(key_id.to_string())
-        .fetch_optional(&self.pool)
-        .await?;
-        id.as_deref().map(uuid).transpose()
-    }
-
-    pub(super) async fn key_rotation_start(
-        &self,
-        old_key: Uuid,
-        new_key: &NewKey,
-        audit: &NewAudit,
-        run: &NewRun,
-    ) -> StoreResult<(KeyRecord, Run)> {
-        let mut tx = self.pool.begin().await?;
-        let active: Option<String> = sqlx::query_scalar(
-            r#"SELECT id FROM waymark_runs WHERE workflow = 'key_rotation'
-                 AND json_extract(input, '$.key_id') = ?1
-                 AND status NOT IN ('completed', 'failed', 'cancelled') LIMIT 1"#,
-        )
-        .bind(old_key.to_string())
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let Some(active) = active {
-            return Err(StoreError::Conflict(format!(
-                "key {old_key} is already being rotated by run {active}"
-            )));
-        }
-        let key: KeyRow = insert_key(&mut tx, new_key).await?;
-        insert_audit(&mut tx, audit).await?;
-        let started = insert_run(&mut tx, run, None)
-            .await?
-            .ok_or_else(|| StoreError::Conflict(format!("run {} could not be inserted", run.id)))?;
-        tx.commit().await?;
-        self.bump();
-        Ok((key.try_into()?, started))
-    }
+/// A key and its audit record inside the caller's transaction (see `Store::key_insert_in`).
+pub(super) async fn key_insert_in(
+    conn: &mut sqlx::SqliteConnection,
+    key: &NewKey,
+    audit: &NewAudit,
+) -> StoreResult<KeyRecord> {
+    let row = insert_key(conn, key).await?;
+    insert_audit(conn, audit).await?;
+    row.try_into()
 }
 
 /// Inserts a key row (its hash, perhaps its sealed secret; never the secret).
