@@ -114,7 +114,7 @@ pub struct DeprovisioningOutput {
 }
 
 /// Runs deleted per transaction by `forget`.
-const FORGET_BATCH: i64 = 500;
+const FORGET_BATCH: u32 = 500;
 /// Runs read per page when cancelling or exporting.
 const PAGE: u32 = 200;
 
@@ -255,7 +255,8 @@ impl Workflow for TenantDeprovisioning {
                         .map_err(TenantError::from)?;
                 }
                 terminate_runs(deps, slug, ctx.run_id, now).await?;
-                let live = record::live_runs(store, slug)
+                let live = store
+                    .runs_live_count(slug)
                     .await
                     .map_err(TenantError::from)?;
                 if live > 0 {

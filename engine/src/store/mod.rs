@@ -18,6 +18,7 @@ mod model;
 mod postgres;
 pub mod sql;
 mod sqlite;
+mod tenant_rows;
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;

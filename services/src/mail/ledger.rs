@@ -6,7 +6,8 @@
 //! the same. Every statement takes "now" as a parameter.
 
 use chrono::{DateTime, Utc};
-use waymark_engine::store::Arg;
+use uuid::Uuid;
+use waymark_engine::store::{Arg, Tx};
 use waymark_engine::{Store, StoreError};
 
 /// Where a key's message stands.
@@ -78,6 +79,33 @@ pub async fn prune_sent_before(
     Ledger::new(store.clone())
         .prune_sent_before(before, limit)
         .await
+}
+
+/// Deletes the ledger rows of `runs`' steps in the caller's transaction (where their
+/// runs are deleted); the `Message-ID`s deleted, to find their outbox files.
+pub async fn delete_for_runs_in(tx: &mut Tx, runs: &[Uuid]) -> Result<Vec<String>, sqlx::Error> {
+    if runs.is_empty() {
+        return Ok(Vec::new());
+    }
+    // `$1, $2, …` for this batch: one statement text for both backends. Ledger keys are
+    // a step's idempotency key, `<run id>:<visit>:<call>`.
+    let list = (1..=runs.len())
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let ids: Vec<Arg> = runs.iter().map(|id| Arg::text(id.to_string())).collect();
+    let rows = tx
+        .fetch(
+            &format!(
+                "DELETE FROM waymark_mail_ledger WHERE substr(idempotency_key, 1, 36) IN ({list}) \
+                 RETURNING message_id"
+            ),
+            &ids,
+        )
+        .await?;
+    rows.iter()
+        .map(|row| row.text("message_id").map_err(sqlx::Error::from))
+        .collect()
 }
 
 #[derive(Debug, Clone)]

@@ -60,7 +60,7 @@ pub async fn remove(
     {
         revoke(deps, slug, key.id, &actor, why, now).await?;
     }
-    let deleted = record::delete_keys(deps.store(), slug, created_by).await?;
+    let deleted = deps.store().keys_delete(slug, created_by).await?;
     record::resource_remove(deps.store(), slug, ResourceKind::ApiKey, None).await?;
     Ok(deleted)
 }

@@ -788,34 +788,6 @@ pub async fn resources(store: &Store, slug: &str) -> Result<Vec<Resource>, sqlx:
 // ---------------------------------------------------------------------------------
 // The tenant's rows in Waymark's own tables
 
-/// Deletes the tenant's key rows (revoked first, by the caller, so the audit log says
-/// so) made by `created_by`, or all of them.
-pub async fn delete_keys(
-    store: &Store,
-    slug: &str,
-    created_by: Option<&str>,
-) -> Result<u64, sqlx::Error> {
-    execute(
-        store,
-        "DELETE FROM waymark_keys WHERE tenant = $1 AND ($2 IS NULL OR created_by = $2)",
-        &[text(slug), Arg::Text(created_by.map(str::to_owned))],
-    )
-    .await
-}
-
-/// How many of the tenant's runs have not ended.
-pub async fn live_runs(store: &Store, slug: &str) -> Result<i64, sqlx::Error> {
-    let sql = "SELECT count(*) AS live FROM waymark_runs WHERE tenant = $1 AND finished_at IS NULL";
-    let rows = store
-        .sql_fetch(sql, &[text(slug)])
-        .await
-        .map_err(sqlx::Error::from)?;
-    match rows.first() {
-        Some(row) => row.int("live").map_err(sqlx::Error::from),
-        None => Ok(0),
-    }
-}
-
 /// Deletes the tenant's ended runs (their history, signals, compensations and tags go
 /// with them) and the mail ledger rows of their steps, `batch` runs per transaction.
 /// Returns how many runs were deleted and the `Message-ID`s of the ledger rows deleted
@@ -823,59 +795,17 @@ pub async fn live_runs(store: &Store, slug: &str) -> Result<i64, sqlx::Error> {
 pub async fn forget_runs(
     store: &Store,
     slug: &str,
-    batch: i64,
+    batch: u32,
 ) -> Result<(u64, Vec<String>), sqlx::Error> {
     let mut deleted = 0;
     let mut messages = Vec::new();
     loop {
-        let mut tx = store.begin().await.map_err(sqlx::Error::from)?;
-        let ids: Vec<Uuid> = tx
-            .fetch(
-                "SELECT id FROM waymark_runs WHERE tenant = $1 AND finished_at IS NOT NULL \
-                 ORDER BY id LIMIT $2",
-                &[text(slug), Arg::int(batch)],
-            )
-            .await
-            .map_err(sqlx::Error::from)?
-            .iter()
-            .map(|r| r.id("id"))
-            .collect::<Result<_, _>>()
-            .map_err(sqlx::Error::from)?;
-        if ids.is_empty() {
-            tx.commit().await.map_err(sqlx::Error::from)?;
-            return Ok((deleted, messages));
-        }
-        // `$1, $2, …` for this batch: one statement text for both backends.
-        let list = (1..=ids.len())
-            .map(|n| format!("${n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
-        // Ledger keys are a step's idempotency key: `<run id>:<visit>:<call>`.
-        let texts: Vec<Arg> = ids.iter().map(|id| text(id.to_string())).collect();
-        let gone = tx
-            .fetch(
-                &format!(
-                    "DELETE FROM waymark_mail_ledger WHERE substr(idempotency_key, 1, 36) IN ({list}) \
-                     RETURNING message_id"
-                ),
-                &texts,
-            )
-            .await
-            .map_err(sqlx::Error::from)?;
-        for row in &gone {
-            messages.push(row.text("message_id").map_err(sqlx::Error::from)?);
-        }
-        let run_ids: Vec<Arg> = ids.iter().copied().map(id).collect();
-        let done = tx
-            .execute(
-                &format!("DELETE FROM waymark_runs WHERE id IN ({list})"),
-                &run_ids,
-            )
-            .await
-            .map_err(sqlx::Error::from)?;
-        tx.commit().await.map_err(sqlx::Error::from)?;
-        deleted += done;
-        if done < batch as u64 {
+        let mut tx = store.begin().await?;
+        let ids = store.runs_delete_ended_in(&mut tx, slug, batch).await?;
+        messages.extend(waymark_services::mail::ledger::delete_for_runs_in(&mut tx, &ids).await?);
+        tx.commit().await?;
+        deleted += ids.len() as u64;
+        if ids.len() < batch as usize {
             return Ok((deleted, messages));
         }
     }
