@@ -5,8 +5,11 @@
 //!   table (`Definition`), the step context and the type-erased registry.
 //! - [`status`]: the run lifecycle (`RunStatus`), mirrored by database constraints.
 //! - [`advance`]: the pure rules that turn a step's result into the commit.
-//! - [`runs`]: starting runs (`Engine::start`, `Engine::start_in`) with checks and limits.
-//! - [`store`]: PostgreSQL and SQLite behind one `Store`; all SQL lives there.
+//! - [`runs`]: starting runs (`Engine::start`, `Engine::start_in`) with checks and limits,
+//!   including who may start a workflow ([`Access`]).
+//! - [`store`]: PostgreSQL and SQLite behind one `Store`; the engine's SQL lives there.
+//!   [`store::sql`] is the seam for everyone else's: a caller's transaction (`Tx`, which
+//!   `Engine::start_in` starts runs in) and statements written once for both backends.
 //! - [`metrics`]: counters and histograms rendered as Prometheus text.
 //! - [`keys`]: API key secrets (generation, prefix, hash) and scopes.
 //! - [`cron`]: cron expressions (crontab(5) syntax) and their fire times in an IANA
