@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::clock::SharedClock;
 use crate::error::StepError;
 use crate::retry::RetryPolicy;
-use crate::store::{Lease, Store, TenantScope};
+use crate::store::TenantScope;
 
 /// A workflow's state enum. `name` is what the run's `state` column, history and
 /// diagrams show; it must match a state declared in [`Workflow::definition`].
@@ -596,7 +596,7 @@ pub struct StepContext {
     /// What data the step may reach: its run's tenant, unless its workflow is declared
     /// [`Access::System`]. Private so a step cannot widen it.
     scope: TenantScope,
-    progress: Option<ProgressSink>,
+    progress: Option<Arc<dyn ProgressSink>>,
 }
 
 /// A signal as the step that follows it sees it.
@@ -632,18 +632,16 @@ pub enum Received {
     Children(Vec<ChildResult>),
 }
 
-#[derive(Clone)]
-struct ProgressSink {
-    store: Store,
-    lease: Lease,
-}
-
-impl std::fmt::Debug for ProgressSink {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProgressSink")
-            .field("lease", &self.lease)
-            .finish()
-    }
+/// Where a step's progress goes. The runner's sink writes it on the run, fenced by the
+/// lease (a lost lease is an error); a trait, so the workflow model does not depend on
+/// the store that persists it.
+pub trait ProgressSink: Send + Sync + std::fmt::Debug {
+    /// Records `fraction` (0.0..=1.0) and `message` on the run's status.
+    fn report<'a>(
+        &'a self,
+        fraction: f32,
+        message: &'a str,
+    ) -> BoxFuture<'a, Result<(), StepError>>;
 }
 
 impl StepContext {
@@ -723,9 +721,10 @@ impl StepContext {
         }
     }
 
-    /// Lets [`StepContext::progress`] write through the run's lease.
-    pub fn with_progress(mut self, store: Store, lease: Lease) -> Self {
-        self.progress = Some(ProgressSink { store, lease });
+    /// Where [`StepContext::progress`] reports (the runner's sink writes through the
+    /// run's lease).
+    pub fn with_progress(mut self, sink: Arc<dyn ProgressSink>) -> Self {
+        self.progress = Some(sink);
         self
     }
 
@@ -743,11 +742,7 @@ impl StepContext {
     /// Fenced by the lease: a lost lease is an error.
     pub async fn progress(&self, fraction: f32, message: &str) -> Result<(), StepError> {
         match &self.progress {
-            Some(sink) => sink
-                .store
-                .run_progress(&sink.lease, fraction.clamp(0.0, 1.0), message)
-                .await
-                .map_err(|e| StepError::retryable_from(&e)),
+            Some(sink) => sink.report(fraction.clamp(0.0, 1.0), message).await,
             None => Ok(()),
         }
     }

@@ -437,7 +437,10 @@ async fn advance_once(
         )
         .with_access(definition)
         .with_received(received)
-        .with_progress(engine.store.clone(), lease);
+        .with_progress(Arc::new(LeaseProgress {
+            store: engine.store.clone(),
+            lease,
+        }));
         let step = tokio::time::timeout(
             policy.step_timeout,
             workflow.step(&ctx, &input, &state_data),
@@ -604,7 +607,10 @@ async fn compensate_once(
     )
     .for_compensation()
     .with_access(definition)
-    .with_progress(engine.store.clone(), lease);
+    .with_progress(Arc::new(LeaseProgress {
+        store: engine.store.clone(),
+        lease,
+    }));
     let step = tokio::time::timeout(
         policy.step_timeout,
         workflow.compensate(&ctx, input, &state_data),
@@ -821,6 +827,28 @@ async fn heartbeat_loop(
         if let Err(error) = engine.store.worker_heartbeat(config.worker_id, count).await {
             tracing::warn!(error = %error_chain(&error), "worker heartbeat failed");
         }
+    }
+}
+
+/// A step's progress, written on its run through the lease the runner holds.
+#[derive(Debug)]
+struct LeaseProgress {
+    store: waymark_engine::Store,
+    lease: Lease,
+}
+
+impl waymark_engine::workflow::ProgressSink for LeaseProgress {
+    fn report<'a>(
+        &'a self,
+        fraction: f32,
+        message: &'a str,
+    ) -> waymark_engine::workflow::BoxFuture<'a, Result<(), StepError>> {
+        Box::pin(async move {
+            self.store
+                .run_progress(&self.lease, fraction, message)
+                .await
+                .map_err(|e| StepError::retryable_from(&e))
+        })
     }
 }
 
