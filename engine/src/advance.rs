@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::error::StepError;
-use crate::runs::StartRun;
+use crate::start::{target, StartRun};
 use crate::store::{
     Cause, ChildrenWait, Commit, CompensationRecord, Next, Outcome, Run, SignalTarget, Target,
     Upgrade, WaitingFor,
@@ -41,17 +41,6 @@ fn wake_at(wake: crate::workflow::Wake, input: &PlanInput<'_>) -> Result<DateTim
             "a timer {wake:?} from now is beyond any date the engine can keep"
         ))
     })
-}
-
-/// The state `name` of `definition` with its data, as the store enters it.
-pub fn target(definition: &Definition, name: &str, data: Value) -> Target {
-    let state = definition.state(name);
-    Target {
-        state: name.to_owned(),
-        data,
-        capability: state.and_then(|s| s.capability).map(str::to_owned),
-        compensable: state.is_some_and(|s| s.compensates),
-    }
 }
 
 /// Decides the commit for `run` given its step's `result`.
@@ -179,7 +168,7 @@ fn forward(
                         child.workflow
                     )));
                 }
-                let new = crate::runs::prepare(
+                let new = crate::start::prepare(
                     input.registry,
                     input.max_payload,
                     StartRun {

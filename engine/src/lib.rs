@@ -5,8 +5,10 @@
 //!   table (`Definition`), the step context and the type-erased registry.
 //! - [`status`]: the run lifecycle (`RunStatus`), mirrored by database constraints.
 //! - [`advance`]: the pure rules that turn a step's result into the commit.
-//! - [`runs`]: starting runs (`Engine::start`, `Engine::start_in`) with checks and limits,
-//!   including who may start a workflow ([`Access`]).
+//! - [`start`]: what starting a run checks and builds (limits, tenant, access, input,
+//!   first state); a leaf that [`runs`] and [`advance`] build on.
+//! - [`runs`]: the engine's front door (`Engine::start`, `Engine::start_in`, signals,
+//!   operator actions), including who may start a workflow ([`Access`]).
 //! - [`store`]: PostgreSQL and SQLite behind one `Store`; the engine's SQL lives there.
 //!   [`store::sql`] is the seam for everyone else's: a caller's transaction (`Tx`, which
 //!   `Engine::start_in` starts runs in) and statements written once for both backends.
@@ -26,6 +28,7 @@ pub mod keys;
 pub mod metrics;
 pub mod retry;
 pub mod runs;
+pub mod start;
 pub mod status;
 pub mod store;
 pub mod workflow;
@@ -33,7 +36,8 @@ pub mod workflow;
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock};
 pub use error::{ErrorKind, ResultExt, StepError, StoreError};
 pub use retry::RetryPolicy;
-pub use runs::{is_valid_tenant, Engine, EngineError, Limits, SendSignal, StartRun};
+pub use runs::{Engine, SendSignal};
+pub use start::{is_valid_tenant, EngineError, Limits, StartRun};
 pub use status::RunStatus;
 pub use store::{Run, Store, StoreConfig, TenantScope};
 
