@@ -18,17 +18,8 @@ use waymark_services::{
     UrlSigner,
 };
 
+use crate::support::services::service_env;
 use crate::support::{wait_until, TestDb};
-
-fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the S3 blob tests need the test S3 server. Run ./test.sh, which \
-             starts it, or `scripts/test-services.sh start` and export the variables in \
-             .test-services/env"
-        )
-    })
-}
 
 fn s3_config(credentials: S3Credentials) -> S3Config {
     S3Config {

@@ -20,6 +20,7 @@ use waymark_workflows::tenants::names::storage_prefix;
 use waymark_workflows::tenants::{record, TenantStatus};
 
 use crate::binary::{command, spawn_with};
+use crate::support::services::service_env;
 use crate::support::{on_both_backends, poll_until, Backend, TestDb};
 use crate::tenants::RoleSweeper;
 
@@ -31,15 +32,6 @@ const PADDING: i64 = 600;
 const RSS_GROWTH_BOUND: u64 = 48 << 20;
 
 on_both_backends!(a_tenant_with_100000_runs_exports_in_bounded_memory);
-
-fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: this test needs the test S3 server. Run ./test.sh, or \
-             `scripts/test-services.sh start` and export the variables in .test-services/env"
-        )
-    })
-}
 
 /// A value of `/proc/<pid>/status` in bytes (`VmRSS`, `VmHWM`).
 fn proc_status_bytes(pid: u32, field: &str) -> u64 {

@@ -16,13 +16,8 @@ use waymark_workers::scheduler::{Scheduler, SchedulerConfig, LEASE};
 use waymark_workflows::key_rotation::{KeyRotation, RotationSettings};
 
 use crate::api::{problem_type, Api};
+use crate::support::services::service_env;
 use crate::support::{manual_clock, on_both_backends, wait_for_run, wait_until, Backend, TestDb};
-
-fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the suite with ./test.sh, which starts the SMTP and S3 test servers")
-    })
-}
 
 fn mailer(store: &waymark_engine::Store) -> Mailer {
     Mailer::from_config(

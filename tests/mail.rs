@@ -22,21 +22,11 @@ use waymark_engine::{
 use waymark_services::mail::{message_id, LedgerStatus};
 use waymark_services::{Attachment, Email, MailConfig, MailError, Mailer, SmtpOptions, Templates};
 
+use crate::support::services::service_env;
 use crate::support::{
     on_both_backends, spawn_runner, start_req, test_runner_config, wait_for_status, wait_until,
     TestDb,
 };
-
-/// A setting `scripts/test-services.sh` exports; without it the test fails and says why.
-fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the mail tests need the test SMTP server. Run ./test.sh, which \
-             starts it, or `scripts/test-services.sh start` and export the variables in \
-             .test-services/env"
-        )
-    })
-}
 
 fn smtp_url() -> String {
     format!("smtp://{}", service_env("WAYMARK_TEST_SMTP_ADDR"))

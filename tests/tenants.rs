@@ -33,6 +33,7 @@ use waymark_workflows::tenants::names::{
 };
 use waymark_workflows::tenants::{record, space, TenantDeps, TenantStatus};
 
+use crate::support::services::service_env;
 use crate::support::{
     on_both_backends, spawn_runner, test_runner_config, wait_for_status, wait_until, Backend,
     RunnerHandle, TestDb,
@@ -40,16 +41,6 @@ use crate::support::{
 
 // ---------------------------------------------------------------------------------
 // The services test.sh starts
-
-fn service_env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: the tenant tests need the test SMTP and S3 servers. Run \
-             ./test.sh, which starts them, or `scripts/test-services.sh start` and export the \
-             variables in .test-services/env"
-        )
-    })
-}
 
 fn s3_config(bucket: String) -> S3Config {
     S3Config {

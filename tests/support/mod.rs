@@ -1,6 +1,7 @@
 //! Test infrastructure: throwaway databases on both backends, runners with handles,
 //! waiting on conditions with deadlines, and the workflows tests drive.
 
+pub mod services;
 pub mod workflows;
 
 use std::future::Future;
