@@ -55,6 +55,17 @@ impl<C> Page<C> {
         Ok(Page { after, limit })
     }
 
+    /// The page of a list route that takes no parameter but `limit` and `cursor`: reads
+    /// them from the raw query and refuses any other.
+    pub(crate) fn only(
+        raw: Option<String>,
+        parse: impl FnOnce(&str) -> Option<C>,
+    ) -> ApiResult<Page<C>> {
+        let query = crate::routes::params(raw);
+        known_only(&query, &["cursor", "limit"])?;
+        Self::from_query(&query, parse)
+    }
+
     /// How many items to ask the store for: one more than the page, to learn whether
     /// another page follows.
     pub(crate) fn fetch(&self) -> u32 {

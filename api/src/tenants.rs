@@ -30,8 +30,8 @@ use waymark_workflows::tenants::{plans, NewTenant, Tenant, TenantStatus};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::paging::{known_only, Page};
-use crate::routes::{params, route, Route};
+use crate::paging::Page;
+use crate::routes::{route, Route};
 use crate::{body, AppState};
 
 /// The tenant routes, appended to [`crate::routes::table`].
@@ -186,10 +186,8 @@ async fn list_tenants(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let query = params(query);
-    known_only(&query, &["cursor", "limit"])?;
     // The cursor is a slug, and every stored slug is a valid one.
-    let page = Page::from_query(&query, |c| is_valid_tenant(c).then(|| c.to_owned()))?;
+    let page = Page::only(query, |c| is_valid_tenant(c).then(|| c.to_owned()))?;
     let store = &state.engine.store;
     let only = match caller.scope() {
         TenantScope::All => None,

@@ -251,6 +251,26 @@ pub struct IssueKey {
     pub address: Option<String>,
 }
 
+impl IssueKey {
+    /// The successor of `old` in a rotation: the same tenant, scopes, name and owner,
+    /// no expiry; `actor` is who rotates it.
+    pub fn successor_of(
+        old: &crate::store::KeyRecord,
+        actor: String,
+        address: Option<String>,
+    ) -> IssueKey {
+        IssueKey {
+            tenant: old.tenant.clone(),
+            scopes: old.scopes.clone(),
+            name: old.name.clone(),
+            owner_email: old.owner_email.clone(),
+            expires_at: None,
+            actor,
+            address,
+        }
+    }
+}
+
 /// Issues a key: a fresh secret (or `secret`, e.g. a bootstrap key given by the
 /// operator), stored as a hash with its audit record in one transaction. The secret is
 /// returned once and never stored.

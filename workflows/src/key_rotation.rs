@@ -37,14 +37,10 @@ const ACTIVE: &str = "SELECT id FROM waymark_runs WHERE workflow = 'key_rotation
 
 /// The run rotating `key_id` now, if any.
 pub async fn active(store: &Store, key_id: Uuid) -> Result<Option<Uuid>, StoreError> {
-    match store
+    let rows = store
         .sql_fetch(ACTIVE, &[Arg::text(key_id.to_string())])
-        .await?
-        .first()
-    {
-        Some(row) => Ok(Some(row.id("id")?)),
-        None => Ok(None),
-    }
+        .await?;
+    rows.first().map(|row| row.id("id")).transpose()
 }
 
 /// Locks the key's row for the caller's transaction (so two rotations of one key are
@@ -55,14 +51,8 @@ pub async fn lock_for_rotation(tx: &mut Tx, key_id: Uuid) -> Result<Option<Uuid>
         tx.for_update()
     );
     tx.fetch(&lock, &[Arg::id(key_id)]).await?;
-    match tx
-        .fetch(ACTIVE, &[Arg::text(key_id.to_string())])
-        .await?
-        .first()
-    {
-        Some(row) => Ok(Some(row.id("id")?)),
-        None => Ok(None),
-    }
+    let rows = tx.fetch(ACTIVE, &[Arg::text(key_id.to_string())]).await?;
+    rows.first().map(|row| row.id("id")).transpose()
 }
 
 /// What a rotation needs besides its input.
@@ -338,15 +328,7 @@ impl Workflow for KeyRotation {
                     None => waymark_engine::keys::issue_sealed(
                         &self.store,
                         &self.sealer,
-                        IssueKey {
-                            tenant: old.tenant.clone(),
-                            scopes: old.scopes.clone(),
-                            name: old.name.clone(),
-                            owner_email: old.owner_email.clone(),
-                            expires_at: None,
-                            actor,
-                            address: None,
-                        },
+                        IssueKey::successor_of(&old, actor, None),
                         ctx.clock.now(),
                     )
                     .await

@@ -104,9 +104,7 @@ pub(super) async fn list_keys(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let query = params(query);
-    known_only(&query, &["cursor", "limit"])?;
-    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
+    let page = Page::only(query, |c| c.parse::<Uuid>().ok())?;
     let now = state.engine.clock.now();
     let keys = state
         .engine
@@ -309,15 +307,7 @@ pub(super) async fn rotate_key(
     }
     let secret = waymark_engine::keys::Secret::generate();
     let (new_key, audit) = waymark_engine::keys::prepare_key(
-        IssueKey {
-            tenant: old.tenant.clone(),
-            scopes: old.scopes.clone(),
-            name: old.name.clone(),
-            owner_email: old.owner_email.clone(),
-            expires_at: None,
-            actor: caller.actor(),
-            address: caller.address.clone(),
-        },
+        IssueKey::successor_of(&old, caller.actor(), caller.address.clone()),
         &secret,
         None,
         now,
@@ -549,9 +539,7 @@ pub(super) async fn workers(
     caller: Caller,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
-    let query = params(query);
-    known_only(&query, &["cursor", "limit"])?;
-    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
+    let page = Page::only(query, |c| c.parse::<Uuid>().ok())?;
     let workers = state
         .engine
         .store

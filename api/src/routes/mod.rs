@@ -31,7 +31,7 @@ use waymark_engine::{is_valid_tenant, Access, RunStatus, SendSignal, StartRun, T
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::paging::{known_only, Page};
+use crate::paging::Page;
 use crate::views::{HistoryView, KeyView, RunView};
 use crate::{body, AppState};
 

@@ -154,10 +154,8 @@ pub(super) async fn run_history(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<HistoryView>> {
     let id = run_id(&id)?;
-    let query = params(query);
-    known_only(&query, &["cursor", "limit"])?;
     // History ids are positive serials.
-    let page = Page::from_query(&query, |c| c.parse::<i64>().ok().filter(|n| *n > 0))?;
+    let page = Page::only(query, |c| c.parse::<i64>().ok().filter(|n| *n > 0))?;
     let history = state
         .engine
         .store
@@ -178,9 +176,7 @@ pub(super) async fn run_signals(
     RawQuery(query): RawQuery,
 ) -> ApiResult<Json<Value>> {
     let id = run_id(&id)?;
-    let query = params(query);
-    known_only(&query, &["cursor", "limit"])?;
-    let page = Page::from_query(&query, |c| c.parse::<Uuid>().ok())?;
+    let page = Page::only(query, |c| c.parse::<Uuid>().ok())?;
     let signals = state
         .engine
         .store

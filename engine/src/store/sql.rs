@@ -65,6 +65,15 @@ impl Arg {
     }
 }
 
+/// `$1, $2, …, $n`: the list for `IN (…)` over `n` arguments, one statement text for
+/// both backends (which have no common way to bind an array).
+pub fn placeholders(n: usize) -> String {
+    (1..=n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `$n` → `?n`: SQLite's numbered placeholders take the same numbers.
 fn for_sqlite(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
@@ -274,41 +283,60 @@ impl Store {
 
     /// Runs one statement (see the module's rules) outside any transaction.
     pub async fn sql_execute(&self, sql: &str, args: &[Arg]) -> StoreResult<u64> {
-        Ok(match self {
-            Store::Postgres(pg) => pg_query(sql, args)
-                .execute(pg.pool())
-                .await?
-                .rows_affected(),
-            Store::Sqlite(lite) => {
-                let sql = for_sqlite(sql);
-                lite_query(&sql, args)
-                    .execute(lite.pool())
-                    .await?
-                    .rows_affected()
-            }
-        })
+        match self {
+            Store::Postgres(pg) => pg_execute(pg.pool(), sql, args).await,
+            Store::Sqlite(lite) => lite_execute(lite.pool(), sql, args).await,
+        }
     }
 
     /// Reads rows with one statement (see the module's rules).
     pub async fn sql_fetch(&self, sql: &str, args: &[Arg]) -> StoreResult<Vec<Row>> {
-        Ok(match self {
-            Store::Postgres(pg) => pg_query(sql, args)
-                .fetch_all(pg.pool())
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect(),
-            Store::Sqlite(lite) => {
-                let sql = for_sqlite(sql);
-                lite_query(&sql, args)
-                    .fetch_all(lite.pool())
-                    .await?
-                    .into_iter()
-                    .map(Row::Sqlite)
-                    .collect()
-            }
-        })
+        match self {
+            Store::Postgres(pg) => pg_fetch(pg.pool(), sql, args).await,
+            Store::Sqlite(lite) => lite_fetch(lite.pool(), sql, args).await,
+        }
     }
+}
+
+// One statement on a pool or a transaction, for the store's and the Tx's methods alike.
+
+async fn pg_execute<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    sql: &str,
+    args: &[Arg],
+) -> StoreResult<u64> {
+    Ok(pg_query(sql, args).execute(executor).await?.rows_affected())
+}
+
+async fn pg_fetch<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    sql: &str,
+    args: &[Arg],
+) -> StoreResult<Vec<Row>> {
+    let rows = pg_query(sql, args).fetch_all(executor).await?;
+    Ok(rows.into_iter().map(Row::Postgres).collect())
+}
+
+async fn lite_execute<'c>(
+    executor: impl sqlx::SqliteExecutor<'c>,
+    sql: &str,
+    args: &[Arg],
+) -> StoreResult<u64> {
+    let sql = for_sqlite(sql);
+    Ok(lite_query(&sql, args)
+        .execute(executor)
+        .await?
+        .rows_affected())
+}
+
+async fn lite_fetch<'c>(
+    executor: impl sqlx::SqliteExecutor<'c>,
+    sql: &str,
+    args: &[Arg],
+) -> StoreResult<Vec<Row>> {
+    let sql = for_sqlite(sql);
+    let rows = lite_query(&sql, args).fetch_all(executor).await?;
+    Ok(rows.into_iter().map(Row::Sqlite).collect())
 }
 
 impl Tx {
@@ -331,40 +359,18 @@ impl Tx {
 
     /// Runs one statement (see the module's rules); the number of rows it changed.
     pub async fn execute(&mut self, sql: &str, args: &[Arg]) -> StoreResult<u64> {
-        Ok(match &mut self.inner {
-            TxInner::Postgres(tx) => pg_query(sql, args)
-                .execute(&mut **tx)
-                .await?
-                .rows_affected(),
-            TxInner::Sqlite { tx, .. } => {
-                let sql = for_sqlite(sql);
-                lite_query(&sql, args)
-                    .execute(&mut **tx)
-                    .await?
-                    .rows_affected()
-            }
-        })
+        match &mut self.inner {
+            TxInner::Postgres(tx) => pg_execute(&mut **tx, sql, args).await,
+            TxInner::Sqlite { tx, .. } => lite_execute(&mut **tx, sql, args).await,
+        }
     }
 
     /// Reads rows with one statement (see the module's rules).
     pub async fn fetch(&mut self, sql: &str, args: &[Arg]) -> StoreResult<Vec<Row>> {
-        Ok(match &mut self.inner {
-            TxInner::Postgres(tx) => pg_query(sql, args)
-                .fetch_all(&mut **tx)
-                .await?
-                .into_iter()
-                .map(Row::Postgres)
-                .collect(),
-            TxInner::Sqlite { tx, .. } => {
-                let sql = for_sqlite(sql);
-                lite_query(&sql, args)
-                    .fetch_all(&mut **tx)
-                    .await?
-                    .into_iter()
-                    .map(Row::Sqlite)
-                    .collect()
-            }
-        })
+        match &mut self.inner {
+            TxInner::Postgres(tx) => pg_fetch(&mut **tx, sql, args).await,
+            TxInner::Sqlite { tx, .. } => lite_fetch(&mut **tx, sql, args).await,
+        }
     }
 
     /// Commits; then counts the runs started in it and, on SQLite, wakes this process's
@@ -386,7 +392,13 @@ impl Tx {
 
 #[cfg(test)]
 mod tests {
-    use super::for_sqlite;
+    use super::{for_sqlite, placeholders};
+
+    #[test]
+    fn placeholders_number_an_in_list() {
+        assert_eq!(placeholders(3), "$1, $2, $3");
+        assert_eq!(placeholders(0), "");
+    }
 
     #[test]
     fn placeholders_are_renumbered_for_sqlite_and_nothing_else_changes() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use super::parts::{Expected, Verifying, COPY_CHUNK};
 use super::signing::{SignatureError, UrlSigner};
@@ -79,31 +79,6 @@ impl LocalStore {
     pub fn root(&self) -> &Path {
         &self.root
     }
-
-    pub async fn put(
-        &self,
-        key: &str,
-        body: &mut (dyn AsyncRead + Send + Unpin),
-        _size_hint: Option<u64>,
-        options: &PutOptions,
-    ) -> Result<BlobMeta, BlobError> {
-        let mut writer = self.writer(key, options).await?;
-        let mut chunk = vec![0u8; COPY_CHUNK];
-        loop {
-            match body.read(&mut chunk).await {
-                Ok(0) => return writer.finish().await,
-                Ok(n) => writer.write(&chunk[..n]).await?,
-                Err(source) => {
-                    writer.abort().await;
-                    return Err(BlobError::Io {
-                        path: PathBuf::from(key),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
     /// A writer for `key`: the content goes to a file under `tmp/`, hashed as it is
     /// written, and becomes the blob only when [`LocalWriter::finish`] renames it in.
     pub async fn writer(&self, key: &str, options: &PutOptions) -> Result<LocalWriter, BlobError> {
@@ -498,11 +473,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("waymark-local-{}", uuid::Uuid::now_v7()));
         let signer = UrlSigner::new(vec![7u8; 32]).unwrap();
         let store = LocalStore::new(dir.clone(), signer, "http://x".into()).unwrap();
-        let mut body: &[u8] = b"the original content";
-        store
-            .put("k", &mut body, None, &PutOptions::default())
-            .await
-            .unwrap();
+        let mut writer = store.writer("k", &PutOptions::default()).await.unwrap();
+        writer.write(b"the original content").await.unwrap();
+        writer.finish().await.unwrap();
         let data = std::fs::read_dir(dir.join("data"))
             .unwrap()
             .next()

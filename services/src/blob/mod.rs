@@ -272,7 +272,7 @@ impl BlobStore {
         options: PutOptions,
     ) -> Result<BlobMeta, BlobError> {
         let mut body = body;
-        dispatch!(self, s => s.put(key, &mut body, None, &options).await)
+        self.put_from(key, &mut body, None, options).await
     }
 
     pub async fn put_bytes(
@@ -283,7 +283,8 @@ impl BlobStore {
     ) -> Result<BlobMeta, BlobError> {
         let bytes = bytes.as_ref();
         let mut body = bytes;
-        dispatch!(self, s => s.put(key, &mut body, Some(bytes.len() as u64), &options).await)
+        self.put_from(key, &mut body, Some(bytes.len() as u64), options)
+            .await
     }
 
     /// Streams the file at `path` into `key`; its size picks the part size.
@@ -299,17 +300,54 @@ impl BlobStore {
         };
         let mut file = tokio::fs::File::open(path).await.map_err(io)?;
         let size = file.metadata().await.map_err(io)?.len();
-        dispatch!(self, s => s.put(key, &mut file, Some(size), &options).await)
+        self.put_from(key, &mut file, Some(size), options).await
     }
 
     /// A writer that streams a blob of unknown size into `key` in bounded memory
     /// (one part on S3, a small buffer locally), hashing it as it goes. The blob
     /// appears, replacing any at `key`, only when [`BlobWriter::finish`] succeeds.
     pub async fn writer(&self, key: &str, options: PutOptions) -> Result<BlobWriter, BlobError> {
+        self.writer_sized(key, None, &options).await
+    }
+
+    /// A writer whose S3 part size may follow `size_hint`, the blob's size if known.
+    async fn writer_sized(
+        &self,
+        key: &str,
+        size_hint: Option<u64>,
+        options: &PutOptions,
+    ) -> Result<BlobWriter, BlobError> {
         Ok(match self {
-            BlobStore::Local(s) => BlobWriter::Local(s.writer(key, &options).await?),
-            BlobStore::S3(s) => BlobWriter::S3(s.writer(key, None, &options)?),
+            BlobStore::Local(s) => BlobWriter::Local(s.writer(key, options).await?),
+            BlobStore::S3(s) => BlobWriter::S3(s.writer(key, size_hint, options)?),
         })
+    }
+
+    /// Every `put` is a writer fed from `body`: one upload path for both stores, which
+    /// stores nothing unless the whole body was read.
+    async fn put_from(
+        &self,
+        key: &str,
+        body: &mut (dyn AsyncRead + Send + Unpin),
+        size_hint: Option<u64>,
+        options: PutOptions,
+    ) -> Result<BlobMeta, BlobError> {
+        use tokio::io::AsyncReadExt;
+        let mut writer = self.writer_sized(key, size_hint, &options).await?;
+        let mut chunk = vec![0u8; parts::COPY_CHUNK];
+        loop {
+            match body.read(&mut chunk).await {
+                Ok(0) => return writer.finish().await,
+                Ok(n) => writer.write(&chunk[..n]).await?,
+                Err(source) => {
+                    writer.abort().await;
+                    return Err(BlobError::Io {
+                        path: key.into(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     /// The blob at `key`, whole or `range`. A whole read verifies the checksum as it

@@ -24,7 +24,6 @@ use aws_sdk_s3::types::{
 use aws_sdk_s3::Client;
 use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::parts::{self, composite_sha256, sha256_hex, Expected, Verifying};
 use super::{validate_key, validate_prefix, BlobError, BlobMeta, ByteRange, Download, PutOptions};
@@ -136,31 +135,6 @@ impl S3Store {
     pub fn bucket(&self) -> &str {
         &self.bucket
     }
-
-    pub async fn put(
-        &self,
-        key: &str,
-        body: &mut (dyn AsyncRead + Send + Unpin),
-        size_hint: Option<u64>,
-        options: &PutOptions,
-    ) -> Result<BlobMeta, BlobError> {
-        let mut writer = self.writer(key, size_hint, options)?;
-        let mut chunk = vec![0u8; parts::COPY_CHUNK];
-        loop {
-            match body.read(&mut chunk).await {
-                Ok(0) => return writer.finish().await,
-                Ok(n) => writer.write(&chunk[..n]).await?,
-                Err(source) => {
-                    writer.abort().await;
-                    return Err(BlobError::Io {
-                        path: key.into(),
-                        source,
-                    });
-                }
-            }
-        }
-    }
-
     /// A writer for `key` that uploads one part at a time: parts of the configured
     /// size (grown so that `size_hint` bytes fit in S3's 10 000 parts), or a single
     /// PutObject if everything fits in one part.

@@ -87,12 +87,8 @@ pub async fn delete_for_runs_in(tx: &mut Tx, runs: &[Uuid]) -> Result<Vec<String
     if runs.is_empty() {
         return Ok(Vec::new());
     }
-    // `$1, $2, …` for this batch: one statement text for both backends. Ledger keys are
-    // a step's idempotency key, `<run id>:<visit>:<call>`.
-    let list = (1..=runs.len())
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    // Ledger keys are a step's idempotency key, `<run id>:<visit>:<call>`.
+    let list = waymark_engine::store::sql::placeholders(runs.len());
     let ids: Vec<Arg> = runs.iter().map(|id| Arg::text(id.to_string())).collect();
     let rows = tx
         .fetch(

@@ -115,12 +115,8 @@ pub fn parse_bytes(text: &str) -> Result<u64, String> {
 /// with). Every process of an installation should be given the same plans.
 pub async fn sync(store: &Store, plans: &[Plan], now: DateTime<Utc>) -> Result<(), sqlx::Error> {
     let mut tx = store.begin().await.map_err(sqlx::Error::from)?;
-    // `$1, $2, …` for the names kept: one statement text for both backends.
     let names: Vec<Arg> = plans.iter().map(|p| Arg::text(&p.name)).collect();
-    let kept = (1..=names.len())
-        .map(|n| format!("${n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let kept = waymark_engine::store::sql::placeholders(names.len());
     let delete = if names.is_empty() {
         "DELETE FROM waymark_tenant_plans".to_owned()
     } else {
