@@ -133,6 +133,16 @@ async fn long_polls_past_the_caps_answer_429_with_retry_after(db: TestDb) {
         let run = api.start_run(&first, "doorbell", json!({})).await;
         ids.push(run["id"].as_str().unwrap().to_owned());
     }
+    // Every run parked at its door first: what the reads below see is then settled,
+    // not a worker's progress racing them.
+    for id in &ids {
+        crate::support::wait_for_status(
+            &api.engine.store,
+            id.parse().unwrap(),
+            waymark_engine::RunStatus::Waiting,
+        )
+        .await;
+    }
     let wait = |id: &str| format!("/v1/runs/{id}?wait=60s");
     let a = long_poll(&api, &first, wait(&ids[0]));
     let b = long_poll(&api, &first, wait(&ids[1]));
