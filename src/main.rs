@@ -45,7 +45,8 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     }
     let store = Store::connect(&store_config)
         .await
-        .with_context(|| format!("cannot open the {} database", config.backend_name()))?;
+        .with_context(|| format!("cannot open the {} database", config.backend_name()))?
+        .with_schemas(waymark_workflows::schemas());
     store
         .migrate()
         .await

@@ -17,6 +17,7 @@ mod long_poll;
 mod mail;
 mod pagination;
 mod schedules;
+mod schemas;
 mod security;
 mod semantics;
 mod tenants;

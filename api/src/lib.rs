@@ -7,12 +7,10 @@
 //!   `/openapi.json` and `/metrics` (Prometheus; optionally behind a token) need no key.
 //! - [`diagram`]: a workflow's state machine drawn as SVG.
 //! - [`routes`]: every `/v1` route in one table that builds both the router and the
-//!   OpenAPI document; [`auth`] (API keys, scopes, rate limit), [`body`] (reading and
+//!   OpenAPI document, with one module per workflow that has routes of its own; [`auth`] (API keys, scopes, rate limit), [`body`] (reading and
 //!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`]; `paging`
 //!   reads `limit` and `cursor` the same way for every list route.
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
-//! - [`tenants`]: `/v1/tenants`, provisioning and deprovisioning tenants (appended to
-//!   the route table).
 //! - [`waits`]: the caps on long polls (`?wait=`), per key and per process.
 
 use axum::extract::State;
@@ -30,7 +28,6 @@ pub mod diagram;
 pub mod error;
 mod paging;
 pub mod routes;
-pub mod tenants;
 pub mod views;
 pub mod waits;
 

@@ -111,6 +111,10 @@ pub enum StoreError {
     /// newer Waymark. Running older code against it could corrupt runs.
     #[error("the database schema is at version {found}, newer than this binary knows (up to {known}); upgrade Waymark")]
     SchemaTooNew { found: i64, known: i64 },
+    /// A workflow schema cannot be applied: the database is newer than this binary, or a
+    /// shipped migration is malformed or was edited after it was applied.
+    #[error("{0}")]
+    Schema(String),
     #[error("stored row is corrupt: {0}")]
     Corrupt(String),
     #[error("database error")]

@@ -48,7 +48,23 @@ impl TestDb {
         }
     }
 
+    /// A database with no tables at all, for tests of migration itself.
+    pub async fn unmigrated(backend: Backend) -> TestDb {
+        match backend {
+            Backend::Postgres => Self::create_postgres(false).await,
+            Backend::Sqlite => Self::create_sqlite(false).await,
+        }
+    }
+
     pub async fn postgres() -> TestDb {
+        Self::create_postgres(true).await
+    }
+
+    pub async fn sqlite() -> TestDb {
+        Self::create_sqlite(true).await
+    }
+
+    async fn create_postgres(migrate: bool) -> TestDb {
         let admin_url = pg_admin_url();
         let mut admin = sqlx::PgConnection::connect(&admin_url).await.unwrap_or_else(|e| {
             panic!(
@@ -68,8 +84,11 @@ impl TestDb {
             worker_connections: 4,
         })
         .await
-        .expect("connect to the test database");
-        store.migrate().await.expect("migrate");
+        .expect("connect to the test database")
+        .with_schemas(waymark_workflows::schemas());
+        if migrate {
+            store.migrate().await.expect("migrate");
+        }
         TestDb {
             backend: Backend::Postgres,
             store,
@@ -79,14 +98,17 @@ impl TestDb {
         }
     }
 
-    pub async fn sqlite() -> TestDb {
+    async fn create_sqlite(migrate: bool) -> TestDb {
         let dir = std::env::temp_dir().join(format!("waymark-test-{}", Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let path = dir.join("waymark.db");
         let store = Store::connect(&StoreConfig::Sqlite { path: path.clone() })
             .await
-            .expect("open sqlite");
-        store.migrate().await.expect("migrate");
+            .expect("open sqlite")
+            .with_schemas(waymark_workflows::schemas());
+        if migrate {
+            store.migrate().await.expect("migrate");
+        }
         TestDb {
             backend: Backend::Sqlite,
             store,
@@ -115,7 +137,10 @@ impl TestDb {
                 path: PathBuf::from(&self.location),
             },
         };
-        Store::connect(&config).await.expect("reopen")
+        Store::connect(&config)
+            .await
+            .expect("reopen")
+            .with_schemas(waymark_workflows::schemas())
     }
 
     pub fn pg(&self) -> &PgStore {

@@ -24,6 +24,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use waymark_engine::keys::Sealer;
+use waymark_engine::store::Schema;
 use waymark_engine::workflow::{Registry, RegistryError};
 use waymark_engine::Store;
 use waymark_services::{BlobStore, Mailer};
@@ -43,6 +44,13 @@ pub struct Deps {
     pub tenant_retention: Duration,
     /// How scheduled key rotations wait for their reveal and remind.
     pub rotation: key_rotation::RotationSettings,
+}
+
+/// The tables of the built-in workflows, one [`Schema`] per workflow that keeps its own
+/// (see `waymark_engine::store::schemas`). `waymark` hands them to its store, so
+/// `waymark migrate` applies them after the engine's and `/readyz` waits for them.
+pub fn schemas() -> Vec<Schema> {
+    Vec::new()
 }
 
 /// Every workflow Waymark ships with, registered here and nowhere else.

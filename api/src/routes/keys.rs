@@ -5,6 +5,153 @@ use waymark_workflows::key_rotation::{self, KeyRotation, RotationInput};
 
 use super::*;
 
+/// API keys, identity, the audit log and the worker registry.
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route {
+            method: Method::POST,
+            path: "/v1/keys",
+            summary: "Create an API key; its secret is in this answer only.",
+            scope: Scope::Operator,
+            success: &[201],
+            body: Some(json!({
+                "type": "object",
+                "required": ["scopes"],
+                "properties": {
+                    "tenant": {"type": "string"},
+                    "scopes": {
+                        "type": "array",
+                        "items": {"enum": ["reader", "operator", "admin"]}
+                    },
+                    "name": {"type": "string"},
+                    "owner_email": {"type": "string"},
+                    "expires_at": {"type": "string", "format": "date-time"}
+                }
+            })),
+            handler: post(create_key),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/keys",
+            summary: paged!(
+                "API keys of the caller's tenant (all, for an admin), oldest \
+                 first."
+            ),
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: get(list_keys),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/keys/{id}",
+            summary: "One API key.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: get(get_key),
+        },
+        Route {
+            method: Method::DELETE,
+            path: "/v1/keys/{id}",
+            summary: "Revoke an API key.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: delete(revoke_key),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/keys/{id}/rotate",
+            summary: "Rotate a key: a new key (same tenant, scopes, name, owner) is issued \
+                      with the rotation's run in one transaction; both work through the \
+                      grace, then the old one is revoked. The new secret is in this answer \
+                      only.",
+            scope: Scope::Operator,
+            success: &[201],
+            body: Some(json!({
+                "type": "object",
+                "properties": {
+                    "grace_period": {"type": "string", "examples": ["24h", "90s"]},
+                    "reason": {"type": "string"},
+                    "emergency": {"type": "boolean"}
+                }
+            })),
+            handler: post(rotate_key),
+        },
+        Route {
+            method: Method::PUT,
+            path: "/v1/keys/{id}/rotation-policy",
+            summary: "Rotate this key on a schedule (a cron rule); scheduled rotations keep \
+                      the new secret sealed until revealed, and the grace starts at the \
+                      reveal.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: Some(json!({
+                "type": "object",
+                "required": ["cron"],
+                "properties": {
+                    "cron": {"type": "string"},
+                    "timezone": {"type": "string"},
+                    "grace_period": {"type": "string"}
+                }
+            })),
+            handler: put(set_rotation_policy),
+        },
+        Route {
+            method: Method::DELETE,
+            path: "/v1/keys/{id}/rotation-policy",
+            summary: "Stop rotating this key on a schedule.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: delete(delete_rotation_policy),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/keys/{id}/reveal",
+            summary: "Reveal, once, the secret of a key nobody has seen yet (a scheduled \
+                      rotation's, a new tenant's admin key); afterwards only its hash \
+                      remains.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: post(reveal_key),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/whoami",
+            summary: "The presented key's id, tenant and scopes.",
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(whoami),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/audit",
+            summary: "The append-only audit log of the caller's tenant, newest first \
+                      (`before`, `limit`).",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: get(audit),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/workers",
+            summary: paged!(
+                "The worker registry, newest first (hosts and process ids for \
+                 admins only)."
+            ),
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: get(workers),
+        },
+    ]
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct CreateKey {

@@ -5,9 +5,12 @@
 //! - this file: the table, and helpers every route uses (parameters, run views, audit);
 //! - [`runs`], [`workflows`], [`keys`] (with identity, audit and workers), [`schedules`]:
 //!   the handlers, by what they act on;
-//! - [`openapi`]: the document written from the table.
+//! - [`openapi`]: the document written from the table;
+//! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas).
 //!
-//! The tenant routes live with their saga in `crate::tenants`.
+//! Each module lists its routes in a `routes()` of [`Route`] literals; [`table`] joins
+//! them. A workflow's routes go in its own module here, next to the others, and call
+//! into the workflow's crate for everything but HTTP.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,9 +42,9 @@ mod keys;
 mod openapi;
 mod runs;
 mod schedules;
+pub mod tenants;
 mod workflows;
 
-use keys::*;
 pub use openapi::{openapi, openapi_json};
 use runs::*;
 use schedules::*;
@@ -60,66 +63,30 @@ pub struct Route {
     pub handler: MethodRouter<AppState>,
 }
 
-pub(crate) fn route(
-    method: Method,
-    path: &'static str,
-    summary: &'static str,
-    scope: Scope,
-    success: &'static [u16],
-    body: Option<Value>,
-    handler: MethodRouter<AppState>,
-) -> Route {
-    Route {
-        method,
-        path,
-        summary,
-        scope,
-        success,
-        body,
-        handler,
-    }
+/// A list route's summary with the paging sentence every list route shares.
+macro_rules! paged {
+    ($summary:literal) => {
+        concat!(
+            $summary,
+            " Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous \
+             page's `next_cursor`, null on the last page)."
+        )
+    };
 }
+pub(crate) use paged;
 
-/// The `/v1` routes.
+/// The `/v1` routes: each module's, then each workflow's.
 pub fn table() -> Vec<Route> {
-    let filter = json!({"type": "object", "properties": {
-        "workflow": {"type": "string"}, "status": {"type": "string"}, "state": {"type": "string"},
-        "created_after": {"type": "string", "format": "date-time"},
-        "created_before": {"type": "string", "format": "date-time"}, "tag": {"type": "string"}}});
-    let reason = json!({"type": "object", "properties": {"reason": {"type": "string"}}});
-    vec![
-        route(Method::POST, "/v1/workflows/{workflow}/runs", "Start a run; the body is the workflow's input. `Idempotency-Key` makes it idempotent; `?tag=` labels it; an admin acting for a tenant passes `?tenant=`.", Scope::Operator, &[200, 201], Some(json!({"type": "object"})), post(start_run)),
-        route(Method::GET, "/v1/runs", "List runs, newest first, with filters (workflow, status, state, created_after, created_before, tag). Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(list_runs)),
-        route(Method::GET, "/v1/runs/{id}", "A run's status; `?wait=30s` holds the answer until the run ends or the time is up (429 with Retry-After past the caps on waiting requests per key and per process).", Scope::Reader, &[200], None, get(get_run)),
-        route(Method::GET, "/v1/runs/{id}/history", "Every transition of a run with cause, actor, attempt, timings and errors, oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(run_history)),
-        route(Method::GET, "/v1/runs/{id}/signals", "Signals delivered to a run and what became of them, oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(run_signals)),
-        route(Method::POST, "/v1/runs/{id}/signals/{signal}", "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is honoured.", Scope::Operator, &[200, 201], Some(json!({})), post(send_signal)),
-        route(Method::POST, "/v1/runs/{id}/cancel", "Cancel a run: compensation runs, then it ends `cancelled`.", Scope::Operator, &[200], Some(reason.clone()), operator_route("cancel")),
-        route(Method::POST, "/v1/runs/{id}/terminate", "End a run at once without compensation.", Scope::Operator, &[200], Some(reason.clone()), operator_route("terminate")),
-        route(Method::POST, "/v1/runs/{id}/retry", "Retry a run held after failing, or a failed compensation.", Scope::Operator, &[200], None, operator_route("retry")),
-        route(Method::POST, "/v1/runs/{id}/skip-compensation", "Skip the compensation that failed; the others run.", Scope::Operator, &[200], None, operator_route("skip_compensation")),
-        route(Method::POST, "/v1/runs/cancel", "Cancel every run matching a filter (`dry_run` counts them).", Scope::Operator, &[200], Some(json!({"type": "object", "properties": {"filter": filter, "dry_run": {"type": "boolean"}, "reason": {"type": "string"}}})), post(bulk_cancel)),
-        route(Method::POST, "/v1/runs/retry", "Retry every run matching a filter (`dry_run` counts them).", Scope::Operator, &[200], Some(json!({"type": "object", "properties": {"filter": filter, "dry_run": {"type": "boolean"}}})), post(bulk_retry)),
-        route(Method::GET, "/v1/workflows", "Registered workflow types with their state machines.", Scope::Reader, &[200], None, get(list_workflows)),
-        route(Method::GET, "/v1/workflows/{workflow}", "One workflow type: states, edges, signals, timers, compensations.", Scope::Reader, &[200], None, get(get_workflow)),
-        route(Method::GET, "/v1/workflows/{workflow}/diagram.svg", "The workflow's state machine as an SVG picture.", Scope::Reader, &[200], None, get(workflow_diagram)),
-        route(Method::POST, "/v1/keys", "Create an API key; its secret is in this answer only.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["scopes"], "properties": {"tenant": {"type": "string"}, "scopes": {"type": "array", "items": {"enum": ["reader", "operator", "admin"]}}, "name": {"type": "string"}, "owner_email": {"type": "string"}, "expires_at": {"type": "string", "format": "date-time"}}})), post(create_key)),
-        route(Method::GET, "/v1/keys", "API keys of the caller's tenant (all, for an admin), oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Operator, &[200], None, get(list_keys)),
-        route(Method::GET, "/v1/keys/{id}", "One API key.", Scope::Operator, &[200], None, get(get_key)),
-        route(Method::DELETE, "/v1/keys/{id}", "Revoke an API key.", Scope::Operator, &[200], None, delete(revoke_key)),
-        route(Method::POST, "/v1/keys/{id}/rotate", "Rotate a key: a new key (same tenant, scopes, name, owner) is issued with the rotation's run in one transaction; both work through the grace, then the old one is revoked. The new secret is in this answer only.", Scope::Operator, &[201], Some(json!({"type": "object", "properties": {"grace_period": {"type": "string", "examples": ["24h", "90s"]}, "reason": {"type": "string"}, "emergency": {"type": "boolean"}}})), post(rotate_key)),
-        route(Method::PUT, "/v1/keys/{id}/rotation-policy", "Rotate this key on a schedule (a cron rule); scheduled rotations keep the new secret sealed until revealed, and the grace starts at the reveal.", Scope::Operator, &[200], Some(json!({"type": "object", "required": ["cron"], "properties": {"cron": {"type": "string"}, "timezone": {"type": "string"}, "grace_period": {"type": "string"}}})), put(set_rotation_policy)),
-        route(Method::DELETE, "/v1/keys/{id}/rotation-policy", "Stop rotating this key on a schedule.", Scope::Operator, &[200], None, delete(delete_rotation_policy)),
-        route(Method::POST, "/v1/keys/{id}/reveal", "Reveal, once, the secret of a key nobody has seen yet (a scheduled rotation's, a new tenant's admin key); afterwards only its hash remains.", Scope::Operator, &[200], None, post(reveal_key)),
-        route(Method::POST, "/v1/schedules", "Create a schedule: a cron rule (crontab(5) syntax, 5 or 6 fields, in an IANA time zone) that starts runs of a workflow with a fixed input.", Scope::Operator, &[201], Some(json!({"type": "object", "required": ["name", "cron", "workflow"], "properties": {"name": {"type": "string"}, "cron": {"type": "string"}, "timezone": {"type": "string", "default": "UTC"}, "workflow": {"type": "string"}, "input": {}, "overlap": {"enum": ["skip", "buffer_one", "allow", "cancel_previous"]}, "catch_up": {"enum": ["skip", "run_once"]}, "paused": {"type": "boolean"}}})), post(create_schedule)),
-        route(Method::GET, "/v1/schedules", "Schedules of the caller's tenant (all, for an admin), oldest first. Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Reader, &[200], None, get(list_schedules)),
-        route(Method::GET, "/v1/schedules/{id}", "One schedule with its next 5 fire times.", Scope::Reader, &[200], None, get(get_schedule)),
-        route(Method::PATCH, "/v1/schedules/{id}", "Edit, pause or resume a schedule.", Scope::Operator, &[200], Some(json!({"type": "object"})), patch(update_schedule)),
-        route(Method::DELETE, "/v1/schedules/{id}", "Delete a schedule (its runs stay).", Scope::Operator, &[200], None, delete(delete_schedule)),
-        route(Method::GET, "/v1/whoami", "The presented key's id, tenant and scopes.", Scope::Reader, &[200], None, get(whoami)),
-        route(Method::GET, "/v1/audit", "The append-only audit log of the caller's tenant, newest first (`before`, `limit`).", Scope::Operator, &[200], None, get(audit)),
-        route(Method::GET, "/v1/workers", "The worker registry, newest first (hosts and process ids for admins only). Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Operator, &[200], None, get(workers)),
-    ].into_iter().chain(crate::tenants::routes()).collect()
+    [
+        runs::routes(),
+        workflows::routes(),
+        keys::routes(),
+        schedules::routes(),
+        tenants::routes(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 // ---------------------------------------------------------------------------------

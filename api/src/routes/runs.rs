@@ -2,6 +2,145 @@
 
 use super::*;
 
+/// Starting runs, reading them, signals and operator actions.
+pub(super) fn routes() -> Vec<Route> {
+    let filter = json!({
+        "type": "object",
+        "properties": {
+            "workflow": {"type": "string"},
+            "status": {"type": "string"},
+            "state": {"type": "string"},
+            "created_after": {"type": "string", "format": "date-time"},
+            "created_before": {"type": "string", "format": "date-time"},
+            "tag": {"type": "string"}
+        }
+    });
+    let reason = json!({"type": "object", "properties": {"reason": {"type": "string"}}});
+    vec![
+        Route {
+            method: Method::GET,
+            path: "/v1/runs",
+            summary: paged!(
+                "List runs, newest first, with filters (workflow, status, state, \
+                 created_after, created_before, tag)."
+            ),
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(list_runs),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/runs/{id}",
+            summary: "A run's status; `?wait=30s` holds the answer until the run ends or the \
+                      time is up (429 with Retry-After past the caps on waiting requests per \
+                      key and per process).",
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(get_run),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/runs/{id}/history",
+            summary: paged!(
+                "Every transition of a run with cause, actor, attempt, timings \
+                 and errors, oldest first."
+            ),
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(run_history),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/runs/{id}/signals",
+            summary: paged!(
+                "Signals delivered to a run and what became of them, oldest \
+                 first."
+            ),
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(run_signals),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/{id}/signals/{signal}",
+            summary: "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is \
+                      honoured.",
+            scope: Scope::Operator,
+            success: &[200, 201],
+            body: Some(json!({})),
+            handler: post(send_signal),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/{id}/cancel",
+            summary: "Cancel a run: compensation runs, then it ends `cancelled`.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: Some(reason.clone()),
+            handler: operator_route("cancel"),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/{id}/terminate",
+            summary: "End a run at once without compensation.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: Some(reason.clone()),
+            handler: operator_route("terminate"),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/{id}/retry",
+            summary: "Retry a run held after failing, or a failed compensation.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: operator_route("retry"),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/{id}/skip-compensation",
+            summary: "Skip the compensation that failed; the others run.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: operator_route("skip_compensation"),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/cancel",
+            summary: "Cancel every run matching a filter (`dry_run` counts them).",
+            scope: Scope::Operator,
+            success: &[200],
+            body: Some(json!({
+                "type": "object",
+                "properties": {
+                    "filter": filter,
+                    "dry_run": {"type": "boolean"},
+                    "reason": {"type": "string"}
+                }
+            })),
+            handler: post(bulk_cancel),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/runs/retry",
+            summary: "Retry every run matching a filter (`dry_run` counts them).",
+            scope: Scope::Operator,
+            success: &[200],
+            body: Some(json!({
+                "type": "object",
+                "properties": {"filter": filter, "dry_run": {"type": "boolean"}}
+            })),
+            handler: post(bulk_retry),
+        },
+    ]
+}
+
 pub(super) async fn start_run(
     State(state): State<AppState>,
     caller: Caller,

@@ -2,6 +2,74 @@
 
 use super::*;
 
+/// Cron schedules.
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route {
+            method: Method::POST,
+            path: "/v1/schedules",
+            summary: "Create a schedule: a cron rule (crontab(5) syntax, 5 or 6 fields, in an \
+                      IANA time zone) that starts runs of a workflow with a fixed input.",
+            scope: Scope::Operator,
+            success: &[201],
+            body: Some(json!({
+                "type": "object",
+                "required": ["name", "cron", "workflow"],
+                "properties": {
+                    "name": {"type": "string"},
+                    "cron": {"type": "string"},
+                    "timezone": {"type": "string", "default": "UTC"},
+                    "workflow": {"type": "string"},
+                    "input": {},
+                    "overlap": {"enum": ["skip", "buffer_one", "allow", "cancel_previous"]},
+                    "catch_up": {"enum": ["skip", "run_once"]},
+                    "paused": {"type": "boolean"}
+                }
+            })),
+            handler: post(create_schedule),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/schedules",
+            summary: paged!(
+                "Schedules of the caller's tenant (all, for an admin), oldest \
+                 first."
+            ),
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(list_schedules),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/schedules/{id}",
+            summary: "One schedule with its next 5 fire times.",
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(get_schedule),
+        },
+        Route {
+            method: Method::PATCH,
+            path: "/v1/schedules/{id}",
+            summary: "Edit, pause or resume a schedule.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: Some(json!({"type": "object"})),
+            handler: patch(update_schedule),
+        },
+        Route {
+            method: Method::DELETE,
+            path: "/v1/schedules/{id}",
+            summary: "Delete a schedule (its runs stay).",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: delete(delete_schedule),
+        },
+    ]
+}
+
 pub(super) fn schedule_id(raw: &str) -> ApiResult<Uuid> {
     raw.parse()
         .map_err(|_| ApiError::not_found(format!("schedule {raw:?} not found")))

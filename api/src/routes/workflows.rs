@@ -2,6 +2,50 @@
 
 use super::*;
 
+/// The registered workflow types and their diagrams.
+pub(super) fn routes() -> Vec<Route> {
+    vec![
+        Route {
+            method: Method::POST,
+            path: "/v1/workflows/{workflow}/runs",
+            summary: "Start a run; the body is the workflow's input. `Idempotency-Key` makes \
+                      it idempotent; `?tag=` labels it; an admin acting for a tenant passes \
+                      `?tenant=`.",
+            scope: Scope::Operator,
+            success: &[200, 201],
+            body: Some(json!({"type": "object"})),
+            handler: post(start_run),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/workflows",
+            summary: "Registered workflow types with their state machines.",
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(list_workflows),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/workflows/{workflow}",
+            summary: "One workflow type: states, edges, signals, timers, compensations.",
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(get_workflow),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/workflows/{workflow}/diagram.svg",
+            summary: "The workflow's state machine as an SVG picture.",
+            scope: Scope::Reader,
+            success: &[200],
+            body: None,
+            handler: get(workflow_diagram),
+        },
+    ]
+}
+
 pub(super) fn describe(workflow: &dyn waymark_engine::workflow::ErasedWorkflow) -> Value {
     let definition = workflow.definition();
     let mut started_by = vec!["waymark"];

@@ -16,6 +16,7 @@ mod endings;
 mod logic;
 mod model;
 mod postgres;
+pub mod schemas;
 pub mod sql;
 mod sqlite;
 mod tenant_rows;
@@ -33,6 +34,7 @@ use uuid::Uuid;
 pub use endings::{RunEndings, RunWatch, SWEEP};
 pub use model::*;
 pub use postgres::PgStore;
+pub use schemas::{Migration, Schema};
 pub use sql::{Arg, Row, Tx};
 pub use sqlite::SqliteStore;
 
@@ -95,8 +97,27 @@ impl Store {
         }
     }
 
-    /// Applies pending migrations. Safe to run from several processes at once on
-    /// PostgreSQL (the migrator holds an advisory lock); refuses a schema newer than
+    /// The workflows' own tables this store migrates after the engine's (see
+    /// [`schemas`]); give every schema the process's workflows use, so that `migrate`
+    /// applies them and `ready` waits for them.
+    pub fn with_schemas(mut self, schemas: impl IntoIterator<Item = Schema>) -> Store {
+        let schemas: Arc<[Schema]> = schemas.into_iter().collect();
+        match &mut self {
+            Store::Postgres(pg) => pg.set_schemas(schemas),
+            Store::Sqlite(lite) => lite.set_schemas(schemas),
+        }
+        self
+    }
+
+    /// Test support: see [`PgStore::migrate_engine_until`].
+    #[doc(hidden)]
+    pub async fn migrate_engine_until(&self, version: i64) -> StoreResult<()> {
+        dispatch!(self, s => s.migrate_engine_until(version).await)
+    }
+
+    /// Applies pending migrations: the engine's, then those of the schemas given to
+    /// [`Store::with_schemas`]. Safe to run from several processes at once on
+    /// PostgreSQL (one advisory lock covers it all); refuses a database newer than
     /// this binary knows.
     pub async fn migrate(&self) -> StoreResult<()> {
         dispatch!(self, s => s.migrate().await)

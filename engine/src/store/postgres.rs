@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::logic::{self, Ops};
+use super::schemas::{self, Schema};
 use super::RunEndings;
 use super::{
     check_schema_not_newer, from_json, json_error, latest_version, opt_from_json, parse_error,
@@ -35,6 +36,9 @@ use super::{
 use crate::error::StoreError;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// The advisory lock `Store::migrate` holds ("waymark" in ASCII): one migrating process at a time.
+const MIGRATE_LOCK: i64 = 0x0077_6179_6d61_726b;
 
 /// The channel the `waymark_runs_notify_due` trigger notifies.
 const CHANNEL: &str = "waymark_runs";
@@ -51,6 +55,8 @@ pub struct PgStore {
     wake: Arc<watch::Sender<u64>>,
     endings: Arc<RunEndings>,
     listening: Arc<AtomicBool>,
+    /// Workflows' own tables, migrated after the engine's (see `schemas.rs`).
+    schemas: Arc<[Schema]>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -617,6 +623,7 @@ impl PgStore {
             wake: Arc::new(wake),
             endings: Arc::default(),
             listening: Arc::new(AtomicBool::new(false)),
+            schemas: Arc::new([]),
         }
     }
 
@@ -633,10 +640,39 @@ impl PgStore {
         &self.pool
     }
 
+    pub(super) fn set_schemas(&mut self, schemas: Arc<[Schema]>) {
+        self.schemas = schemas;
+    }
+
+    /// The engine's migrations, then the schemas', all under one advisory lock held by
+    /// one connection, so processes migrating at once take turns (sqlx's own lock,
+    /// taken again inside on the same session, is reentrant).
     pub(super) async fn migrate(&self) -> StoreResult<()> {
-        check_schema_not_newer(&MIGRATOR, self.applied_version().await?)?;
-        MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *conn)
+            .await?;
+        let mut migrated = check_schema_not_newer(&MIGRATOR, self.applied_version().await?);
+        if migrated.is_ok() {
+            migrated = MIGRATOR.run_direct(&mut *conn).await.map_err(Into::into);
+        }
+        let mut conn = schemas::Conn::Postgres(conn);
+        if migrated.is_ok() {
+            migrated = schemas::migrate(&mut conn, &self.schemas).await;
+        }
+        let schemas::Conn::Postgres(mut conn) = conn else {
+            unreachable!("a PostgreSQL store's connection")
+        };
+        let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATE_LOCK)
+            .execute(&mut *conn)
+            .await;
+        if unlocked.is_err() {
+            // Closing the session is what releases a lock it still holds.
+            drop(conn.detach());
+        }
+        migrated
     }
 
     async fn applied_version(&self) -> StoreResult<Option<i64>> {
@@ -654,7 +690,27 @@ impl PgStore {
     }
 
     pub(super) async fn ready(&self) -> StoreResult<bool> {
-        Ok(self.applied_version().await? == Some(latest_version(&MIGRATOR)))
+        if self.applied_version().await? != Some(latest_version(&MIGRATOR)) {
+            return Ok(false);
+        }
+        let mut conn = schemas::Conn::Postgres(self.pool.acquire().await?);
+        schemas::ready(&mut conn, &self.schemas).await
+    }
+
+    /// Test support: the engine's migrations up to `version` only, as an older release
+    /// left the database (to prove that such a database migrates forward).
+    pub async fn migrate_engine_until(&self, version: i64) -> StoreResult<()> {
+        let migrator = sqlx::migrate::Migrator {
+            migrations: MIGRATOR
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {

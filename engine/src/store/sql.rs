@@ -300,7 +300,7 @@ impl Store {
 
 // One statement on a pool or a transaction, for the store's and the Tx's methods alike.
 
-async fn pg_execute<'c>(
+pub(super) async fn pg_execute<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     sql: &str,
     args: &[Arg],
@@ -308,7 +308,7 @@ async fn pg_execute<'c>(
     Ok(pg_query(sql, args).execute(executor).await?.rows_affected())
 }
 
-async fn pg_fetch<'c>(
+pub(super) async fn pg_fetch<'c>(
     executor: impl sqlx::PgExecutor<'c>,
     sql: &str,
     args: &[Arg],
@@ -317,7 +317,7 @@ async fn pg_fetch<'c>(
     Ok(rows.into_iter().map(Row::Postgres).collect())
 }
 
-async fn lite_execute<'c>(
+pub(super) async fn lite_execute<'c>(
     executor: impl sqlx::SqliteExecutor<'c>,
     sql: &str,
     args: &[Arg],
@@ -329,7 +329,7 @@ async fn lite_execute<'c>(
         .rows_affected())
 }
 
-async fn lite_fetch<'c>(
+pub(super) async fn lite_fetch<'c>(
     executor: impl sqlx::SqliteExecutor<'c>,
     sql: &str,
     args: &[Arg],

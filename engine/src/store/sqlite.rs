@@ -20,6 +20,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use super::logic::{self, Ops};
+use super::schemas::{self, Schema};
 use super::RunEndings;
 use super::{
     check_schema_not_newer, json_error, latest_version, parse_error, parse_status, to_json,
@@ -41,6 +42,8 @@ pub struct SqliteStore {
     wake: Arc<watch::Sender<u64>>,
     /// Long polls waiting for runs to end, woken after the commits that end them.
     endings: Arc<RunEndings>,
+    /// Workflows' own tables, migrated after the engine's (see `schemas.rs`).
+    schemas: Arc<[Schema]>,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -629,6 +632,7 @@ impl SqliteStore {
             pool,
             wake: Arc::new(wake),
             endings: Arc::default(),
+            schemas: Arc::new([]),
         })
     }
 
@@ -649,10 +653,17 @@ impl SqliteStore {
         }
     }
 
+    pub(super) fn set_schemas(&mut self, schemas: Arc<[Schema]>) {
+        self.schemas = schemas;
+    }
+
+    /// The engine's migrations, then the schemas'. SQLite has one writer at a time, and
+    /// each migration commits with its record.
     pub(super) async fn migrate(&self) -> StoreResult<()> {
         check_schema_not_newer(&MIGRATOR, self.applied_version().await?)?;
         MIGRATOR.run(&self.pool).await?;
-        Ok(())
+        let mut conn = schemas::Conn::Sqlite(self.pool.acquire().await?);
+        schemas::migrate(&mut conn, &self.schemas).await
     }
 
     async fn applied_version(&self) -> StoreResult<Option<i64>> {
@@ -672,7 +683,27 @@ impl SqliteStore {
     }
 
     pub(super) async fn ready(&self) -> StoreResult<bool> {
-        Ok(self.applied_version().await? == Some(latest_version(&MIGRATOR)))
+        if self.applied_version().await? != Some(latest_version(&MIGRATOR)) {
+            return Ok(false);
+        }
+        let mut conn = schemas::Conn::Sqlite(self.pool.acquire().await?);
+        schemas::ready(&mut conn, &self.schemas).await
+    }
+
+    /// Test support: the engine's migrations up to `version` only, as an older release
+    /// left the database (to prove that such a database migrates forward).
+    pub async fn migrate_engine_until(&self, version: i64) -> StoreResult<()> {
+        let migrator = sqlx::migrate::Migrator {
+            migrations: MIGRATOR
+                .iter()
+                .filter(|m| m.version <= version)
+                .cloned()
+                .collect::<Vec<_>>()
+                .into(),
+            ..sqlx::migrate::Migrator::DEFAULT
+        };
+        migrator.run(&self.pool).await?;
+        Ok(())
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<u64> {

@@ -28,19 +28,71 @@ use waymark_workflows::tenants::names::SYSTEM_TENANT;
 use waymark_workflows::tenants::record::{self, DeprovisionClaim};
 use waymark_workflows::tenants::{plans, NewTenant, Tenant, TenantStatus};
 
+use super::{paged, Route};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::paging::Page;
-use crate::routes::{route, Route};
 use crate::{body, AppState};
 
 /// The tenant routes, appended to [`crate::routes::table`].
 pub fn routes() -> Vec<Route> {
     vec![
-        route(Method::POST, "/v1/tenants", "Provision a tenant: reserve its slug and start the `tenant_provisioning` saga (database space, storage space, admin key revealed once through `POST /v1/keys/{id}/reveal`, welcome email). 422 for an invalid slug, email or unknown plan; 409 if the slug is taken in any status.", Scope::Admin, &[202], Some(json!({"type": "object", "required": ["slug", "name", "plan", "admin_email"], "properties": {"slug": {"type": "string", "pattern": "^[a-z][a-z0-9-]{2,39}$"}, "name": {"type": "string"}, "plan": {"type": "string"}, "admin_email": {"type": "string", "format": "email"}}})), post(create_tenant)),
-        route(Method::GET, "/v1/tenants", "Tenants by slug with their status and every resource created, with the run that created it (an operator sees only its own tenant). Keyset pagination: `limit` (1 to 500, default 50) and `cursor` (the previous page's `next_cursor`, null on the last page).", Scope::Operator, &[200], None, get(list_tenants)),
-        route(Method::GET, "/v1/tenants/{slug}", "One tenant: status (provisioning, active, failed, suspended, deleted), quotas, resources and the runs that made them.", Scope::Operator, &[200], None, get(get_tenant)),
-        route(Method::POST, "/v1/tenants/{slug}/deprovision", "Deprovision an active tenant: suspend it (keys, schedules, runs), export its data, wait out the retention (signal `restore` to the run reactivates it), then delete it.", Scope::Admin, &[202], Some(json!({"type": "object"})), post(deprovision_tenant)),
+        Route {
+            method: Method::POST,
+            path: "/v1/tenants",
+            summary: "Provision a tenant: reserve its slug and start the \
+                      `tenant_provisioning` saga (database space, storage space, admin key \
+                      revealed once through `POST /v1/keys/{id}/reveal`, welcome email). 422 \
+                      for an invalid slug, email or unknown plan; 409 if the slug is taken in \
+                      any status.",
+            scope: Scope::Admin,
+            success: &[202],
+            body: Some(json!({
+                "type": "object",
+                "required": ["slug", "name", "plan", "admin_email"],
+                "properties": {
+                    "slug": {"type": "string", "pattern": "^[a-z][a-z0-9-]{2,39}$"},
+                    "name": {"type": "string"},
+                    "plan": {"type": "string"},
+                    "admin_email": {"type": "string", "format": "email"}
+                }
+            })),
+            handler: post(create_tenant),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/tenants",
+            summary: paged!(
+                "Tenants by slug with their status and every resource created, \
+                 with the run that created it (an operator sees only its own \
+                 tenant)."
+            ),
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: get(list_tenants),
+        },
+        Route {
+            method: Method::GET,
+            path: "/v1/tenants/{slug}",
+            summary: "One tenant: status (provisioning, active, failed, suspended, deleted), \
+                      quotas, resources and the runs that made them.",
+            scope: Scope::Operator,
+            success: &[200],
+            body: None,
+            handler: get(get_tenant),
+        },
+        Route {
+            method: Method::POST,
+            path: "/v1/tenants/{slug}/deprovision",
+            summary: "Deprovision an active tenant: suspend it (keys, schedules, runs), \
+                      export its data, wait out the retention (signal `restore` to the run \
+                      reactivates it), then delete it.",
+            scope: Scope::Admin,
+            success: &[202],
+            body: Some(json!({"type": "object"})),
+            handler: post(deprovision_tenant),
+        },
     ]
 }
 
