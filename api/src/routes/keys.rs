@@ -368,7 +368,7 @@ pub(super) async fn reveal_key(
 /// A scheduled rotation waits for its new key's reveal: tell it.
 pub(super) async fn tell_rotation_revealed(state: &AppState, scope: &TenantScope, new_key: Uuid) {
     let filter = RunFilter {
-        workflow: Some("key_rotation".into()),
+        workflow: Some(KeyRotation::NAME.into()),
         status: Some(RunStatus::Waiting),
         ..Default::default()
     };
@@ -543,7 +543,7 @@ pub(super) async fn set_rotation_policy(
         .schedule_list(&TenantScope::Tenant(key.tenant.clone()))
         .await?
         .into_iter()
-        .find(|s| s.input.get("key_id") == Some(&json!(id)) && s.workflow == "key_rotation");
+        .find(|s| s.input.get("key_id") == Some(&json!(id)) && s.workflow == KeyRotation::NAME);
     let is_new = existing.is_none();
     let schedule_id = existing.as_ref().map(|s| s.id).unwrap_or_else(Uuid::now_v7);
     let mut schedule = existing.unwrap_or(Schedule {
@@ -552,7 +552,7 @@ pub(super) async fn set_rotation_policy(
         name: policy_name(id),
         cron: String::new(),
         timezone: String::new(),
-        workflow: "key_rotation".into(),
+        workflow: KeyRotation::NAME.into(),
         input: Value::Null,
         overlap: Overlap::Skip,
         catch_up: CatchUp::RunOnce,
@@ -623,7 +623,7 @@ pub(super) async fn delete_rotation_policy(
         .schedule_list(&TenantScope::Tenant(key.tenant.clone()))
         .await?
         .into_iter()
-        .find(|s| s.input.get("key_id") == Some(&json!(id)) && s.workflow == "key_rotation")
+        .find(|s| s.input.get("key_id") == Some(&json!(id)) && s.workflow == KeyRotation::NAME)
         .ok_or_else(|| ApiError::not_found(format!("key {id} has no rotation policy")))?;
     state
         .engine

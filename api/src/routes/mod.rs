@@ -30,7 +30,9 @@ use waymark_engine::cron::CronSchedule;
 use waymark_engine::keys::{IssueKey, Scope};
 use waymark_engine::store::{CatchUp, NewAudit, Overlap, RunFilter, Schedule};
 use waymark_engine::workflow::ErasedWorkflow;
-use waymark_engine::{is_valid_tenant, Access, RunStatus, SendSignal, StartRun, TenantScope};
+use waymark_engine::{
+    is_valid_tenant, Access, RunStatus, SendSignal, StartRun, TenantScope, Workflow,
+};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -189,7 +191,7 @@ async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> 
 /// What a workflow's status adds: for a key rotation, the keys, so an operator sees
 /// whether clients still use the old one (`last_used_at`).
 async fn details(state: &AppState, run: &waymark_engine::Run) -> ApiResult<Option<Value>> {
-    if run.workflow != "key_rotation" {
+    if run.workflow != waymark_workflows::key_rotation::KeyRotation::NAME {
         return Ok(None);
     }
     let key = |field: &str| {
