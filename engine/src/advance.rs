@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::error::StepError;
-use crate::start::{target, StartRun};
+use crate::start::StartRun;
 use crate::store::{
     Cause, ChildrenWait, Commit, CompensationRecord, Next, Outcome, Run, SignalTarget, Target,
     Upgrade, WaitingFor,
@@ -235,7 +235,7 @@ fn checked_target(
         )));
     }
     check_size("state data", &data, input.max_payload)?;
-    Ok(target(definition, state, data))
+    Ok(definition.target(state, data))
 }
 
 fn check_size(what: &str, value: &Value, limit: usize) -> Result<(), StepError> {

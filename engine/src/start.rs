@@ -1,14 +1,15 @@
 //! What starting a run checks and builds, before any store is asked: the request
 //! ([`StartRun`]), the limits, the tenant slug, the workflow's access, the input against
-//! its type, and the run's first state ([`target`]). A leaf: `runs` (the engine's front
-//! door) and `advance` (children of a fan-out) both build on it.
+//! its type, and the run's first state (through
+//! [`Definition::target`](crate::Definition::target)). A leaf: `runs` (the engine's
+//! front door) and `advance` (children of a fan-out) both build on it.
 
 use serde_json::Value;
 use uuid::Uuid;
 
 use crate::error::StoreError;
-use crate::store::{NewRun, Target};
-use crate::workflow::{DecodeError, Definition, Registry};
+use crate::store::NewRun;
+use crate::workflow::{DecodeError, Registry};
 
 /// Size limits on what runs carry.
 #[derive(Debug, Clone, Copy)]
@@ -112,7 +113,7 @@ pub(crate) fn prepare(
         .into());
     }
     let (state, state_data) = workflow.initial_state(&req.input)?;
-    let initial = target(workflow.definition(), &state, state_data);
+    let initial = workflow.definition().target(&state, state_data);
     Ok(NewRun {
         id: Uuid::now_v7(),
         tenant: req.tenant,
@@ -128,17 +129,6 @@ pub(crate) fn prepare(
         actor: req.actor,
         now,
     })
-}
-
-/// The state `name` of `definition` with its data, as the store enters it.
-pub fn target(definition: &Definition, name: &str, data: Value) -> Target {
-    let state = definition.state(name);
-    Target {
-        state: name.to_owned(),
-        data,
-        capability: state.and_then(|s| s.capability).map(str::to_owned),
-        compensable: state.is_some_and(|s| s.compensates),
-    }
 }
 
 #[cfg(test)]

@@ -228,6 +228,19 @@ impl Definition {
         self.states.iter().find(|s| s.name == name)
     }
 
+    /// The state `name` with its data, as the store enters it: what the state needs
+    /// (a capability, compensation) is copied into the [`Target`](crate::store::Target)
+    /// so that a signal or a child can enter it later without the workflow's code.
+    pub fn target(&self, name: &str, data: Value) -> crate::store::Target {
+        let state = self.state(name);
+        crate::store::Target {
+            state: name.to_owned(),
+            data,
+            capability: state.and_then(|s| s.capability).map(str::to_owned),
+            compensable: state.is_some_and(|s| s.compensates),
+        }
+    }
+
     /// The retry policy in force for `state`.
     pub fn retry_for(&self, state: &str) -> RetryPolicy {
         self.state(state)
