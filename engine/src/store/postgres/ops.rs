@@ -18,6 +18,7 @@ use crate::store::{
 
 /// Runs one of the shared rules in its own transaction (on the main pool, or on
 /// `pool` when given).
+/// It names [`PgOps`], so a caller imports both.
 macro_rules! in_tx {
     ($store:ident, $ops:ident => $body:expr) => {
         in_tx!($store.pool, $ops => $body)

@@ -17,6 +17,7 @@ use crate::store::{
 
 /// Runs one of the shared rules in its own transaction, then wakes the waiters of the
 /// runs it ended.
+/// It names [`SqliteOps`], so a caller imports both.
 macro_rules! in_tx {
     ($store:ident, $ops:ident => $body:expr) => {{
         let mut tx_ops = SqliteOps {
