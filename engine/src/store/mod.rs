@@ -1,10 +1,29 @@
 //! Storage: one [`Store`] with a PostgreSQL and an embedded SQLite implementation that
 //! behave the same (one conformance suite runs against both).
 //!
-//! All SQL lives in `postgres.rs` and `sqlite.rs`. Methods are entity-first
+//! All the engine's SQL lives in `postgres/` and `sqlite/`. Methods are entity-first
 //! (`run_claim`, `run_commit`, `worker_register`). Every write after a claim names the
 //! run's [`Lease`]; when the fence does not match, the write is not applied and the
 //! method returns [`StoreError::LeaseLost`].
+//!
+//! # Layout
+//! - `mod.rs` (this file): [`StoreConfig`], the [`Store`] enum, and the `dispatch!`
+//!   macro that hands each method to the configured backend, with its contract.
+//! - `postgres/` and `sqlite/`: one backend each, cut into the same files so the same
+//!   thing is in the same place: `mod.rs` (connecting, migrations, readiness, wake-ups),
+//!   `runs.rs` (run rows, starts, reads, listings, retention), `claims.rs` (the runner's
+//!   claims, commits, releases, heartbeats, wait timeouts), `ops.rs` (the `Ops`
+//!   primitives, and signals and operator actions through the shared rules), `keys.rs`
+//!   (keys and the audit log), `schedules.rs` (schedules and named leases),
+//!   `workers.rs` (the worker registry); PostgreSQL adds `listen.rs` (LISTEN/NOTIFY).
+//! - `logic/`: the transition rules outside the hot path, written once over the `Ops`
+//!   trait (a commit, endings and compensation, signals and wait timeouts, operator
+//!   actions).
+//! - `model.rs`: the records the store reads and writes (the key records come from
+//!   [`crate::keys`]).
+//! - [`sql`]: the caller's transaction ([`Tx`]) and SQL written once for both backends;
+//!   `tenant_rows.rs` uses it for what offboarding a tenant asks of the engine's tables.
+//! - `endings.rs`: the watches that long polls wait on until a run ends.
 //!
 //! Reads that serve a caller take a [`TenantScope`], so tenant isolation is a property
 //! of the signatures rather than a filter each handler must remember.

@@ -11,6 +11,10 @@ use crate::error::StepError;
 use crate::status::RunStatus;
 use crate::workflow::{FanOutPolicy, ReceivedSignal};
 
+// The key records belong to the key model, which must not depend on the store; they
+// are re-exported here because the store's key methods take and return them.
+pub use crate::keys::{KeyRecord, NewKey, SealedSecret};
+
 /// Which tenants' rows a read may see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TenantScope {
@@ -456,33 +460,6 @@ pub struct RunFilter {
     pub tag: Option<String>,
 }
 
-/// A key to store: only the hash of its secret.
-#[derive(Debug, Clone)]
-pub struct NewKey {
-    pub id: Uuid,
-    pub tenant: String,
-    pub prefix: String,
-    pub secret_hash: String,
-    pub scopes: Vec<crate::keys::Scope>,
-    pub name: Option<String>,
-    pub owner_email: Option<String>,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub created_by: String,
-    /// The secret sealed for a later one-time reveal, when nobody saw it at creation.
-    pub sealed_secret: Option<SealedSecret>,
-    pub now: DateTime<Utc>,
-}
-
-/// A key's secret sealed under a master key, as stored until its one reveal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SealedSecret {
-    /// `base64(nonce || ciphertext)`.
-    pub ciphertext: String,
-    /// The id of the master key that sealed it ([`crate::keys::Sealer::key_id`]);
-    /// `None` for secrets sealed before ids were recorded.
-    pub master_key_id: Option<String>,
-}
-
 /// What [`crate::Store::key_take_sealed`] did with a key's sealed secret.
 #[derive(Debug)]
 pub enum SealedTake<T, E> {
@@ -494,47 +471,6 @@ pub enum SealedTake<T, E> {
     Taken(T),
     /// The secret did not open: nothing changed, the ciphertext is kept.
     Kept(E),
-}
-
-/// A stored key (never its secret).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct KeyRecord {
-    pub id: Uuid,
-    pub tenant: String,
-    pub prefix: String,
-    #[serde(skip)]
-    pub secret_hash: String,
-    pub scopes: Vec<crate::keys::Scope>,
-    pub name: Option<String>,
-    pub owner_email: Option<String>,
-    pub created_at: DateTime<Utc>,
-    pub created_by: String,
-    pub expires_at: Option<DateTime<Utc>>,
-    pub revoked_at: Option<DateTime<Utc>>,
-    pub revoked_by: Option<String>,
-    pub last_used_at: Option<DateTime<Utc>>,
-    /// Whether a sealed secret waits to be revealed (the ciphertext never leaves the store).
-    pub awaiting_reveal: bool,
-    pub revealed_at: Option<DateTime<Utc>>,
-    pub suspended_at: Option<DateTime<Utc>>,
-}
-
-impl KeyRecord {
-    /// Usable now: not revoked, not expired, its tenant not suspended.
-    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
-        self.revoked_at.is_none()
-            && self.suspended_at.is_none()
-            && self.expires_at.is_none_or(|e| e > now)
-    }
-
-    /// The widest scope the key holds.
-    pub fn top_scope(&self) -> crate::keys::Scope {
-        self.scopes
-            .iter()
-            .copied()
-            .max()
-            .unwrap_or(crate::keys::Scope::Reader)
-    }
 }
 
 /// An audit record to append.

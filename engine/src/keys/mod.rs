@@ -4,12 +4,25 @@
 //! A key reads `wmk_<prefix>_<secret>`: the 12-hex-digit prefix finds the row, the whole
 //! string's SHA-256 must match the stored hash (compared in constant time). A fast
 //! hash is enough: the secret is 256 random bits, not a password anyone could guess.
+//!
+//! This file is the key model (scopes, secrets, the sealer, the records the store keeps)
+//! and does not use the store: the store depends on it, not the other way round. The
+//! use cases that need the store, issuing and revealing keys, are in `issue.rs`
+//! (re-exported here).
+
+mod issue;
+
+pub use issue::{issue, issue_sealed, prepare_key, reveal};
 
 use std::fmt;
 
+use chrono::{DateTime, Utc};
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::error::StoreError;
 
 /// What a key may do. Each scope includes the ones below it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -126,6 +139,282 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// What a new key is for.
+#[derive(Debug, Clone)]
+pub struct IssueKey {
+    pub tenant: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Who asked (`key:<id>`, `cli`, `bootstrap`), for the key and the audit log.
+    pub actor: String,
+    pub address: Option<String>,
+}
+
+impl IssueKey {
+    /// The successor of `old` in a rotation: the same tenant, scopes, name and owner,
+    /// no expiry; `actor` is who rotates it.
+    pub fn successor_of(old: &KeyRecord, actor: String, address: Option<String>) -> IssueKey {
+        IssueKey {
+            tenant: old.tenant.clone(),
+            scopes: old.scopes.clone(),
+            name: old.name.clone(),
+            owner_email: old.owner_email.clone(),
+            expires_at: None,
+            actor,
+            address,
+        }
+    }
+}
+
+/// A key to store: only the hash of its secret.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub id: Uuid,
+    pub tenant: String,
+    pub prefix: String,
+    pub secret_hash: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_by: String,
+    /// The secret sealed for a later one-time reveal, when nobody saw it at creation.
+    pub sealed_secret: Option<SealedSecret>,
+    pub now: DateTime<Utc>,
+}
+
+/// A key's secret sealed under a master key, as stored until its one reveal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedSecret {
+    /// `base64(nonce || ciphertext)`.
+    pub ciphertext: String,
+    /// The id of the master key that sealed it ([`Sealer::key_id`]);
+    /// `None` for secrets sealed before ids were recorded.
+    pub master_key_id: Option<String>,
+}
+
+/// A stored key (never its secret).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub tenant: String,
+    pub prefix: String,
+    #[serde(skip)]
+    pub secret_hash: String,
+    pub scopes: Vec<Scope>,
+    pub name: Option<String>,
+    pub owner_email: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub created_by: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub revoked_at: Option<DateTime<Utc>>,
+    pub revoked_by: Option<String>,
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Whether a sealed secret waits to be revealed (the ciphertext never leaves the store).
+    pub awaiting_reveal: bool,
+    pub revealed_at: Option<DateTime<Utc>>,
+    pub suspended_at: Option<DateTime<Utc>>,
+}
+
+impl KeyRecord {
+    /// Usable now: not revoked, not expired, its tenant not suspended.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.revoked_at.is_none()
+            && self.suspended_at.is_none()
+            && self.expires_at.is_none_or(|e| e > now)
+    }
+
+    /// The widest scope the key holds.
+    pub fn top_scope(&self) -> Scope {
+        self.scopes.iter().copied().max().unwrap_or(Scope::Reader)
+    }
+}
+
+/// Why a reveal did not return a secret. Every refusal keeps the sealed secret.
+#[derive(Debug, thiserror::Error)]
+pub enum RevealError {
+    #[error("key not found")]
+    NotFound,
+    #[error("this key has no secret waiting to be revealed (it was shown when created, or revealed already)")]
+    NothingToReveal,
+    #[error("this key's secret was sealed by master key {sealed_by}, and this process has master key {ours}; \
+             the secret is kept: set WAYMARK_MASTER_KEY to the same master key on every Waymark process")]
+    OtherMasterKey { sealed_by: String, ours: String },
+    #[error("this key's secret does not open with this process's master key {ours} (sealed before master key \
+             ids were recorded, by another master key, or damaged); the secret is kept: set WAYMARK_MASTER_KEY \
+             to the master key that sealed it")]
+    Unsealable { ours: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Seals secrets with ChaCha20-Poly1305 under the installation's master key. The
+/// key's id is the associated data, so a sealed secret moved to another row does not
+/// open.
+#[derive(Clone)]
+pub struct Sealer {
+    cipher: chacha20poly1305::ChaCha20Poly1305,
+    key_id: String,
+}
+
+impl fmt::Debug for Sealer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Sealer({})", self.key_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MasterKeyError {
+    #[error("the master key must be 32 bytes, base64-encoded (got {0} bytes)")]
+    Length(usize),
+    #[error("the master key is not valid base64")]
+    Encoding,
+    #[error("cannot read or create the master key file {path}")]
+    File {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Sealer {
+    pub fn from_bytes(key: [u8; 32]) -> Sealer {
+        use chacha20poly1305::KeyInit;
+        Sealer {
+            cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()),
+            key_id: hex::encode(&Sha256::digest(key)[..8]),
+        }
+    }
+
+    /// Names the master key without revealing it: the first 8 bytes of its SHA-256,
+    /// in hex. Stored with every secret it seals, and shown in errors and logs, so
+    /// that processes whose master keys differ can say so.
+    pub fn key_id(&self) -> &str {
+        &self.key_id
+    }
+
+    /// Opens a stored sealed secret, refusing one sealed by another master key
+    /// without trying it.
+    pub fn open_sealed(&self, key_id: Uuid, sealed: &SealedSecret) -> Result<Secret, RevealError> {
+        if let Some(sealed_by) = sealed
+            .master_key_id
+            .as_ref()
+            .filter(|by| **by != self.key_id)
+        {
+            return Err(RevealError::OtherMasterKey {
+                sealed_by: sealed_by.clone(),
+                ours: self.key_id.clone(),
+            });
+        }
+        self.open(key_id, &sealed.ciphertext)
+            .ok_or_else(|| RevealError::Unsealable {
+                ours: self.key_id.clone(),
+            })
+    }
+
+    /// A random master key that lives as long as the process (tests, defaults).
+    pub fn random() -> Sealer {
+        let mut key = [0u8; 32];
+        rand::rng().fill_bytes(&mut key);
+        Sealer::from_bytes(key)
+    }
+
+    /// From base64 (as `WAYMARK_MASTER_KEY` holds it).
+    pub fn from_base64(text: &str) -> Result<Sealer, MasterKeyError> {
+        use base64::Engine as _;
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(text.trim())
+            .map_err(|_| MasterKeyError::Encoding)?;
+        let key: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| MasterKeyError::Length(bytes.len()))?;
+        Ok(Sealer::from_bytes(key))
+    }
+
+    /// Reads the key file, creating it (owner-only) with a random key if missing.
+    pub fn load_or_create(path: &std::path::Path) -> Result<Sealer, MasterKeyError> {
+        use base64::Engine as _;
+        let file_error = |source| MasterKeyError::File {
+            path: path.to_owned(),
+            source,
+        };
+        match std::fs::read_to_string(path) {
+            Ok(text) => Sealer::from_base64(&text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut key = [0u8; 32];
+                rand::rng().fill_bytes(&mut key);
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(file_error)?;
+                }
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create_new(true);
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    options.mode(0o600);
+                }
+                use std::io::Write;
+                let mut file = options.open(path).map_err(file_error)?;
+                writeln!(
+                    file,
+                    "{}",
+                    base64::engine::general_purpose::STANDARD.encode(key)
+                )
+                .map_err(file_error)?;
+                Ok(Sealer::from_bytes(key))
+            }
+            Err(e) => Err(file_error(e)),
+        }
+    }
+
+    /// `base64(nonce || ciphertext)`.
+    pub fn seal(&self, key_id: Uuid, secret: &Secret) -> String {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, Payload};
+        let mut nonce = [0u8; 12];
+        rand::rng().fill_bytes(&mut nonce);
+        let ciphertext = self
+            .cipher
+            .encrypt(
+                (&nonce).into(),
+                Payload {
+                    msg: secret.expose().as_bytes(),
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .expect("sealing cannot fail for short secrets");
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ciphertext);
+        base64::engine::general_purpose::STANDARD.encode(out)
+    }
+
+    pub fn open(&self, key_id: Uuid, sealed: &str) -> Option<Secret> {
+        use base64::Engine as _;
+        use chacha20poly1305::aead::{Aead, Payload};
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(sealed)
+            .ok()?;
+        if bytes.len() < 12 {
+            return None;
+        }
+        let (nonce, ciphertext) = bytes.split_at(12);
+        let plain = self
+            .cipher
+            .decrypt(
+                nonce.into(),
+                Payload {
+                    msg: ciphertext,
+                    aad: key_id.as_bytes(),
+                },
+            )
+            .ok()?;
+        Secret::parse(std::str::from_utf8(&plain).ok()?)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,7 +490,7 @@ mod tests {
         let (ours, theirs) = (Sealer::from_bytes([1; 32]), Sealer::from_bytes([2; 32]));
         let id = uuid::Uuid::now_v7();
         let secret = Secret::generate();
-        let sealed = crate::store::SealedSecret {
+        let sealed = SealedSecret {
             ciphertext: theirs.seal(id, &secret),
             master_key_id: Some(theirs.key_id().to_owned()),
         };
@@ -219,7 +508,7 @@ mod tests {
         }
         assert_eq!(theirs.open_sealed(id, &sealed).unwrap(), secret);
         // Sealed before ids were recorded: tried, and refused if it does not open.
-        let legacy = crate::store::SealedSecret {
+        let legacy = SealedSecret {
             master_key_id: None,
             ..sealed
         };
@@ -235,349 +524,5 @@ mod tests {
         assert!(Scope::Admin > Scope::Operator && Scope::Operator > Scope::Reader);
         assert_eq!(Scope::parse("operator"), Some(Scope::Operator));
         assert_eq!(Scope::parse("root"), None);
-    }
-}
-
-/// What a new key is for.
-#[derive(Debug, Clone)]
-pub struct IssueKey {
-    pub tenant: String,
-    pub scopes: Vec<Scope>,
-    pub name: Option<String>,
-    pub owner_email: Option<String>,
-    pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Who asked (`key:<id>`, `cli`, `bootstrap`), for the key and the audit log.
-    pub actor: String,
-    pub address: Option<String>,
-}
-
-impl IssueKey {
-    /// The successor of `old` in a rotation: the same tenant, scopes, name and owner,
-    /// no expiry; `actor` is who rotates it.
-    pub fn successor_of(
-        old: &crate::store::KeyRecord,
-        actor: String,
-        address: Option<String>,
-    ) -> IssueKey {
-        IssueKey {
-            tenant: old.tenant.clone(),
-            scopes: old.scopes.clone(),
-            name: old.name.clone(),
-            owner_email: old.owner_email.clone(),
-            expires_at: None,
-            actor,
-            address,
-        }
-    }
-}
-
-/// Issues a key: a fresh secret (or `secret`, e.g. a bootstrap key given by the
-/// operator), stored as a hash with its audit record in one transaction. The secret is
-/// returned once and never stored.
-pub async fn issue(
-    store: &crate::store::Store,
-    request: IssueKey,
-    secret: Option<Secret>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<(crate::store::KeyRecord, Secret), crate::StoreError> {
-    let secret = secret.unwrap_or_else(Secret::generate);
-    let record = insert(store, request, &secret, None, now).await?;
-    Ok((record, secret))
-}
-
-/// Issues a key whose secret nobody sees now (a scheduled rotation, a new tenant's
-/// admin key): it is kept sealed until its owner reveals it once with [`reveal`].
-pub async fn issue_sealed(
-    store: &crate::store::Store,
-    sealer: &Sealer,
-    request: IssueKey,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<crate::store::KeyRecord, crate::StoreError> {
-    let secret = Secret::generate();
-    insert(store, request, &secret, Some(sealer), now).await
-}
-
-async fn insert(
-    store: &crate::store::Store,
-    request: IssueKey,
-    secret: &Secret,
-    sealer: Option<&Sealer>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<crate::store::KeyRecord, crate::StoreError> {
-    let (key, audit) = prepare_key(request, secret, sealer, now);
-    store.key_insert(&key, &audit).await
-}
-
-/// The rows a new key is stored as (its hash, and its secret sealed when `sealer`
-/// is given) and its audit record, for callers that insert them in a transaction of
-/// their own (a rotation inserts its run too).
-pub fn prepare_key(
-    request: IssueKey,
-    secret: &Secret,
-    sealer: Option<&Sealer>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> (crate::store::NewKey, crate::store::NewAudit) {
-    let prefix = secret
-        .prefix()
-        .expect("secrets are made or parsed with a prefix")
-        .to_owned();
-    let id = uuid::Uuid::now_v7();
-    let sealed_secret = sealer.map(|s| crate::store::SealedSecret {
-        ciphertext: s.seal(id, secret),
-        master_key_id: Some(s.key_id().to_owned()),
-    });
-    let key = crate::store::NewKey {
-        id,
-        tenant: request.tenant.clone(),
-        prefix: prefix.clone(),
-        secret_hash: secret.hash(),
-        scopes: request.scopes.clone(),
-        name: request.name.clone(),
-        owner_email: request.owner_email.clone(),
-        expires_at: request.expires_at,
-        created_by: request.actor.clone(),
-        sealed_secret,
-        now,
-    };
-    let audit = crate::store::NewAudit {
-        tenant: request.tenant,
-        actor: request.actor,
-        action: "key.created".into(),
-        target: Some(format!("key:{id}")),
-        detail: serde_json::json!({
-            "prefix": prefix,
-            "scopes": request.scopes,
-            "name": request.name,
-            "expires_at": request.expires_at,
-        }),
-        address: request.address,
-        at: now,
-    };
-    (key, audit)
-}
-
-/// Why a reveal did not return a secret. Every refusal keeps the sealed secret.
-#[derive(Debug, thiserror::Error)]
-pub enum RevealError {
-    #[error("key not found")]
-    NotFound,
-    #[error("this key has no secret waiting to be revealed (it was shown when created, or revealed already)")]
-    NothingToReveal,
-    #[error("this key's secret was sealed by master key {sealed_by}, and this process has master key {ours}; \
-             the secret is kept: set WAYMARK_MASTER_KEY to the same master key on every Waymark process")]
-    OtherMasterKey { sealed_by: String, ours: String },
-    #[error("this key's secret does not open with this process's master key {ours} (sealed before master key \
-             ids were recorded, by another master key, or damaged); the secret is kept: set WAYMARK_MASTER_KEY \
-             to the master key that sealed it")]
-    Unsealable { ours: String },
-    #[error(transparent)]
-    Store(#[from] crate::StoreError),
-}
-
-/// Reveals a sealed secret once. It is opened first, inside the transaction that
-/// holds the key's row; only if it opens is the ciphertext deleted, with the reveal's
-/// audit record, so a second reveal finds nothing and a failed one loses nothing.
-pub async fn reveal(
-    store: &crate::store::Store,
-    sealer: &Sealer,
-    scope: &crate::store::TenantScope,
-    id: uuid::Uuid,
-    actor: &str,
-    address: Option<String>,
-    now: chrono::DateTime<chrono::Utc>,
-) -> Result<Secret, RevealError> {
-    let key = store
-        .key_get(scope, id)
-        .await?
-        .ok_or(RevealError::NotFound)?;
-    let audit = crate::store::NewAudit {
-        tenant: key.tenant.clone(),
-        actor: actor.to_owned(),
-        action: "key.revealed".into(),
-        target: Some(format!("key:{id}")),
-        detail: serde_json::json!({ "prefix": key.prefix }),
-        address,
-        at: now,
-    };
-    use crate::store::SealedTake;
-    match store
-        .key_take_sealed(scope, id, now, &audit, |sealed| {
-            sealer.open_sealed(id, sealed)
-        })
-        .await?
-    {
-        SealedTake::Taken(secret) => Ok(secret),
-        SealedTake::Kept(refused) => Err(refused),
-        SealedTake::NotFound => Err(RevealError::NotFound),
-        SealedTake::NothingSealed => Err(RevealError::NothingToReveal),
-    }
-}
-
-/// Seals secrets with ChaCha20-Poly1305 under the installation's master key. The
-/// key's id is the associated data, so a sealed secret moved to another row does not
-/// open.
-#[derive(Clone)]
-pub struct Sealer {
-    cipher: chacha20poly1305::ChaCha20Poly1305,
-    key_id: String,
-}
-
-impl fmt::Debug for Sealer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Sealer({})", self.key_id)
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum MasterKeyError {
-    #[error("the master key must be 32 bytes, base64-encoded (got {0} bytes)")]
-    Length(usize),
-    #[error("the master key is not valid base64")]
-    Encoding,
-    #[error("cannot read or create the master key file {path}")]
-    File {
-        path: std::path::PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-}
-
-impl Sealer {
-    pub fn from_bytes(key: [u8; 32]) -> Sealer {
-        use chacha20poly1305::KeyInit;
-        Sealer {
-            cipher: chacha20poly1305::ChaCha20Poly1305::new(&key.into()),
-            key_id: hex::encode(&Sha256::digest(key)[..8]),
-        }
-    }
-
-    /// Names the master key without revealing it: the first 8 bytes of its SHA-256,
-    /// in hex. Stored with every secret it seals, and shown in errors and logs, so
-    /// that processes whose master keys differ can say so.
-    pub fn key_id(&self) -> &str {
-        &self.key_id
-    }
-
-    /// Opens a stored sealed secret, refusing one sealed by another master key
-    /// without trying it.
-    pub fn open_sealed(
-        &self,
-        key_id: uuid::Uuid,
-        sealed: &crate::store::SealedSecret,
-    ) -> Result<Secret, RevealError> {
-        if let Some(sealed_by) = sealed
-            .master_key_id
-            .as_ref()
-            .filter(|by| **by != self.key_id)
-        {
-            return Err(RevealError::OtherMasterKey {
-                sealed_by: sealed_by.clone(),
-                ours: self.key_id.clone(),
-            });
-        }
-        self.open(key_id, &sealed.ciphertext)
-            .ok_or_else(|| RevealError::Unsealable {
-                ours: self.key_id.clone(),
-            })
-    }
-
-    /// A random master key that lives as long as the process (tests, defaults).
-    pub fn random() -> Sealer {
-        let mut key = [0u8; 32];
-        rand::rng().fill_bytes(&mut key);
-        Sealer::from_bytes(key)
-    }
-
-    /// From base64 (as `WAYMARK_MASTER_KEY` holds it).
-    pub fn from_base64(text: &str) -> Result<Sealer, MasterKeyError> {
-        use base64::Engine as _;
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(text.trim())
-            .map_err(|_| MasterKeyError::Encoding)?;
-        let key: [u8; 32] = bytes
-            .as_slice()
-            .try_into()
-            .map_err(|_| MasterKeyError::Length(bytes.len()))?;
-        Ok(Sealer::from_bytes(key))
-    }
-
-    /// Reads the key file, creating it (owner-only) with a random key if missing.
-    pub fn load_or_create(path: &std::path::Path) -> Result<Sealer, MasterKeyError> {
-        use base64::Engine as _;
-        let file_error = |source| MasterKeyError::File {
-            path: path.to_owned(),
-            source,
-        };
-        match std::fs::read_to_string(path) {
-            Ok(text) => Sealer::from_base64(&text),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let mut key = [0u8; 32];
-                rand::rng().fill_bytes(&mut key);
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(file_error)?;
-                }
-                let mut options = std::fs::OpenOptions::new();
-                options.write(true).create_new(true);
-                #[cfg(unix)]
-                {
-                    use std::os::unix::fs::OpenOptionsExt;
-                    options.mode(0o600);
-                }
-                use std::io::Write;
-                let mut file = options.open(path).map_err(file_error)?;
-                writeln!(
-                    file,
-                    "{}",
-                    base64::engine::general_purpose::STANDARD.encode(key)
-                )
-                .map_err(file_error)?;
-                Ok(Sealer::from_bytes(key))
-            }
-            Err(e) => Err(file_error(e)),
-        }
-    }
-
-    /// `base64(nonce || ciphertext)`.
-    pub fn seal(&self, key_id: uuid::Uuid, secret: &Secret) -> String {
-        use base64::Engine as _;
-        use chacha20poly1305::aead::{Aead, Payload};
-        let mut nonce = [0u8; 12];
-        rand::rng().fill_bytes(&mut nonce);
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                (&nonce).into(),
-                Payload {
-                    msg: secret.expose().as_bytes(),
-                    aad: key_id.as_bytes(),
-                },
-            )
-            .expect("sealing cannot fail for short secrets");
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ciphertext);
-        base64::engine::general_purpose::STANDARD.encode(out)
-    }
-
-    pub fn open(&self, key_id: uuid::Uuid, sealed: &str) -> Option<Secret> {
-        use base64::Engine as _;
-        use chacha20poly1305::aead::{Aead, Payload};
-        let bytes = base64::engine::general_purpose::STANDARD
-            .decode(sealed)
-            .ok()?;
-        if bytes.len() < 12 {
-            return None;
-        }
-        let (nonce, ciphertext) = bytes.split_at(12);
-        let plain = self
-            .cipher
-            .decrypt(
-                nonce.into(),
-                Payload {
-                    msg: ciphertext,
-                    aad: key_id.as_bytes(),
-                },
-            )
-            .ok()?;
-        Secret::parse(std::str::from_utf8(&plain).ok()?)
     }
 }
