@@ -12,6 +12,8 @@
 //! - [`store`]: PostgreSQL and SQLite behind one `Store`; the engine's SQL lives there.
 //!   [`store::sql`] is the seam for everyone else's: a caller's transaction (`Tx`, which
 //!   `Engine::start_in` starts runs in) and statements written once for both backends.
+//! - [`edge_log`]: transition coverage, the edges runs take, logged when
+//!   `WAYMARK_EDGE_LOG` is set (the test suite checks every declared edge was taken).
 //! - [`metrics`]: counters and histograms rendered as Prometheus text.
 //! - [`keys`]: API key secrets (generation, prefix, hash) and scopes.
 //! - [`cron`]: cron expressions (crontab(5) syntax) and their fire times in an IANA
@@ -23,6 +25,7 @@
 pub mod advance;
 pub mod clock;
 pub mod cron;
+pub mod edge_log;
 pub mod error;
 pub mod keys;
 pub mod metrics;

@@ -17,7 +17,7 @@ use super::model::*;
 use super::StoreResult;
 use crate::error::{StepError, StoreError};
 use crate::status::RunStatus;
-use crate::workflow::{FanOutPolicy, ReceivedSignal};
+use crate::workflow::{EdgeKind, FanOutPolicy, ReceivedSignal};
 
 /// Primitive operations inside one open transaction.
 pub(crate) trait Ops: Send {
@@ -614,6 +614,13 @@ fn gather_children<'a, O: Ops>(
             children.len() as u32 >= wait.count && children.iter().all(|c| c.status.is_terminal());
         if all_ended {
             let from = (run.state.clone(), run.status);
+            crate::edge_log::taken(
+                &run.workflow,
+                &run.state,
+                EdgeKind::Children,
+                None,
+                &wait.then.state,
+            );
             enter(ops, run, &wait.then).await?;
             run.received = Some(Inbox::Children { visit: wait.visit });
             make_pending(run, now);
@@ -658,6 +665,13 @@ async fn consume_signal<O: Ops>(
         return Ok(false);
     };
     let from = (run.state.clone(), run.status);
+    crate::edge_log::taken(
+        &run.workflow,
+        &run.state,
+        EdgeKind::Signal,
+        Some(&signal.name),
+        &target.target.state,
+    );
     enter(ops, run, &target.target).await?;
     ops.signal_set_status(signal.id, "consumed", Some(run.visit))
         .await?;
@@ -1068,6 +1082,13 @@ pub(crate) async fn fire_timeout<O: Ops>(
         return Ok(false);
     }
     let from = (run.state.clone(), run.status);
+    crate::edge_log::taken(
+        &run.workflow,
+        &run.state,
+        EdgeKind::Timer,
+        None,
+        &target.state,
+    );
     enter(ops, &mut run, &target).await?;
     make_pending(&mut run, now);
     run.updated_at = now;
