@@ -17,7 +17,9 @@ use waymark_workflows::key_rotation::{KeyRotation, RotationSettings};
 
 use crate::support::app::{problem_type, TestApp};
 use crate::support::services::service_env;
-use crate::support::{manual_clock, on_both_backends, wait_for_run, wait_until, Backend, TestDb};
+use crate::support::{
+    manual_clock, on_both_backends, wait_for_run, wait_for_status, wait_until, Backend, TestDb,
+};
 
 fn mailer(store: &waymark_engine::Store) -> Mailer {
     Mailer::from_config(
@@ -224,7 +226,56 @@ on_both_backends!(
     a_second_rotation_and_bad_requests_are_refused,
     a_scheduled_rotation_keeps_the_secret_sealed_and_starts_the_grace_at_the_reveal,
     without_an_owner_email_the_tenants_admin_is_told,
+    a_policy_rotation_fired_while_another_rotates_the_key_is_skipped,
 );
+
+/// A rotation policy's schedule can fire while a rotation of the key is already under
+/// way (one started by hand, say): the fired run sees it and ends without issuing a key.
+async fn a_policy_rotation_fired_while_another_rotates_the_key_is_skipped(db: TestDb) {
+    let r = setup(db).await;
+    let (new_id, _, active) = r.rotate(json!({"grace_period": "24h"})).await;
+    // What the policy's schedule starts: no new key yet, so the run begins at `issue`.
+    let fired = r
+        .api
+        .engine
+        .start(waymark_engine::StartRun {
+            tenant: "acme".into(),
+            workflow: "key_rotation".into(),
+            input: json!({"key_id": r.old_id, "grace_period": "1h"}),
+            idempotency_key: None,
+            tags: vec![],
+            actor: "test".into(),
+        })
+        .await
+        .unwrap()
+        .run
+        .id;
+    let run = wait_for_status(&r.api.engine.store, fired, RunStatus::Completed).await;
+    assert_eq!(
+        run.output.unwrap()["outcome"],
+        format!("skipped: run {active} was already rotating this key")
+    );
+    let keys = r
+        .api
+        .engine
+        .store
+        .run_get(&TenantScope::All, active)
+        .await
+        .unwrap()
+        .expect("the active rotation");
+    assert!(!keys.status.is_terminal(), "the active rotation goes on");
+    let (status, listed) = r.api.get("/v1/keys?limit=100", &r.old).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 2, "no third key was issued: {listed}");
+    assert!(ids.contains(&new_id.as_str()) && ids.contains(&r.old_id.as_str()));
+    r.api.stop().await;
+}
 
 async fn without_an_owner_email_the_tenants_admin_is_told(db: TestDb) {
     let r = setup(db).await;
