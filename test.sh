@@ -14,8 +14,10 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/ensure-postgres.sh
 
 log=""
+edges=""
 cleanup() {
     if [ -n "$log" ]; then rm -f "$log"; fi
+    if [ -n "$edges" ]; then rm -rf "$edges"; fi
     scripts/test-services.sh stop || true
 }
 trap cleanup EXIT
@@ -34,10 +36,23 @@ set -a
 set +a
 echo "== cargo test"
 log=$(mktemp)
+# Every edge a run takes, in this process and the `waymark` processes tests spawn, is
+# logged here for the transition coverage check below.
+edges=$(mktemp -d)
+export WAYMARK_EDGE_LOG="$edges"
 status=0
 cargo test --workspace --all-targets --locked --no-fail-fast -- "$@" 2>&1 | tee "$log" || status=$?
 # cargo prints one result line per test binary; the last one may be a crate with no
 # tests, so close with the totals over all of them.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
      END { printf "Summary: %d passed, %d failed\n", p, f }' "$log"
+# Coverage means something only over the whole suite, and only if it passed: a filtered
+# or failed run skips it.
+if [ "$#" -eq 0 ] && [ "$status" -eq 0 ]; then
+    echo "== transition coverage"
+    if ! cargo test --locked --test integration coverage::transition_coverage -- --ignored --exact; then
+        echo "Transition coverage: FAILED (the edges above were never taken)"
+        status=1
+    fi
+fi
 exit "$status"

@@ -35,6 +35,7 @@ pub(crate) fn command(db: &TestDb, args: &[&str]) -> Command {
     cmd.args(args)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .envs(crate::support::edge_log_env())
         .env("WAYMARK_LISTEN", "127.0.0.1:0")
         .env("WAYMARK_LEASE", "2s")
         .env("WAYMARK_POLL_INTERVAL", "200ms")

@@ -5,31 +5,25 @@
 //! Every test works under its own random prefix of the shared test bucket.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use uuid::Uuid;
-use waymark_engine::workflow::Registry;
-use waymark_engine::SystemClock;
 use waymark_services::blob::parts::{sha256_hex, MIB};
 use waymark_services::{
-    BlobError, BlobStore, ByteRange, LocalStore, PutOptions, S3Config, S3Credentials, S3Store,
-    UrlSigner,
+    BlobError, BlobStore, ByteRange, PutOptions, S3Config, S3Credentials, S3Store,
 };
 
+use crate::support::app::{test_s3_config, TestApp};
 use crate::support::services::service_env;
 use crate::support::{wait_until, TestDb};
 
 fn s3_config(credentials: S3Credentials) -> S3Config {
     S3Config {
-        endpoint: Some(service_env("WAYMARK_TEST_S3_ENDPOINT")),
-        region: Some("us-east-1".into()),
-        path_style: true,
         // The smallest part S3 allows, so that a 12 MiB blob takes three parts.
         part_size: 5 * MIB,
         credentials: Some(credentials),
-        ..S3Config::new(service_env("WAYMARK_TEST_S3_BUCKET"))
+        ..test_s3_config(service_env("WAYMARK_TEST_S3_BUCKET"))
     }
 }
 
@@ -45,39 +39,22 @@ struct Fixture {
     store: BlobStore,
     /// Every key a test writes starts with this.
     prefix: String,
-    _db: Option<TestDb>,
-    server: Option<tokio::task::JoinHandle<()>>,
+    /// Serves a local store's links.
+    _app: Option<TestApp>,
 }
 
 impl Fixture {
     /// A local store in a fresh directory, with Waymark's API serving its links.
     async fn local() -> Fixture {
-        let db = TestDb::sqlite().await;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let signer = UrlSigner::load_or_create(None, &db.data_dir().join("blob-signing.key"))
-            .expect("signing key");
-        let store = BlobStore::Local(
-            LocalStore::new(
-                db.data_dir().join("blobs"),
-                signer,
-                format!("http://{addr}"),
-            )
-            .expect("local store"),
-        );
-        let app = waymark_api::app(waymark_api::AppState {
-            engine: db.engine(Registry::new(), Arc::new(SystemClock)),
-            blobs: Some(store.clone()),
-            api: waymark_api::ApiConfig::default(),
-        });
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("serve");
-        });
+        let app = TestApp::on(TestDb::sqlite().await)
+            .serving_local_blobs()
+            .without_workers()
+            .spawn()
+            .await;
         Fixture {
-            store,
+            store: app.blobs.clone().expect("served blobs"),
             prefix: format!("t-{}/", Uuid::now_v7().simple()),
-            _db: Some(db),
-            server: Some(server),
+            _app: Some(app),
         }
     }
 
@@ -90,21 +67,12 @@ impl Fixture {
         Fixture {
             store,
             prefix: format!("t-{}/", Uuid::now_v7().simple()),
-            _db: None,
-            server: None,
+            _app: None,
         }
     }
 
     fn key(&self, rest: &str) -> String {
         format!("{}{rest}", self.prefix)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.abort();
-        }
     }
 }
 
@@ -479,27 +447,24 @@ async fn wrong_s3_credentials_fail_with_a_clear_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_links_are_not_served_for_an_s3_store() {
     // The route exists on every Waymark; it serves nothing unless blobs are local.
-    let db = TestDb::sqlite().await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let s3 = BlobStore::S3(
         S3Store::connect(s3_config(test_credentials()))
             .await
             .unwrap(),
     );
-    let app = waymark_api::app(waymark_api::AppState {
-        engine: db.engine(Registry::new(), Arc::new(SystemClock)),
-        blobs: Some(s3),
-        api: waymark_api::ApiConfig::default(),
-    });
-    let server = tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let app = TestApp::on(TestDb::sqlite().await)
+        .serving_blobs(s3)
+        .without_workers()
+        .spawn()
+        .await;
     let status = reqwest::get(format!(
-        "http://{addr}/blobs/a/b?expires=9999999999&signature=00"
+        "{}/blobs/a/b?expires=9999999999&signature=00",
+        app.base
     ))
     .await
     .unwrap()
     .status();
-    server.abort();
+    app.stop().await;
     assert_eq!(status, 404);
 }
 

@@ -15,9 +15,11 @@ use waymark_services::{MailConfig, Mailer, SmtpOptions};
 use waymark_workers::scheduler::{Scheduler, SchedulerConfig, LEASE};
 use waymark_workflows::key_rotation::{KeyRotation, RotationSettings};
 
-use crate::api::{problem_type, Api};
+use crate::support::app::{problem_type, TestApp};
 use crate::support::services::service_env;
-use crate::support::{manual_clock, on_both_backends, wait_for_run, wait_until, Backend, TestDb};
+use crate::support::{
+    manual_clock, on_both_backends, wait_for_run, wait_for_status, wait_until, Backend, TestDb,
+};
 
 fn mailer(store: &waymark_engine::Store) -> Mailer {
     Mailer::from_config(
@@ -85,7 +87,7 @@ async fn wait_mail(to: &str, subject_part: &str) -> (String, String, String) {
 }
 
 struct Rotation {
-    api: Api,
+    api: TestApp,
     clock: ManualClock,
     owner: String,
     old_id: String,
@@ -94,13 +96,11 @@ struct Rotation {
 }
 
 async fn setup(db: TestDb) -> Rotation {
-    let (clock, shared) = manual_clock();
+    let (clock, _) = manual_clock();
     let backend = db.backend;
-    let api = Api::start_with_registry(
-        db,
-        waymark_api::ApiConfig::default(),
-        shared,
-        |registry, store, sealer| {
+    let api = TestApp::on(db)
+        .with_clock(&clock)
+        .with_workflows(|registry, store, sealer| {
             registry
                 .register(KeyRotation {
                     store: store.clone(),
@@ -112,12 +112,12 @@ async fn setup(db: TestDb) -> Rotation {
                     },
                 })
                 .unwrap();
-        },
-    )
-    .await;
+        })
+        .spawn()
+        .await;
     let owner = format!("owner-{}@example.test", Uuid::now_v7().simple());
     let (status, key) = api
-        .call(Method::POST, "/v1/keys", Some(&api.admin), Some(json!({"tenant": "acme", "scopes": ["operator"], "name": "billing", "owner_email": owner})))
+        .post("/v1/keys", &api.admin, json!({"tenant": "acme", "scopes": ["operator"], "name": "billing", "owner_email": owner}))
         .await;
     assert_eq!(status, StatusCode::CREATED);
     Rotation {
@@ -132,21 +132,13 @@ async fn setup(db: TestDb) -> Rotation {
 
 impl Rotation {
     async fn whoami(&self, key: &str) -> StatusCode {
-        self.api
-            .call(Method::GET, "/v1/whoami", Some(key), None)
-            .await
-            .0
+        self.api.get("/v1/whoami", key).await.0
     }
 
     async fn rotate(&self, body: Value) -> (String, String, Uuid) {
         let (status, rotated) = self
             .api
-            .call(
-                Method::POST,
-                &format!("/v1/keys/{}/rotate", self.old_id),
-                Some(&self.old),
-                Some(body),
-            )
+            .post(&format!("/v1/keys/{}/rotate", self.old_id), &self.old, body)
             .await;
         assert_eq!(status, StatusCode::CREATED, "{rotated}");
         (
@@ -165,11 +157,10 @@ impl Rotation {
 
     async fn signal(&self, run: Uuid, name: &str, payload: Value) -> StatusCode {
         self.api
-            .call(
-                Method::POST,
+            .post(
                 &format!("/v1/runs/{run}/signals/{name}"),
-                Some(&self.old),
-                Some(payload),
+                &self.old,
+                payload,
             )
             .await
             .0
@@ -235,7 +226,56 @@ on_both_backends!(
     a_second_rotation_and_bad_requests_are_refused,
     a_scheduled_rotation_keeps_the_secret_sealed_and_starts_the_grace_at_the_reveal,
     without_an_owner_email_the_tenants_admin_is_told,
+    a_policy_rotation_fired_while_another_rotates_the_key_is_skipped,
 );
+
+/// A rotation policy's schedule can fire while a rotation of the key is already under
+/// way (one started by hand, say): the fired run sees it and ends without issuing a key.
+async fn a_policy_rotation_fired_while_another_rotates_the_key_is_skipped(db: TestDb) {
+    let r = setup(db).await;
+    let (new_id, _, active) = r.rotate(json!({"grace_period": "24h"})).await;
+    // What the policy's schedule starts: no new key yet, so the run begins at `issue`.
+    let fired = r
+        .api
+        .engine
+        .start(waymark_engine::StartRun {
+            tenant: "acme".into(),
+            workflow: "key_rotation".into(),
+            input: json!({"key_id": r.old_id, "grace_period": "1h"}),
+            idempotency_key: None,
+            tags: vec![],
+            actor: "test".into(),
+        })
+        .await
+        .unwrap()
+        .run
+        .id;
+    let run = wait_for_status(&r.api.engine.store, fired, RunStatus::Completed).await;
+    assert_eq!(
+        run.output.unwrap()["outcome"],
+        format!("skipped: run {active} was already rotating this key")
+    );
+    let keys = r
+        .api
+        .engine
+        .store
+        .run_get(&TenantScope::All, active)
+        .await
+        .unwrap()
+        .expect("the active rotation");
+    assert!(!keys.status.is_terminal(), "the active rotation goes on");
+    let (status, listed) = r.api.get("/v1/keys?limit=100", &r.old).await;
+    assert_eq!(status, StatusCode::OK, "{listed}");
+    let ids: Vec<&str> = listed["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|k| k["id"].as_str())
+        .collect();
+    assert_eq!(ids.len(), 2, "no third key was issued: {listed}");
+    assert!(ids.contains(&new_id.as_str()) && ids.contains(&r.old_id.as_str()));
+    r.api.stop().await;
+}
 
 async fn without_an_owner_email_the_tenants_admin_is_told(db: TestDb) {
     let r = setup(db).await;
@@ -256,20 +296,18 @@ async fn without_an_owner_email_the_tenants_admin_is_told(db: TestDb) {
         .unwrap();
     let (_, key) = r
         .api
-        .call(
-            Method::POST,
+        .post(
             "/v1/keys",
-            Some(&r.api.admin),
-            Some(json!({"tenant": "initech", "scopes": ["reader"]})),
+            &r.api.admin,
+            json!({"tenant": "initech", "scopes": ["reader"]}),
         )
         .await;
     let (status, rotated) = r
         .api
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/keys/{}/rotate", key["id"].as_str().unwrap()),
-            Some(&r.api.admin),
-            Some(json!({"emergency": true})),
+            &r.api.admin,
+            json!({"emergency": true}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED);
@@ -290,10 +328,7 @@ async fn both_keys_work_through_the_grace_and_the_old_one_stops_after(db: TestDb
         .rotate(json!({"grace_period": "2h", "reason": "quarterly"}))
         .await;
     assert_eq!(r.whoami(&r.old).await, StatusCode::OK);
-    let (status, who) = r
-        .api
-        .call(Method::GET, "/v1/whoami", Some(&new), None)
-        .await;
+    let (status, who) = r.api.get("/v1/whoami", &new).await;
     assert_eq!(
         (status, who["key_id"].as_str()),
         (StatusCode::OK, Some(new_id.as_str()))
@@ -305,10 +340,7 @@ async fn both_keys_work_through_the_grace_and_the_old_one_stops_after(db: TestDb
     );
     let grace = r.run_state(run, "grace").await;
     // The status shows whether clients still use the old key.
-    let (_, status_view) = r
-        .api
-        .call(Method::GET, &format!("/v1/runs/{run}"), Some(&r.old), None)
-        .await;
+    let (_, status_view) = r.api.get(&format!("/v1/runs/{run}"), &r.old).await;
     assert!(
         status_view["details"]["old_key"]["last_used_at"].is_string(),
         "{status_view}"
@@ -372,11 +404,10 @@ async fn confirm_ends_the_grace_early_and_revoke_now_revokes_at_once(db: TestDb)
     // Now rotate the new key and revoke it mid-grace (a leak found during the rotation).
     let (status, second) = r
         .api
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/keys/{}/rotate", who(&r, &new).await),
-            Some(&new),
-            Some(json!({"grace_period": "24h"})),
+            &new,
+            json!({"grace_period": "24h"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{second}");
@@ -402,10 +433,7 @@ async fn confirm_ends_the_grace_early_and_revoke_now_revokes_at_once(db: TestDb)
 }
 
 async fn who(r: &Rotation, key: &str) -> String {
-    r.api
-        .call(Method::GET, "/v1/whoami", Some(key), None)
-        .await
-        .1["key_id"]
+    r.api.get("/v1/whoami", key).await.1["key_id"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -437,10 +465,7 @@ async fn a_second_rotation_and_bad_requests_are_refused(db: TestDb) {
     let r = setup(db).await;
     let (_, _, run) = r.rotate(json!({"grace_period": "24h"})).await;
     let path = format!("/v1/keys/{}/rotate", r.old_id);
-    let (status, body) = r
-        .api
-        .call(Method::POST, &path, Some(&r.old), Some(json!({})))
-        .await;
+    let (status, body) = r.api.post(&path, &r.old, json!({})).await;
     assert_eq!(
         (status, problem_type(&body).as_str()),
         (StatusCode::CONFLICT, "conflict")
@@ -456,10 +481,7 @@ async fn a_second_rotation_and_bad_requests_are_refused(db: TestDb) {
         (json!({"emergency": "yes"}), 422),
         (json!({"colour": "red"}), 422),
     ] {
-        let (status, body) = r
-            .api
-            .call(Method::POST, &path, Some(&r.old), Some(payload.clone()))
-            .await;
+        let (status, body) = r.api.post(&path, &r.old, payload.clone()).await;
         assert_eq!(status.as_u16(), expected, "{payload}: {body}");
     }
     let (_, reader) = r.api.key("acme", &["reader"]).await;
@@ -545,15 +567,7 @@ async fn a_scheduled_rotation_keeps_the_secret_sealed_and_starts_the_grace_at_th
         .as_str()
         .unwrap()
         .to_owned();
-    let (_, new_key) = r
-        .api
-        .call(
-            Method::GET,
-            &format!("/v1/keys/{new_id}"),
-            Some(&r.old),
-            None,
-        )
-        .await;
+    let (_, new_key) = r.api.get(&format!("/v1/keys/{new_id}"), &r.old).await;
     assert_eq!(new_key["awaiting_reveal"], true);
     // Nobody has seen the new key: hours pass, the old key keeps working.
     r.clock.set(r.clock.now() + chrono::Duration::hours(1));
@@ -638,6 +652,7 @@ async fn a_server_killed_mid_grace_still_revokes_the_old_key_on_time() {
         cmd.arg("serve")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs(crate::support::edge_log_env())
             .env("WAYMARK_DATA_DIR", &data_dir)
             .env("WAYMARK_LISTEN", "127.0.0.1:0")
             .env("WAYMARK_LEASE", "2s")

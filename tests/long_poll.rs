@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde_json::{json, Value};
 use waymark_engine::SystemClock;
 
-use crate::api::{problem_type, Api};
+use crate::support::app::{problem_type, TestApp};
 use crate::support::workflows::registry;
 use crate::support::{
     on_both_backends, poll_until, spawn_runner, test_runner_config, wait_until, Backend, TestDb,
@@ -24,7 +24,7 @@ on_both_backends!(
 );
 
 /// `waymark_api_waiting_requests` from `/metrics`.
-async fn waiting(api: &Api) -> u64 {
+async fn waiting(api: &TestApp) -> u64 {
     let text = api
         .http
         .get(format!("{}/metrics", api.base))
@@ -40,7 +40,7 @@ async fn waiting(api: &Api) -> u64 {
         .unwrap_or_else(|| panic!("no waiting gauge in /metrics:\n{text}"))
 }
 
-async fn wait_for_waiting(api: &Api, n: u64) {
+async fn wait_for_waiting(api: &TestApp, n: u64) {
     wait_until(
         &format!("{n} long polls waiting"),
         Duration::from_secs(10),
@@ -50,7 +50,11 @@ async fn wait_for_waiting(api: &Api, n: u64) {
 }
 
 /// Sends `GET path` with `key` in the background; its answer is the join value.
-fn long_poll(api: &Api, key: &str, path: String) -> tokio::task::JoinHandle<(StatusCode, Value)> {
+fn long_poll(
+    api: &TestApp,
+    key: &str,
+    path: String,
+) -> tokio::task::JoinHandle<(StatusCode, Value)> {
     let request = api.http.get(format!("{}{path}", api.base)).bearer_auth(key);
     tokio::spawn(async move {
         let response = request.send().await.unwrap();
@@ -59,20 +63,19 @@ fn long_poll(api: &Api, key: &str, path: String) -> tokio::task::JoinHandle<(Sta
     })
 }
 
-async fn ring(api: &Api, key: &str, id: &str, by: &str) {
+async fn ring(api: &TestApp, key: &str, id: &str, by: &str) {
     let (status, body) = api
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/runs/{id}/signals/ring"),
-            Some(key),
-            Some(json!({ "by": by })),
+            key,
+            json!({ "by": by }),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 }
 
 async fn a_long_poll_answers_when_its_run_completes(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     let (_, op) = api.key("acme", &["operator"]).await;
     let run = api.start_run(&op, "doorbell", json!({})).await;
     let id = run["id"].as_str().unwrap().to_owned();
@@ -95,18 +98,17 @@ async fn a_long_poll_answers_when_its_run_completes(db: TestDb) {
 }
 
 async fn a_long_poll_answers_when_its_run_is_cancelled(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     let (_, op) = api.key("acme", &["operator"]).await;
     let run = api.start_run(&op, "doorbell", json!({})).await;
     let id = run["id"].as_str().unwrap().to_owned();
     let poll = long_poll(&api, &op, format!("/v1/runs/{id}?wait=60s"));
     wait_for_waiting(&api, 1).await;
     let (status, body) = api
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/runs/{id}/cancel"),
-            Some(&op),
-            Some(json!({"reason": "nobody home"})),
+            &op,
+            json!({"reason": "nobody home"}),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -117,15 +119,14 @@ async fn a_long_poll_answers_when_its_run_is_cancelled(db: TestDb) {
 }
 
 async fn long_polls_past_the_caps_answer_429_with_retry_after(db: TestDb) {
-    let api = Api::start_with(
-        db,
-        waymark_api::ApiConfig {
+    let api = TestApp::on(db)
+        .with_api(waymark_api::ApiConfig {
             max_waiting: 3,
             max_waiting_per_key: 2,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .spawn()
+        .await;
     let (_, first) = api.key("acme", &["operator"]).await;
     let (_, second) = api.key("acme", &["operator"]).await;
     let mut ids = Vec::new();
@@ -164,14 +165,7 @@ async fn long_polls_past_the_caps_answer_429_with_retry_after(db: TestDb) {
         body["detail"].as_str().unwrap().contains("per key"),
         "{body}"
     );
-    let (status, body) = api
-        .call(
-            Method::GET,
-            &format!("/v1/runs/{}", ids[2]),
-            Some(&first),
-            None,
-        )
-        .await;
+    let (status, body) = api.get(&format!("/v1/runs/{}", ids[2]), &first).await;
     assert_eq!(
         (status, body["status"].as_str()),
         (StatusCode::OK, Some("waiting"))
@@ -180,9 +174,7 @@ async fn long_polls_past_the_caps_answer_429_with_retry_after(db: TestDb) {
     // Another key may wait until the process holds its cap.
     let c = long_poll(&api, &second, wait(&ids[2]));
     wait_for_waiting(&api, 3).await;
-    let (status, body) = api
-        .call(Method::GET, &wait(&ids[3]), Some(&second), None)
-        .await;
+    let (status, body) = api.get(&wait(&ids[3]), &second).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(
         body["detail"].as_str().unwrap().contains("this server"),

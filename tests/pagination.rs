@@ -5,22 +5,20 @@
 //! `next_cursor` null exactly on the last; another tenant's items never appear on any
 //! page; and a bad `limit`, a bad `cursor` or an unknown parameter is a 422 naming it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use reqwest::{Method, StatusCode};
+use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use waymark_engine::store::WorkerInfo;
 use waymark_engine::{
-    Definition, StateDef, StepContext, StepError, SystemClock, TenantScope, Transition, Workflow,
-    WorkflowState,
+    Definition, StateDef, StepContext, StepError, TenantScope, Transition, Workflow, WorkflowState,
 };
 use waymark_workflows::tenants::plans::Quota;
 use waymark_workflows::tenants::record::{self, NewTenant};
 
-use crate::api::{problem_type, Api};
+use crate::support::app::{problem_type, TestApp};
 use crate::support::{on_both_backends, wait_until, TestDb};
 
 on_both_backends!(
@@ -34,7 +32,7 @@ on_both_backends!(
 /// Walks `path` (which may carry a query already) page by page with `limit`, checking
 /// the paging contract on the way; the `field` of every item, in order.
 async fn walk(
-    api: &Api,
+    api: &TestApp,
     key: &str,
     path: &str,
     items: &str,
@@ -49,7 +47,7 @@ async fn walk(
             Some(c) => format!("{path}{join}limit={limit}&cursor={c}"),
             None => format!("{path}{join}limit={limit}"),
         };
-        let (status, page) = api.call(Method::GET, &url, Some(key), None).await;
+        let (status, page) = api.get(&url, key).await;
         assert_eq!(status, StatusCode::OK, "{url}: {page}");
         let list = page[items]
             .as_array()
@@ -82,7 +80,7 @@ async fn walk(
 }
 
 /// The `field` of every item of one page of 500: the order the walk must reproduce.
-async fn all(api: &Api, key: &str, path: &str, items: &str, field: &str) -> Vec<String> {
+async fn all(api: &TestApp, key: &str, path: &str, items: &str, field: &str) -> Vec<String> {
     walk(api, key, path, items, field, 500).await
 }
 
@@ -98,7 +96,7 @@ fn assert_once_each(seen: &[String], what: &str) {
 }
 
 /// A bad `limit`, a bad `cursor` and an unknown parameter answer 422 naming the field.
-async fn refuses_bad_paging(api: &Api, key: &str, path: &str, bad_cursor: &str) {
+async fn refuses_bad_paging(api: &TestApp, key: &str, path: &str, bad_cursor: &str) {
     let join = if path.contains('?') { '&' } else { '?' };
     for (query, field) in [
         ("limit=0".to_owned(), "limit"),
@@ -108,7 +106,7 @@ async fn refuses_bad_paging(api: &Api, key: &str, path: &str, bad_cursor: &str) 
         ("limt=2".to_owned(), "limt"),
     ] {
         let url = format!("{path}{join}{query}");
-        let (status, body) = api.call(Method::GET, &url, Some(key), None).await;
+        let (status, body) = api.get(&url, key).await;
         assert_eq!(
             (status, problem_type(&body).as_str()),
             (StatusCode::UNPROCESSABLE_ENTITY, "validation"),
@@ -122,7 +120,7 @@ async fn refuses_bad_paging(api: &Api, key: &str, path: &str, bad_cursor: &str) 
 }
 
 async fn keys_are_paged_by_id_within_the_callers_tenant(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     let (op_id, op) = api.key("acme", &["operator"]).await;
     let mut acme = vec![op_id];
     for _ in 0..4 {
@@ -141,14 +139,7 @@ async fn keys_are_paged_by_id_within_the_callers_tenant(db: TestDb) {
     assert_eq!(every, all(&api, &api.admin, "/v1/keys", "keys", "id").await);
     assert!(acme.iter().chain(&globex).all(|k| every.contains(k)));
     // A cursor from the admin's walk does not let the tenant past its own keys.
-    let (_, page) = api
-        .call(
-            Method::GET,
-            &format!("/v1/keys?cursor={}", every[0]),
-            Some(&op),
-            None,
-        )
-        .await;
+    let (_, page) = api.get(&format!("/v1/keys?cursor={}", every[0]), &op).await;
     let listed: Vec<&str> = page["keys"]
         .as_array()
         .unwrap()
@@ -161,7 +152,7 @@ async fn keys_are_paged_by_id_within_the_callers_tenant(db: TestDb) {
 }
 
 async fn schedules_are_paged_by_id_within_the_callers_tenant(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     let (_, acme_op) = api.key("acme", &["operator"]).await;
     let (_, acme_reader) = api.key("acme", &["reader"]).await;
     let (_, globex_op) = api.key("globex", &["operator"]).await;
@@ -170,9 +161,7 @@ async fn schedules_are_paged_by_id_within_the_callers_tenant(db: TestDb) {
         async move {
             let body = json!({"name": name, "cron": "0 0 1 1 *", "workflow": "three_step",
                 "input": {"n": 1}, "paused": true});
-            let (status, created) = api
-                .call(Method::POST, "/v1/schedules", Some(&key), Some(body))
-                .await;
+            let (status, created) = api.post("/v1/schedules", &key, body).await;
             assert_eq!(status, StatusCode::CREATED, "{created}");
             created["id"].as_str().unwrap().to_owned()
         }
@@ -209,7 +198,7 @@ async fn schedules_are_paged_by_id_within_the_callers_tenant(db: TestDb) {
 }
 
 async fn workers_are_paged_newest_first_without_hosts_for_non_admins(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     let (_, op) = api.key("acme", &["operator"]).await;
     let mut registered = Vec::new();
     for n in 0..5 {
@@ -238,14 +227,7 @@ async fn workers_are_paged_newest_first_without_hosts_for_non_admins(db: TestDb)
     // Hosts and process ids stay hidden from a tenant on every page.
     let mut cursor = String::new();
     loop {
-        let (_, page) = api
-            .call(
-                Method::GET,
-                &format!("/v1/workers?limit=2{cursor}"),
-                Some(&op),
-                None,
-            )
-            .await;
+        let (_, page) = api.get(&format!("/v1/workers?limit=2{cursor}"), &op).await;
         for worker in page["workers"].as_array().unwrap() {
             assert!(
                 worker.get("host").is_none() && worker.get("pid").is_none(),
@@ -264,7 +246,7 @@ async fn workers_are_paged_newest_first_without_hosts_for_non_admins(db: TestDb)
 }
 
 async fn tenants_are_paged_by_slug_and_an_operator_sees_only_its_own(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     // Reserved out of slug order, so a list by creation would not pass for one by slug.
     for slug in ["umbrella", "acme", "initech", "globex", "hooli"] {
         let new = NewTenant {
@@ -302,30 +284,23 @@ async fn tenants_are_paged_by_slug_and_an_operator_sees_only_its_own(db: TestDb)
         walk(&api, &op, "/v1/tenants", "tenants", "slug", 1).await,
         ["acme"]
     );
-    let (status, page) = api
-        .call(Method::GET, "/v1/tenants?cursor=aaa", Some(&op), None)
-        .await;
+    let (status, page) = api.get("/v1/tenants?cursor=aaa", &op).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(page["tenants"].as_array().unwrap().len(), 1, "{page}");
     assert_eq!(page["tenants"][0]["slug"], "acme");
-    let (_, page) = api
-        .call(Method::GET, "/v1/tenants?cursor=acme", Some(&op), None)
-        .await;
+    let (_, page) = api.get("/v1/tenants?cursor=acme", &op).await;
     assert_eq!(page, json!({"tenants": [], "next_cursor": null}));
     refuses_bad_paging(&api, &op, "/v1/tenants", "Not%20A%20Slug").await;
     api.stop().await;
 }
 
 async fn a_runs_history_and_signals_are_paged_oldest_first(db: TestDb) {
-    let api = Api::start_with_registry(
-        db,
-        waymark_api::ApiConfig::default(),
-        Arc::new(SystemClock),
-        |registry, _, _| {
+    let api = TestApp::on(db)
+        .with_workflows(|registry, _, _| {
             registry.register(Guestbook).unwrap();
-        },
-    )
-    .await;
+        })
+        .spawn()
+        .await;
     let (_, acme) = api.key("acme", &["operator"]).await;
     let (_, globex) = api.key("globex", &["operator"]).await;
     let (ours, our_signals) = signed_guestbook(&api, &acme, 5).await;
@@ -345,7 +320,7 @@ async fn a_runs_history_and_signals_are_paged_oldest_first(db: TestDb) {
     assert!(seen.len() > 5, "{seen:?}");
     let ids: Vec<i64> = seen.iter().map(|h| h.parse().unwrap()).collect();
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "oldest first: {ids:?}");
-    let (_, page) = api.call(Method::GET, &history, Some(&acme), None).await;
+    let (_, page) = api.get(&history, &acme).await;
     assert!(page["history"]
         .as_array()
         .unwrap()
@@ -360,7 +335,7 @@ async fn a_runs_history_and_signals_are_paged_oldest_first(db: TestDb) {
         ),
         format!("/v1/runs/{theirs}/history?limit=1&cursor={}", ids[0]),
     ] {
-        let (status, body) = api.call(Method::GET, &path, Some(&acme), None).await;
+        let (status, body) = api.get(&path, &acme).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
     }
     refuses_bad_paging(&api, &acme, &signals, "42").await;
@@ -371,17 +346,16 @@ async fn a_runs_history_and_signals_are_paged_oldest_first(db: TestDb) {
 
 /// Starts a guestbook run, signs it `n` times and waits until every signature is taken
 /// (so its history stops growing); the run's id and the signals' ids, oldest first.
-async fn signed_guestbook(api: &Api, key: &str, n: usize) -> (String, Vec<String>) {
+async fn signed_guestbook(api: &TestApp, key: &str, n: usize) -> (String, Vec<String>) {
     let run = api.start_run(key, "guestbook", json!({})).await;
     let id = run["id"].as_str().unwrap().to_owned();
     let mut signals = Vec::new();
     for n in 0..n {
         let (status, sent) = api
-            .call(
-                Method::POST,
+            .post(
                 &format!("/v1/runs/{id}/signals/sign"),
-                Some(key),
-                Some(json!({"by": format!("guest {n}")})),
+                key,
+                json!({"by": format!("guest {n}")}),
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{sent}");

@@ -13,7 +13,7 @@ use waymark_engine::store::{CatchUp, Overlap, Schedule};
 use waymark_engine::{Clock, Engine, ManualClock, RunStatus, TenantScope};
 use waymark_workers::scheduler::{fire_key, Scheduler, SchedulerConfig, LEASE};
 
-use crate::api::{problem_type, Api};
+use crate::support::app::{problem_type, TestApp};
 use crate::support::workflows::{registry, TestWorkflows};
 use crate::support::{on_both_backends, spawn_runner, test_runner_config, wait_for_run, TestDb};
 
@@ -29,14 +29,12 @@ on_both_backends!(
 );
 
 async fn schedules_are_created_read_edited_paused_and_deleted(db: TestDb) {
-    let api = Api::start(db).await;
+    let api = TestApp::on(db).spawn().await;
     let (_, op) = api.key("acme", &["operator"]).await;
     let (_, reader) = api.key("acme", &["reader"]).await;
     let body = json!({"name": "nightly", "cron": "30 2 * * MON-FRI", "timezone": "Europe/Berlin",
         "workflow": "three_step", "input": {"n": 1}, "overlap": "buffer_one", "catch_up": "run_once"});
-    let (status, created) = api
-        .call(Method::POST, "/v1/schedules", Some(&op), Some(body))
-        .await;
+    let (status, created) = api.post("/v1/schedules", &op, body).await;
     assert_eq!(status, StatusCode::CREATED, "{created}");
     assert_eq!(
         (
@@ -47,14 +45,7 @@ async fn schedules_are_created_read_edited_paused_and_deleted(db: TestDb) {
         (Some("acme"), Some("buffer_one"), Some("run_once"))
     );
     let id = created["id"].as_str().unwrap().to_owned();
-    let (status, one) = api
-        .call(
-            Method::GET,
-            &format!("/v1/schedules/{id}"),
-            Some(&reader),
-            None,
-        )
-        .await;
+    let (status, one) = api.get(&format!("/v1/schedules/{id}"), &reader).await;
     assert_eq!(status, StatusCode::OK);
     let times: Vec<DateTime<Utc>> = serde_json::from_value(one["next_fire_times"].clone()).unwrap();
     assert_eq!(times.len(), 5);
@@ -69,9 +60,7 @@ async fn schedules_are_created_read_edited_paused_and_deleted(db: TestDb) {
         ));
     }
     assert!(times.windows(2).all(|w| w[0] < w[1]));
-    let (_, list) = api
-        .call(Method::GET, "/v1/schedules", Some(&reader), None)
-        .await;
+    let (_, list) = api.get("/v1/schedules", &reader).await;
     assert_eq!(list["schedules"].as_array().unwrap().len(), 1);
     // Pause: no fire times shown; resume: they are back.
     let (status, paused) = api
@@ -100,20 +89,11 @@ async fn schedules_are_created_read_edited_paused_and_deleted(db: TestDb) {
         .await;
     assert_eq!(resumed["next_fire_times"].as_array().unwrap().len(), 5);
     assert_eq!(resumed["cron"], "0 * * * *");
-    let (status, _) = api
-        .call(
-            Method::DELETE,
-            &format!("/v1/schedules/{id}"),
-            Some(&op),
-            None,
-        )
-        .await;
+    let (status, _) = api.delete(&format!("/v1/schedules/{id}"), &op).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = api
-        .call(Method::GET, &format!("/v1/schedules/{id}"), Some(&op), None)
-        .await;
+    let (status, _) = api.get(&format!("/v1/schedules/{id}"), &op).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (_, audit) = api.call(Method::GET, "/v1/audit", Some(&op), None).await;
+    let (_, audit) = api.get("/v1/audit", &op).await;
     let actions: Vec<&str> = audit["entries"]
         .as_array()
         .unwrap()
@@ -127,22 +107,19 @@ async fn schedules_are_created_read_edited_paused_and_deleted(db: TestDb) {
 }
 
 async fn bad_schedule_inputs_are_refused_with_the_field_named(db: TestDb) {
-    let api = Api::start_with(
-        db,
-        waymark_api::ApiConfig {
+    let api = TestApp::on(db)
+        .with_api(waymark_api::ApiConfig {
             max_body: 4096,
             ..Default::default()
-        },
-    )
-    .await;
+        })
+        .spawn()
+        .await;
     let (_, op) = api.key("acme", &["operator"]).await;
     let (_, other) = api.key("globex", &["operator"]).await;
     let (_, reader) = api.key("acme", &["reader"]).await;
     let good =
         json!({"name": "hourly", "cron": "0 * * * *", "workflow": "three_step", "input": {"n": 1}});
-    let (status, created) = api
-        .call(Method::POST, "/v1/schedules", Some(&op), Some(good.clone()))
-        .await;
+    let (status, created) = api.post("/v1/schedules", &op, good.clone()).await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_str().unwrap();
     let with = |patch: Value| {
@@ -217,9 +194,7 @@ async fn bad_schedule_inputs_are_refused_with_the_field_named(db: TestDb) {
         (with(json!({})), 409, "conflict", "hourly"),
     ];
     for (body, status, kind, needle) in cases {
-        let (got, answer) = api
-            .call(Method::POST, "/v1/schedules", Some(&op), Some(body.clone()))
-            .await;
+        let (got, answer) = api.post("/v1/schedules", &op, body.clone()).await;
         assert_eq!(
             (got.as_u16(), problem_type(&answer).as_str()),
             (status, kind),
@@ -273,17 +248,10 @@ async fn bad_schedule_inputs_are_refused_with_the_field_named(db: TestDb) {
         assert_eq!(status, StatusCode::NOT_FOUND, "{method}");
     }
     let (status, _) = api
-        .call(
-            Method::POST,
-            "/v1/schedules",
-            Some(&reader),
-            Some(with(json!({"name": "r"}))),
-        )
+        .post("/v1/schedules", &reader, with(json!({"name": "r"})))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    let (_, list) = api
-        .call(Method::GET, "/v1/schedules", Some(&other), None)
-        .await;
+    let (_, list) = api.get("/v1/schedules", &other).await;
     assert!(list["schedules"].as_array().unwrap().is_empty());
     api.stop().await;
 }

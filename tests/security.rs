@@ -4,21 +4,11 @@
 //! the generic start route, schedules and fan-outs, and a step sees its own tenant only
 //! unless its workflow is declared a system workflow.
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use waymark_engine::keys::Sealer;
-use waymark_engine::{RunStatus, StartRun, Store, SystemClock};
-use waymark_services::{BlobStore, LocalStore, MailConfig, Mailer, SmtpOptions, UrlSigner};
-use waymark_workflows::housekeeping::Retention;
-use waymark_workflows::key_rotation::{KeyRotation, RotationSettings};
-use waymark_workflows::tenant_deprovisioning::TenantDeprovisioning;
-use waymark_workflows::tenant_provisioning::TenantProvisioning;
-use waymark_workflows::tenants::TenantDeps;
+use waymark_engine::{RunStatus, StartRun};
 
-use crate::api::{problem_type, Api};
+use crate::support::app::{problem_type, Services, TestApp};
 use crate::support::{on_both_backends, wait_for_status, TestDb};
 
 on_both_backends!(
@@ -32,66 +22,11 @@ on_both_backends!(
 
 /// Every shipped workflow registered, with an outbox mailer and local blobs: the
 /// attacks below must be stopped before any of them runs a step.
-async fn api_with_shipped_workflows(db: TestDb) -> Api {
-    let data_dir = db.data_dir();
-    Api::start_with_registry(
-        db,
-        waymark_api::ApiConfig::default(),
-        Arc::new(SystemClock),
-        move |registry, store, sealer| {
-            let mailer = outbox_mailer(store, &data_dir);
-            let signer = UrlSigner::load_or_create(None, &data_dir.join("blob-signing.key"))
-                .expect("signing key");
-            let blobs = BlobStore::Local(
-                LocalStore::new(data_dir.join("blobs"), signer, "http://127.0.0.1:1".into())
-                    .expect("local blobs"),
-            );
-            let tenants = TenantDeps::new(
-                store.clone(),
-                mailer.clone(),
-                blobs,
-                sealer.clone(),
-                data_dir.clone(),
-                Duration::from_secs(86_400),
-            );
-            registry
-                .register(TenantProvisioning::new(tenants.clone()))
-                .unwrap()
-                .register(TenantDeprovisioning::new(tenants))
-                .unwrap()
-                .register(Retention::new(store.clone()))
-                .unwrap()
-                .register(rotation(store, mailer, sealer))
-                .unwrap();
-        },
-    )
-    .await
-}
-
-fn outbox_mailer(store: &Store, data_dir: &std::path::Path) -> Mailer {
-    Mailer::from_config(
-        &MailConfig {
-            smtp_url: None,
-            smtp: SmtpOptions {
-                timeout: Duration::from_secs(5),
-                pool_size: 1,
-                ca_file: None,
-            },
-            outbox_dir: data_dir.join("outbox"),
-            default_from: "Waymark <keys@waymark.example>".into(),
-        },
-        store.clone(),
-    )
-    .expect("mailer")
-}
-
-fn rotation(store: &Store, mailer: Mailer, sealer: &Sealer) -> KeyRotation {
-    KeyRotation {
-        store: store.clone(),
-        mailer,
-        sealer: sealer.clone(),
-        settings: RotationSettings::default(),
-    }
+async fn api_with_shipped_workflows(db: TestDb) -> TestApp {
+    TestApp::on(db)
+        .with_services(Services::local())
+        .spawn()
+        .await
 }
 
 const SYSTEM_WORKFLOWS: [&str; 4] = [
@@ -102,21 +37,19 @@ const SYSTEM_WORKFLOWS: [&str; 4] = [
 ];
 
 /// How many runs of `workflow` exist in any tenant.
-async fn runs_of(api: &Api, workflow: &str) -> usize {
+async fn runs_of(api: &TestApp, workflow: &str) -> usize {
     let (status, body) = api
-        .call(
-            Method::GET,
+        .get(
             &format!("/v1/runs?workflow={workflow}&limit=100"),
-            Some(&api.admin),
-            None,
+            &api.admin,
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     body["runs"].as_array().unwrap().len()
 }
 
-async fn whoami(api: &Api, key: &str) -> StatusCode {
-    api.call(Method::GET, "/v1/whoami", Some(key), None).await.0
+async fn whoami(api: &TestApp, key: &str) -> StatusCode {
+    api.get("/v1/whoami", key).await.0
 }
 
 async fn a_tenants_operator_cannot_start_or_schedule_waymarks_own_workflows(db: TestDb) {
@@ -153,21 +86,12 @@ async fn a_tenants_operator_cannot_start_or_schedule_waymarks_own_workflows(db: 
     ];
     for (workflow, input) in &attacks {
         let path = format!("/v1/workflows/{workflow}/runs");
-        let (status, body) = api
-            .call(Method::POST, &path, Some(&attacker), Some(input.clone()))
-            .await;
+        let (status, body) = api.post(&path, &attacker, input.clone()).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{workflow} {input}: {body}");
         assert_eq!(problem_type(&body), "not-found", "{body}");
         // Nor through a schedule, which answers as for a workflow that does not exist.
         let schedule = json!({"name": format!("sneak {workflow}"), "cron": "* * * * *", "workflow": workflow, "input": input});
-        let (status, body) = api
-            .call(
-                Method::POST,
-                "/v1/schedules",
-                Some(&attacker),
-                Some(schedule),
-            )
-            .await;
+        let (status, body) = api.post("/v1/schedules", &attacker, schedule).await;
         assert_eq!(
             status,
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -183,9 +107,7 @@ async fn a_tenants_operator_cannot_start_or_schedule_waymarks_own_workflows(db: 
     }
     // A tenant's key does not even see the system workflows; key rotation (its own
     // tenant's business) it sees, as started by Waymark only.
-    let (_, list) = api
-        .call(Method::GET, "/v1/workflows", Some(&attacker), None)
-        .await;
+    let (_, list) = api.get("/v1/workflows", &attacker).await;
     let listed: Vec<&Value> = list["workflows"].as_array().unwrap().iter().collect();
     let names: Vec<&str> = listed.iter().map(|w| w["name"].as_str().unwrap()).collect();
     for hidden in [
@@ -198,7 +120,7 @@ async fn a_tenants_operator_cannot_start_or_schedule_waymarks_own_workflows(db: 
             format!("/v1/workflows/{hidden}"),
             format!("/v1/workflows/{hidden}/diagram.svg"),
         ] {
-            let (status, _) = api.call(Method::GET, &path, Some(&attacker), None).await;
+            let (status, _) = api.get(&path, &attacker).await;
             assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
         }
     }
@@ -212,19 +134,10 @@ async fn a_tenants_operator_cannot_start_or_schedule_waymarks_own_workflows(db: 
     for workflow in SYSTEM_WORKFLOWS {
         assert_eq!(runs_of(&api, workflow).await, 0, "{workflow}");
     }
-    let (status, schedules) = api
-        .call(Method::GET, "/v1/schedules", Some(&attacker), None)
-        .await;
+    let (status, schedules) = api.get("/v1/schedules", &attacker).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(schedules["schedules"], json!([]));
-    let (status, run) = api
-        .call(
-            Method::GET,
-            &format!("/v1/runs/{victims_run}"),
-            Some(&victim),
-            None,
-        )
-        .await;
+    let (status, run) = api.get(&format!("/v1/runs/{victims_run}"), &victim).await;
     assert_eq!(
         (status, run["status"].as_str()),
         (StatusCode::OK, Some("completed"))
@@ -246,9 +159,7 @@ async fn an_admin_starts_only_the_system_workflows_that_allow_it(db: TestDb) {
         ),
     ] {
         let path = format!("/v1/workflows/{workflow}/runs?tenant=alpha");
-        let (status, body) = api
-            .call(Method::POST, &path, Some(&admin), Some(input.clone()))
-            .await;
+        let (status, body) = api.post(&path, &admin, input.clone()).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{workflow}: {body}");
         assert!(
             body["detail"]
@@ -259,9 +170,7 @@ async fn an_admin_starts_only_the_system_workflows_that_allow_it(db: TestDb) {
         );
         let schedule =
             json!({"name": "by hand", "cron": "* * * * *", "workflow": workflow, "input": input});
-        let (status, body) = api
-            .call(Method::POST, "/v1/schedules", Some(&admin), Some(schedule))
-            .await;
+        let (status, body) = api.post("/v1/schedules", &admin, schedule).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(
             body["detail"]
@@ -273,9 +182,7 @@ async fn an_admin_starts_only_the_system_workflows_that_allow_it(db: TestDb) {
         assert_eq!(runs_of(&api, workflow).await, 0);
     }
     // Retention allows an admin, in the system tenant only.
-    let (_, list) = api
-        .call(Method::GET, "/v1/workflows", Some(&admin), None)
-        .await;
+    let (_, list) = api.get("/v1/workflows", &admin).await;
     let retention = list["workflows"]
         .as_array()
         .unwrap()
@@ -286,11 +193,10 @@ async fn an_admin_starts_only_the_system_workflows_that_allow_it(db: TestDb) {
     assert_eq!(retention["access"], "system");
     assert_eq!(retention["started_by"], json!(["waymark", "admin"]));
     let (status, body) = api
-        .call(
-            Method::POST,
+        .post(
             "/v1/workflows/waymark.retention/runs?tenant=alpha",
-            Some(&admin),
-            Some(json!({"older_than": "1000d"})),
+            &admin,
+            json!({"older_than": "1000d"}),
         )
         .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
@@ -365,7 +271,7 @@ async fn a_rotation_policy_schedule_cannot_be_pointed_at_another_key(db: TestDb)
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    let (_, after) = api.call(Method::GET, &path, Some(&operator), None).await;
+    let (_, after) = api.get(&path, &operator).await;
     assert_eq!(after["input"]["key_id"], json!(own_id));
     assert_eq!(after["workflow"], "key_rotation");
     api.stop().await;
@@ -403,12 +309,7 @@ async fn a_step_reaches_only_its_own_tenant_unless_its_workflow_is_a_system_one(
     assert_eq!(whoami(&api, &victim).await, StatusCode::OK);
     // Its view shows no key of another tenant either.
     let (status, view) = api
-        .call(
-            Method::GET,
-            &format!("/v1/runs/{}", started.run.id),
-            Some(&attacker),
-            None,
-        )
+        .get(&format!("/v1/runs/{}", started.run.id), &attacker)
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(view["details"], json!({}), "{view}");
@@ -512,9 +413,7 @@ async fn extreme_durations_are_refused_naming_the_field_and_the_maximum(db: Test
     for workflow in ["demo", "waymark.retention", "key_rotation"] {
         assert_eq!(runs_of(&api, workflow).await, 0, "{workflow}");
     }
-    let (_, schedules) = api
-        .call(Method::GET, "/v1/schedules", Some(&operator), None)
-        .await;
+    let (_, schedules) = api.get("/v1/schedules", &operator).await;
     assert_eq!(schedules["schedules"], json!([]));
     // The maximum itself is fine, and the run it makes waits 100 years.
     let run = api
@@ -529,11 +428,10 @@ async fn extreme_durations_are_refused_naming_the_field_and_the_maximum(db: Test
     .await;
     assert!(sleeping.due_at.unwrap() > chrono::Utc::now() + chrono::Duration::days(36_000));
     let (status, body) = api
-        .call(
-            Method::POST,
+        .post(
             &format!("/v1/keys/{key_id}/rotate"),
-            Some(&operator),
-            Some(json!({"grace_period": "36500d"})),
+            &operator,
+            json!({"grace_period": "36500d"}),
         )
         .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");

@@ -2,6 +2,8 @@
 //!
 //! Pure: no I/O, no clock reads (the caller passes `now`), so every rule here (edge
 //! enforcement, payload limits, retry and backoff) is unit-tested without a database.
+//! The one exception is opt-in: with `WAYMARK_EDGE_LOG` set, the edges taken are
+//! appended to a log for transition coverage ([`crate::edge_log`]).
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -82,6 +84,7 @@ fn forward(
         RawTransition::Next { state, data } => {
             let target =
                 checked_target(definition, run, &state, data, EdgeKind::Next, None, input)?;
+            crate::edge_log::taken(&run.workflow, &run.state, EdgeKind::Next, None, &state);
             let capable = target
                 .capability
                 .as_ref()
@@ -96,6 +99,7 @@ fn forward(
         RawTransition::Sleep { state, data, wake } => {
             let target =
                 checked_target(definition, run, &state, data, EdgeKind::Timer, None, input)?;
+            crate::edge_log::taken(&run.workflow, &run.state, EdgeKind::Timer, None, &state);
             Ok(Outcome::Enter {
                 target,
                 next: Next::Sleep(wake_at(wake, input)?),

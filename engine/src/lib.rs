@@ -15,6 +15,8 @@
 //!   transition rules once over the `Ops` trait both implement. [`store::sql`] is the
 //!   seam for everyone else's SQL: a caller's transaction (`Tx`, which
 //!   `Engine::start_in` starts runs in) and statements written once for both backends.
+//! - [`edge_log`]: transition coverage, the edges runs take, logged when
+//!   `WAYMARK_EDGE_LOG` is set (the test suite checks every declared edge was taken).
 //! - [`metrics`]: counters and histograms rendered as Prometheus text.
 //! - [`keys`]: API keys: the key model (scopes, secrets and their hashes, the sealer,
 //!   the records the store keeps), which the store builds on and which does not use it;
@@ -63,6 +65,7 @@
 pub mod advance;
 pub mod clock;
 pub mod cron;
+pub mod edge_log;
 pub mod error;
 pub mod keys;
 pub mod metrics;

@@ -1,6 +1,8 @@
-//! Test infrastructure: throwaway databases on both backends, runners with handles,
-//! waiting on conditions with deadlines, and the workflows tests drive.
+//! Test infrastructure: throwaway databases on both backends, the one test application
+//! ([`app::TestApp`]), runners with handles, waiting on conditions with deadlines, and
+//! the workflows tests drive.
 
+pub mod app;
 pub mod services;
 pub mod workflows;
 
@@ -364,6 +366,13 @@ impl RunnerHandle {
         self.shutdown.cancel();
         self.task.await.expect("runner task");
     }
+}
+
+/// The transition coverage log (`WAYMARK_EDGE_LOG`) for a `waymark` process started
+/// with a cleared environment, so the edges it takes count too.
+pub fn edge_log_env() -> Option<(&'static str, std::ffi::OsString)> {
+    let env = waymark_engine::edge_log::ENV;
+    std::env::var_os(env).map(|dir| (env, dir))
 }
 
 /// A manual clock at a whole second near now (SQLite keeps milliseconds, so whole

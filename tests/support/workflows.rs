@@ -415,6 +415,12 @@ pub struct TestWorkflows {
 
 pub fn registry() -> (waymark_engine::workflow::Registry, TestWorkflows) {
     let mut registry = waymark_engine::workflow::Registry::new();
+    let handles = register(&mut registry);
+    (registry, handles)
+}
+
+/// Registers every test workflow into `registry`; returns their handles.
+pub fn register(registry: &mut waymark_engine::workflow::Registry) -> TestWorkflows {
     let flaky_calls = Arc::new(AtomicU32::new(0));
     let gated = Gated::new();
     let handles = TestWorkflows {
@@ -440,5 +446,5 @@ pub fn registry() -> (waymark_engine::workflow::Registry, TestWorkflows) {
         .unwrap()
         .register(Doorbell)
         .unwrap();
-    (registry, handles)
+    handles
 }

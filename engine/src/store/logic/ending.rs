@@ -9,7 +9,7 @@ use crate::error::StepError;
 use crate::status::RunStatus;
 use crate::store::model::*;
 use crate::store::StoreResult;
-use crate::workflow::FanOutPolicy;
+use crate::workflow::{EdgeKind, FanOutPolicy};
 
 use super::operator::cancel_tree;
 use super::{enter, history, make_pending, BoxFut, Ops};
@@ -245,6 +245,13 @@ pub(super) fn gather_children<'a, O: Ops>(
             children.len() as u32 >= wait.count && children.iter().all(|c| c.status.is_terminal());
         if all_ended {
             let from = (run.state.clone(), run.status);
+            crate::edge_log::taken(
+                &run.workflow,
+                &run.state,
+                EdgeKind::Children,
+                None,
+                &wait.then.state,
+            );
             enter(ops, run, &wait.then).await?;
             run.received = Some(Inbox::Children { visit: wait.visit });
             make_pending(run, now);

@@ -9,7 +9,7 @@ use crate::error::StoreError;
 use crate::status::RunStatus;
 use crate::store::model::*;
 use crate::store::StoreResult;
-use crate::workflow::ReceivedSignal;
+use crate::workflow::{EdgeKind, ReceivedSignal};
 
 use super::{conflict, enter, history, make_pending, Ops};
 
@@ -39,6 +39,13 @@ pub(super) async fn consume_signal<O: Ops>(
         return Ok(false);
     };
     let from = (run.state.clone(), run.status);
+    crate::edge_log::taken(
+        &run.workflow,
+        &run.state,
+        EdgeKind::Signal,
+        Some(&signal.name),
+        &target.target.state,
+    );
     enter(ops, run, &target.target).await?;
     ops.signal_set_status(signal.id, "consumed", Some(run.visit))
         .await?;
@@ -137,6 +144,13 @@ pub(crate) async fn fire_timeout<O: Ops>(
         return Ok(false);
     }
     let from = (run.state.clone(), run.status);
+    crate::edge_log::taken(
+        &run.workflow,
+        &run.state,
+        EdgeKind::Timer,
+        None,
+        &target.state,
+    );
     enter(ops, &mut run, &target).await?;
     make_pending(&mut run, now);
     run.updated_at = now;
