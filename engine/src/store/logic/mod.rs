@@ -20,10 +20,12 @@
 mod commit;
 mod ending;
 mod operator;
+mod schedules;
 mod signals;
 
 pub(crate) use commit::commit;
 pub(crate) use operator::{cancel, retry, skip_compensation, terminate};
+pub(crate) use schedules::schedule_advance;
 pub(crate) use signals::{fire_timeout, signal};
 
 use std::future::Future;
@@ -39,6 +41,31 @@ use crate::store::StoreResult;
 
 /// Primitive operations inside one open transaction.
 pub(crate) trait Ops: Send {
+    /// True while `holder` holds the named lease under `token` by the database's clock;
+    /// the lease cannot change hands until the transaction ends.
+    fn lease_held(
+        &mut self,
+        name: &str,
+        holder: Uuid,
+        token: i64,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+    /// Inserts a top-level run; `None` when its idempotency key already names one.
+    fn run_insert(&mut self, new: &NewRun)
+        -> impl Future<Output = StoreResult<Option<Run>>> + Send;
+    /// The run a (tenant, workflow, idempotency key) names.
+    fn run_by_key(
+        &mut self,
+        tenant: &str,
+        workflow: &str,
+        key: &str,
+    ) -> impl Future<Output = StoreResult<Option<Uuid>>> + Send;
+    /// Moves a schedule on to `a`'s fire times if it is still at `a.expected_last`
+    /// (naming `run` as its last run when given); false when another process did first.
+    fn schedule_move(
+        &mut self,
+        a: &ScheduleAdvance,
+        run: Option<Uuid>,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
     /// The database's own clock, which judges leases.
     fn db_now(&mut self) -> impl Future<Output = StoreResult<DateTime<Utc>>> + Send;
     /// Reads a run and locks it until the transaction ends.

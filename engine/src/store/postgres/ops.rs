@@ -13,7 +13,7 @@ use super::{PgStore, ENDED_CHANNEL};
 use crate::store::logic::{self, Ops};
 use crate::store::{
     json_error, to_json, CompensationRecord, NewAudit, NewHistory, NewRun, NewSignal, Run,
-    SignalReceipt, SignalRecord, StoreResult, TenantScope,
+    ScheduleAdvance, SignalReceipt, SignalRecord, StoreResult, TenantScope,
 };
 
 /// Runs one of the shared rules in its own transaction (on the main pool, or on
@@ -44,6 +44,59 @@ pub(super) struct PgOps {
 }
 
 impl Ops for PgOps {
+    async fn lease_held(&mut self, name: &str, holder: Uuid, token: i64) -> StoreResult<bool> {
+        let held: Option<i64> = sqlx::query_scalar(
+            r#"SELECT token FROM waymark_leases
+               WHERE name = $1 AND holder = $2 AND token = $3 AND expires_at > now() FOR SHARE"#,
+        )
+        .bind(name)
+        .bind(holder)
+        .bind(token)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn run_insert(&mut self, new: &NewRun) -> StoreResult<Option<Run>> {
+        insert_run(&mut self.tx, new, None)
+            .await?
+            .map(Run::try_from)
+            .transpose()
+    }
+
+    async fn run_by_key(
+        &mut self,
+        tenant: &str,
+        workflow: &str,
+        key: &str,
+    ) -> StoreResult<Option<Uuid>> {
+        Ok(sqlx::query_scalar(
+            "SELECT id FROM waymark_runs WHERE tenant = $1 AND workflow = $2 AND idempotency_key = $3",
+        )
+        .bind(tenant)
+        .bind(workflow)
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?)
+    }
+
+    async fn schedule_move(&mut self, a: &ScheduleAdvance, run: Option<Uuid>) -> StoreResult<bool> {
+        let updated = sqlx::query(
+            r#"UPDATE waymark_schedules SET last_fired_at = $3, next_fire_at = $4, buffered_fire_at = $5,
+                   last_run_id = COALESCE($6, last_run_id), updated_at = now()
+               WHERE id = $1 AND last_fired_at = $2"#,
+        )
+        .bind(a.schedule_id)
+        .bind(a.expected_last)
+        .bind(a.last_fired_at)
+        .bind(a.next_fire_at)
+        .bind(a.buffered_fire_at)
+        .bind(run)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     async fn db_now(&mut self) -> StoreResult<DateTime<Utc>> {
         Ok(sqlx::query_scalar("SELECT now()")
             .fetch_one(&mut *self.tx)

@@ -7,9 +7,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use uuid::Uuid;
 
-use super::runs::insert_run;
+use super::ops::{in_tx, PgOps};
 use super::{secs, PgStore};
 use crate::error::StoreError;
+use crate::store::logic;
 use crate::store::{CatchUp, Overlap, Run, Schedule, ScheduleAdvance, StoreResult, TenantScope};
 
 #[derive(sqlx::FromRow)]
@@ -255,64 +256,6 @@ impl PgStore {
         &self,
         a: &ScheduleAdvance,
     ) -> StoreResult<Option<Run>> {
-        let mut tx = self.pool.begin().await?;
-        // The fence: still the scheduler, under the same token, by database time.
-        let held: Option<i64> = sqlx::query_scalar(
-            r#"SELECT token FROM waymark_leases
-               WHERE name = 'scheduler' AND holder = $1 AND token = $2 AND expires_at > now() FOR SHARE"#,
-        )
-        .bind(a.lease.0)
-        .bind(a.lease.1)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            return Err(StoreError::LeaseLost {
-                run_id: a.schedule_id,
-                token: a.lease.1,
-            });
-        }
-        let mut run = None;
-        let mut run_id: Option<Uuid> = None;
-        if let Some(new) = &a.start {
-            match insert_run(&mut tx, new, None).await? {
-                Some(row) => {
-                    let started = Run::try_from(row)?;
-                    run_id = Some(started.id);
-                    run = Some(started);
-                }
-                None => {
-                    // The idempotency key (schedule + fire time) already named a run.
-                    run_id = sqlx::query_scalar(
-                        "SELECT id FROM waymark_runs WHERE tenant = $1 AND workflow = $2 AND idempotency_key = $3",
-                    )
-                    .bind(&new.tenant)
-                    .bind(&new.workflow)
-                    .bind(&new.idempotency_key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                }
-            }
-        }
-        let updated = sqlx::query(
-            r#"UPDATE waymark_schedules SET last_fired_at = $3, next_fire_at = $4, buffered_fire_at = $5,
-                   last_run_id = COALESCE($6, last_run_id), updated_at = now()
-               WHERE id = $1 AND last_fired_at = $2"#,
-        )
-        .bind(a.schedule_id)
-        .bind(a.expected_last)
-        .bind(a.last_fired_at)
-        .bind(a.next_fire_at)
-        .bind(a.buffered_fire_at)
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "schedule {} moved on concurrently",
-                a.schedule_id
-            )));
-        }
-        tx.commit().await?;
-        Ok(run)
+        in_tx!(self, ops => logic::schedule_advance(ops, a))
     }
 }

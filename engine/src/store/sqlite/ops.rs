@@ -11,8 +11,8 @@ use super::runs::{insert_run, rows_to_runs, CompensationRow, RunRow, SignalRow};
 use super::{from_ms, ms, text, uuid, SqliteStore, DB_NOW};
 use crate::store::logic::{self, Ops};
 use crate::store::{
-    json_error, CompensationRecord, NewAudit, NewHistory, NewRun, NewSignal, Run, SignalReceipt,
-    SignalRecord, StoreResult, TenantScope,
+    json_error, CompensationRecord, NewAudit, NewHistory, NewRun, NewSignal, Run, ScheduleAdvance,
+    SignalReceipt, SignalRecord, StoreResult, TenantScope,
 };
 
 /// Runs one of the shared rules in its own transaction, then wakes the waiters of the
@@ -45,6 +45,57 @@ pub(super) struct SqliteOps {
 }
 
 impl Ops for SqliteOps {
+    async fn lease_held(&mut self, name: &str, holder: Uuid, token: i64) -> StoreResult<bool> {
+        let held: Option<i64> = sqlx::query_scalar(&format!(
+            r#"SELECT token FROM waymark_leases
+               WHERE name = ?1 AND holder = ?2 AND token = ?3 AND expires_at > {DB_NOW}"#
+        ))
+        .bind(name)
+        .bind(holder.to_string())
+        .bind(token)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        Ok(held.is_some())
+    }
+
+    async fn run_insert(&mut self, new: &NewRun) -> StoreResult<Option<Run>> {
+        insert_run(&mut self.tx, new, None).await
+    }
+
+    async fn run_by_key(
+        &mut self,
+        tenant: &str,
+        workflow: &str,
+        key: &str,
+    ) -> StoreResult<Option<Uuid>> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT id FROM waymark_runs WHERE tenant = ?1 AND workflow = ?2 AND idempotency_key = ?3",
+        )
+        .bind(tenant)
+        .bind(workflow)
+        .bind(key)
+        .fetch_optional(&mut *self.tx)
+        .await?;
+        id.as_deref().map(uuid).transpose()
+    }
+
+    async fn schedule_move(&mut self, a: &ScheduleAdvance, run: Option<Uuid>) -> StoreResult<bool> {
+        let updated = sqlx::query(&format!(
+            r#"UPDATE waymark_schedules SET last_fired_at = ?3, next_fire_at = ?4, buffered_fire_at = ?5,
+                   last_run_id = COALESCE(?6, last_run_id), updated_at = {DB_NOW}
+               WHERE id = ?1 AND last_fired_at = ?2"#
+        ))
+        .bind(a.schedule_id.to_string())
+        .bind(ms(a.expected_last))
+        .bind(ms(a.last_fired_at))
+        .bind(a.next_fire_at.map(ms))
+        .bind(a.buffered_fire_at.map(ms))
+        .bind(run.map(|id| id.to_string()))
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
     async fn db_now(&mut self) -> StoreResult<DateTime<Utc>> {
         let now: i64 = sqlx::query_scalar(&format!("SELECT {DB_NOW}"))
             .fetch_one(&mut *self.tx)

@@ -6,9 +6,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
-use super::runs::insert_run;
+use super::ops::{in_tx, SqliteOps};
 use super::{from_ms, json, lease_ms, ms, opt_from_ms, uuid, SqliteStore, DB_NOW};
 use crate::error::StoreError;
+use crate::store::logic;
 use crate::store::{CatchUp, Overlap, Run, Schedule, ScheduleAdvance, StoreResult, TenantScope};
 
 #[derive(sqlx::FromRow)]
@@ -254,61 +255,8 @@ impl SqliteStore {
         &self,
         a: &ScheduleAdvance,
     ) -> StoreResult<Option<Run>> {
-        let mut tx = self.pool.begin().await?;
-        let held: Option<i64> = sqlx::query_scalar(&format!(
-            r#"SELECT token FROM waymark_leases
-               WHERE name = 'scheduler' AND holder = ?1 AND token = ?2 AND expires_at > {DB_NOW}"#
-        ))
-        .bind(a.lease.0.to_string())
-        .bind(a.lease.1)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if held.is_none() {
-            return Err(StoreError::LeaseLost {
-                run_id: a.schedule_id,
-                token: a.lease.1,
-            });
-        }
-        let mut run = None;
-        let mut run_id: Option<String> = None;
-        if let Some(new) = &a.start {
-            match insert_run(&mut tx, new, None).await? {
-                Some(started) => {
-                    run_id = Some(started.id.to_string());
-                    run = Some(started);
-                }
-                None => {
-                    run_id = sqlx::query_scalar(
-                        "SELECT id FROM waymark_runs WHERE tenant = ?1 AND workflow = ?2 AND idempotency_key = ?3",
-                    )
-                    .bind(&new.tenant)
-                    .bind(&new.workflow)
-                    .bind(&new.idempotency_key)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                }
-            }
-        }
-        let updated = sqlx::query(&format!(
-            r#"UPDATE waymark_schedules SET last_fired_at = ?3, next_fire_at = ?4, buffered_fire_at = ?5,
-                   last_run_id = COALESCE(?6, last_run_id), updated_at = {DB_NOW}
-               WHERE id = ?1 AND last_fired_at = ?2"#
-        ))
-        .bind(a.schedule_id.to_string())
-        .bind(ms(a.expected_last))
-        .bind(ms(a.last_fired_at))
-        .bind(a.next_fire_at.map(ms))
-        .bind(a.buffered_fire_at.map(ms))
-        .bind(run_id)
-        .execute(&mut *tx)
-        .await?;
-        if updated.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!(
-                "schedule {} moved on concurrently",
-                a.schedule_id
-            )));
-        }
-        tx.commit().await?;
+        let run: StoreResult<Option<Run>> = in_tx!(self, ops => logic::schedule_advance(ops, a));
+        let run = run?;
         if run.is_some() {
             self.bump();
         }
