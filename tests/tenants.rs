@@ -242,6 +242,8 @@ impl Install {
             data_dir: data_dir.clone(),
             tenant_retention: options.retention,
             rotation: Default::default(),
+            dispute_network: waymark_workflows::disputes::network::Network::simulator(),
+            disputes: Default::default(),
         };
         let tenant_deps = TenantDeps::new(
             deps.store.clone(),
