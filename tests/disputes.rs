@@ -177,7 +177,9 @@ async fn webhooks_refuse_bad_signatures_and_bodies_and_store_before_answering(db
     );
     let body = created.to_string().into_bytes();
     let t = now.timestamp();
-    let cases: Vec<(&str, &str, Vec<u8>, Option<String>, StatusCode)> = vec![
+    // (what, tenant URL, body, signature header, expected status)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<String>, StatusCode);
+    let cases: Vec<Case<'_>> = vec![
         (
             "wrong secret",
             "acme",
