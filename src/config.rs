@@ -239,6 +239,19 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_ROTATION_REVEAL_MAX_WAIT", default_value = "7d", value_parser = bounded_duration, global = true)]
     pub rotation_reveal_max_wait: Duration,
 
+    /// The card network's dispute API (`POST {url}/disputes/{id}/submissions`); unset,
+    /// an embedded simulator accepts every submission.
+    #[arg(long, env = "WAYMARK_DISPUTE_NETWORK_URL", global = true)]
+    pub dispute_network_url: Option<url::Url>,
+
+    /// A dispute with no decision this long after its submission escalates to an operator.
+    #[arg(long, env = "WAYMARK_DISPUTE_DECISION_TIMEOUT", default_value = "75d", value_parser = bounded_duration, global = true)]
+    pub dispute_decision_timeout: Duration,
+
+    /// A lost dispute may be appealed (once) this long after the decision.
+    #[arg(long, env = "WAYMARK_DISPUTE_APPEAL_WINDOW", default_value = "10d", value_parser = bounded_duration, global = true)]
+    pub dispute_appeal_window: Duration,
+
     /// When set, `GET /metrics` requires `Authorization: Bearer <token>`.
     #[arg(
         long,

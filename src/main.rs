@@ -115,6 +115,18 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             reveal_max_wait: config.rotation_reveal_max_wait,
             ..Default::default()
         },
+        dispute_network: match &config.dispute_network_url {
+            Some(url) => waymark_workflows::disputes::network::Network::http(
+                url.clone(),
+                std::time::Duration::from_secs(30),
+            ),
+            None => waymark_workflows::disputes::network::Network::simulator(),
+        },
+        disputes: waymark_workflows::disputes::DisputeSettings {
+            decision_timeout: config.dispute_decision_timeout,
+            appeal_window: config.dispute_appeal_window,
+            ..Default::default()
+        },
     })
     .context("invalid built-in workflow")?;
     let engine =

@@ -79,6 +79,8 @@ async fn declared() -> BTreeSet<TakenEdge> {
         data_dir,
         tenant_retention: Duration::from_secs(86_400),
         rotation: Default::default(),
+        dispute_network: waymark_workflows::disputes::network::Network::simulator(),
+        disputes: Default::default(),
     })
     .expect("registry");
     let mut edges = BTreeSet::new();

@@ -11,6 +11,7 @@ mod binary;
 mod blobs;
 mod conformance;
 mod coverage;
+mod disputes;
 mod engine;
 mod exports;
 mod key_rotation;

@@ -48,9 +48,17 @@ pub fn app(state: AppState) -> Router {
         .route("/openapi.json", get(routes::openapi_json))
         .route("/metrics", get(metrics));
     for route in routes::table() {
-        let check =
-            axum::middleware::from_fn_with_state((state.clone(), route.scope), auth::require_scope);
-        router = router.route(route.path, route.handler.route_layer(check));
+        router = match route.auth {
+            routes::Auth::Key(scope) => {
+                let check = axum::middleware::from_fn_with_state(
+                    (state.clone(), scope),
+                    auth::require_scope,
+                );
+                router.route(route.path, route.handler.route_layer(check))
+            }
+            // Verified by its handler against the raw body it must read anyway.
+            routes::Auth::WebhookSignature => router.route(route.path, route.handler),
+        };
     }
     router
         .fallback(not_found)

@@ -124,6 +124,8 @@ impl Services {
             data_dir: data_dir.to_owned(),
             tenant_retention: self.tenant_retention,
             rotation: Default::default(),
+            dispute_network: waymark_workflows::disputes::network::Network::simulator(),
+            disputes: Default::default(),
         }
     }
 }

@@ -7,6 +7,8 @@
 //! - [`key_rotation`]: rotates Waymark's own API keys through a grace period.
 //! - [`tenant_provisioning`], [`tenant_deprovisioning`]: onboarding and offboarding a
 //!   customer as sagas (database space, storage space, admin key, welcome email).
+//! - [`disputes`]: `payment_dispute`, a card payment's dispute driven by signed
+//!   webhooks, evidence deadlines and the card network's decision.
 //! - [`tenants`]: what those two share: the tenant record and its SQL, plans and quotas,
 //!   the database space and the storage space.
 //!
@@ -14,6 +16,7 @@
 //! `waymark` serves exactly these.
 
 pub mod demo;
+pub mod disputes;
 pub mod housekeeping;
 pub mod key_rotation;
 pub mod tenant_deprovisioning;
@@ -44,13 +47,16 @@ pub struct Deps {
     pub tenant_retention: Duration,
     /// How scheduled key rotations wait for their reveal and remind.
     pub rotation: key_rotation::RotationSettings,
+    /// The card network disputes are submitted to (or the embedded simulator).
+    pub dispute_network: disputes::network::Network,
+    pub disputes: disputes::DisputeSettings,
 }
 
 /// The tables of the built-in workflows, one [`Schema`] per workflow that keeps its own
 /// (see `waymark_engine::store::schemas`). `waymark` hands them to its store, so
 /// `waymark migrate` applies them after the engine's and `/readyz` waits for them.
 pub fn schemas() -> Vec<Schema> {
-    Vec::new()
+    vec![disputes::SCHEMA]
 }
 
 /// Every workflow Waymark ships with, registered here and nowhere else.
@@ -63,6 +69,12 @@ pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
         mailer: deps.mailer.clone(),
         sealer: deps.sealer.clone(),
         settings: deps.rotation,
+    })?;
+    registry.register(disputes::PaymentDispute {
+        store: deps.store.clone(),
+        mailer: deps.mailer.clone(),
+        network: deps.dispute_network,
+        settings: deps.disputes,
     })?;
     let tenants = tenants::TenantDeps::new(
         deps.store,

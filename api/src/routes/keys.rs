@@ -12,7 +12,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/keys",
             summary: "Create an API key; its secret is in this answer only.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[201],
             body: Some(json!({
                 "type": "object",
@@ -37,7 +37,7 @@ pub(super) fn routes() -> Vec<Route> {
                 "API keys of the caller's tenant (all, for an admin), oldest \
                  first."
             ),
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: get(list_keys),
@@ -46,7 +46,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::GET,
             path: "/v1/keys/{id}",
             summary: "One API key.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: get(get_key),
@@ -55,7 +55,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::DELETE,
             path: "/v1/keys/{id}",
             summary: "Revoke an API key.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: delete(revoke_key),
@@ -67,7 +67,7 @@ pub(super) fn routes() -> Vec<Route> {
                       with the rotation's run in one transaction; both work through the \
                       grace, then the old one is revoked. The new secret is in this answer \
                       only.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[201],
             body: Some(json!({
                 "type": "object",
@@ -85,7 +85,7 @@ pub(super) fn routes() -> Vec<Route> {
             summary: "Rotate this key on a schedule (a cron rule); scheduled rotations keep \
                       the new secret sealed until revealed, and the grace starts at the \
                       reveal.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: Some(json!({
                 "type": "object",
@@ -102,7 +102,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::DELETE,
             path: "/v1/keys/{id}/rotation-policy",
             summary: "Stop rotating this key on a schedule.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: delete(delete_rotation_policy),
@@ -113,7 +113,7 @@ pub(super) fn routes() -> Vec<Route> {
             summary: "Reveal, once, the secret of a key nobody has seen yet (a scheduled \
                       rotation's, a new tenant's admin key); afterwards only its hash \
                       remains.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: post(reveal_key),
@@ -122,7 +122,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::GET,
             path: "/v1/whoami",
             summary: "The presented key's id, tenant and scopes.",
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(whoami),
@@ -132,7 +132,7 @@ pub(super) fn routes() -> Vec<Route> {
             path: "/v1/audit",
             summary: "The append-only audit log of the caller's tenant, newest first \
                       (`before`, `limit`).",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: get(audit),
@@ -144,7 +144,7 @@ pub(super) fn routes() -> Vec<Route> {
                 "The worker registry, newest first (hosts and process ids for \
                  admins only)."
             ),
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: get(workers),

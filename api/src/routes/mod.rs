@@ -6,7 +6,8 @@
 //! - [`runs`], [`workflows`], [`keys`] (with identity, audit and workers), [`schedules`]:
 //!   the handlers, by what they act on;
 //! - [`openapi`]: the document written from the table;
-//! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas).
+//! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas),
+//!   [`disputes`] (payment disputes and their signed webhooks).
 //!
 //! Each module lists its routes in a `routes()` of [`Route`] literals; [`table`] joins
 //! them. A workflow's routes go in its own module here, next to the others, and call
@@ -40,6 +41,7 @@ use crate::paging::Page;
 use crate::views::{HistoryView, KeyView, RunView};
 use crate::{body, AppState};
 
+pub mod disputes;
 mod keys;
 mod openapi;
 mod runs;
@@ -57,12 +59,23 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub summary: &'static str,
-    /// The least scope that may call it.
-    pub scope: Scope,
+    /// Who may call it: keys of at least a scope, checked by the router before the
+    /// handler; or the sender of a signed webhook, which the handler verifies itself.
+    pub auth: Auth,
     /// Status codes it answers besides the shared errors.
     pub success: &'static [u16],
     pub body: Option<Value>,
     pub handler: MethodRouter<AppState>,
+}
+
+/// How a route authenticates its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    /// `Authorization: Bearer <key>` of at least this scope (the router checks it).
+    Key(Scope),
+    /// No API key: the handler verifies a `Waymark-Signature` header over the raw body
+    /// with the tenant's signing secret (401 when it does not verify).
+    WebhookSignature,
 }
 
 /// A list route's summary with the paging sentence every list route shares.
@@ -85,6 +98,7 @@ pub fn table() -> Vec<Route> {
         keys::routes(),
         schedules::routes(),
         tenants::routes(),
+        disputes::routes(),
     ]
     .into_iter()
     .flatten()

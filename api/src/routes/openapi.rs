@@ -22,11 +22,18 @@ pub fn openapi() -> Value {
             .collect();
         let mut operation = json!({
             "summary": route.summary,
-            "security": [{"bearer": []}],
-            "x-waymark-scope": route.scope,
             "parameters": parameters,
             "responses": responses,
         });
+        match route.auth {
+            Auth::Key(scope) => {
+                operation["security"] = json!([{"bearer": []}]);
+                operation["x-waymark-scope"] = json!(scope);
+            }
+            Auth::WebhookSignature => {
+                operation["security"] = json!([{"webhookSignature": []}]);
+            }
+        }
         if let Some(schema) = route.body {
             operation["requestBody"] = json!({"content": {"application/json": {"schema": schema}}});
         }
@@ -57,7 +64,11 @@ pub fn openapi() -> Value {
         "info": {"title": "Waymark", "version": env!("CARGO_PKG_VERSION")},
         "paths": paths,
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "webhookSignature": {"type": "apiKey", "in": "header", "name": "Waymark-Signature",
+                    "description": "t=<unix seconds>,v1=<hex HMAC-SHA256(secret, \"<t>.<raw body>\")>; several v1= allowed; 5 minutes tolerance"}
+            },
             "schemas": {"Problem": {"type": "object", "required": ["type", "title", "status", "detail"], "properties": {
                 "type": {"type": "string"}, "title": {"type": "string"}, "status": {"type": "integer"}, "detail": {"type": "string"}}}}
         }

@@ -24,7 +24,7 @@ pub(super) fn routes() -> Vec<Route> {
                 "List runs, newest first, with filters (workflow, status, state, \
                  created_after, created_before, tag)."
             ),
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(list_runs),
@@ -35,7 +35,7 @@ pub(super) fn routes() -> Vec<Route> {
             summary: "A run's status; `?wait=30s` holds the answer until the run ends or the \
                       time is up (429 with Retry-After past the caps on waiting requests per \
                       key and per process).",
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(get_run),
@@ -47,7 +47,7 @@ pub(super) fn routes() -> Vec<Route> {
                 "Every transition of a run with cause, actor, attempt, timings \
                  and errors, oldest first."
             ),
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(run_history),
@@ -59,7 +59,7 @@ pub(super) fn routes() -> Vec<Route> {
                 "Signals delivered to a run and what became of them, oldest \
                  first."
             ),
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(run_signals),
@@ -69,7 +69,7 @@ pub(super) fn routes() -> Vec<Route> {
             path: "/v1/runs/{id}/signals/{signal}",
             summary: "Deliver a signal; the body is its JSON payload. `Idempotency-Key` is \
                       honoured.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200, 201],
             body: Some(json!({})),
             handler: post(send_signal),
@@ -78,7 +78,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/runs/{id}/cancel",
             summary: "Cancel a run: compensation runs, then it ends `cancelled`.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: Some(reason.clone()),
             handler: operator_route("cancel"),
@@ -87,7 +87,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/runs/{id}/terminate",
             summary: "End a run at once without compensation.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: Some(reason.clone()),
             handler: operator_route("terminate"),
@@ -96,7 +96,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/runs/{id}/retry",
             summary: "Retry a run held after failing, or a failed compensation.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: operator_route("retry"),
@@ -105,7 +105,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/runs/{id}/skip-compensation",
             summary: "Skip the compensation that failed; the others run.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: operator_route("skip_compensation"),
@@ -114,7 +114,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/runs/cancel",
             summary: "Cancel every run matching a filter (`dry_run` counts them).",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: Some(json!({
                 "type": "object",
@@ -130,7 +130,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::POST,
             path: "/v1/runs/retry",
             summary: "Retry every run matching a filter (`dry_run` counts them).",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: Some(json!({
                 "type": "object",

@@ -10,7 +10,7 @@ pub(super) fn routes() -> Vec<Route> {
             path: "/v1/schedules",
             summary: "Create a schedule: a cron rule (crontab(5) syntax, 5 or 6 fields, in an \
                       IANA time zone) that starts runs of a workflow with a fixed input.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[201],
             body: Some(json!({
                 "type": "object",
@@ -35,7 +35,7 @@ pub(super) fn routes() -> Vec<Route> {
                 "Schedules of the caller's tenant (all, for an admin), oldest \
                  first."
             ),
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(list_schedules),
@@ -44,7 +44,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::GET,
             path: "/v1/schedules/{id}",
             summary: "One schedule with its next 5 fire times.",
-            scope: Scope::Reader,
+            auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
             handler: get(get_schedule),
@@ -53,7 +53,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::PATCH,
             path: "/v1/schedules/{id}",
             summary: "Edit, pause or resume a schedule.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: Some(json!({"type": "object"})),
             handler: patch(update_schedule),
@@ -62,7 +62,7 @@ pub(super) fn routes() -> Vec<Route> {
             method: Method::DELETE,
             path: "/v1/schedules/{id}",
             summary: "Delete a schedule (its runs stay).",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: delete(delete_schedule),

@@ -28,7 +28,7 @@ use waymark_workflows::tenants::names::SYSTEM_TENANT;
 use waymark_workflows::tenants::record::{self, DeprovisionClaim};
 use waymark_workflows::tenants::{plans, NewTenant, Tenant, TenantStatus};
 
-use super::{paged, Route};
+use super::{paged, Auth, Route};
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::paging::Page;
@@ -45,7 +45,7 @@ pub fn routes() -> Vec<Route> {
                       revealed once through `POST /v1/keys/{id}/reveal`, welcome email). 422 \
                       for an invalid slug, email or unknown plan; 409 if the slug is taken in \
                       any status.",
-            scope: Scope::Admin,
+            auth: Auth::Key(Scope::Admin),
             success: &[202],
             body: Some(json!({
                 "type": "object",
@@ -67,7 +67,7 @@ pub fn routes() -> Vec<Route> {
                  with the run that created it (an operator sees only its own \
                  tenant)."
             ),
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: get(list_tenants),
@@ -77,7 +77,7 @@ pub fn routes() -> Vec<Route> {
             path: "/v1/tenants/{slug}",
             summary: "One tenant: status (provisioning, active, failed, suspended, deleted), \
                       quotas, resources and the runs that made them.",
-            scope: Scope::Operator,
+            auth: Auth::Key(Scope::Operator),
             success: &[200],
             body: None,
             handler: get(get_tenant),
@@ -88,7 +88,7 @@ pub fn routes() -> Vec<Route> {
             summary: "Deprovision an active tenant: suspend it (keys, schedules, runs), \
                       export its data, wait out the retention (signal `restore` to the run \
                       reactivates it), then delete it.",
-            scope: Scope::Admin,
+            auth: Auth::Key(Scope::Admin),
             success: &[202],
             body: Some(json!({"type": "object"})),
             handler: post(deprovision_tenant),

@@ -372,6 +372,16 @@ impl Sealer {
 
     /// `base64(nonce || ciphertext)`.
     pub fn seal(&self, key_id: Uuid, secret: &Secret) -> String {
+        self.seal_text(key_id, secret.expose())
+    }
+
+    pub fn open(&self, key_id: Uuid, sealed: &str) -> Option<Secret> {
+        Secret::parse(&self.open_text(key_id, sealed)?)
+    }
+
+    /// Seals any short secret text (a webhook signing secret, say) bound to the id of
+    /// the row that keeps it: `base64(nonce || ciphertext)`.
+    pub fn seal_text(&self, row_id: Uuid, text: &str) -> String {
         use base64::Engine as _;
         use chacha20poly1305::aead::{Aead, Payload};
         let mut nonce = [0u8; 12];
@@ -381,8 +391,8 @@ impl Sealer {
             .encrypt(
                 (&nonce).into(),
                 Payload {
-                    msg: secret.expose().as_bytes(),
-                    aad: key_id.as_bytes(),
+                    msg: text.as_bytes(),
+                    aad: row_id.as_bytes(),
                 },
             )
             .expect("sealing cannot fail for short secrets");
@@ -391,7 +401,9 @@ impl Sealer {
         base64::engine::general_purpose::STANDARD.encode(out)
     }
 
-    pub fn open(&self, key_id: Uuid, sealed: &str) -> Option<Secret> {
+    /// Opens what [`Sealer::seal_text`] sealed for `row_id`; `None` when it was sealed
+    /// for another row or under another master key.
+    pub fn open_text(&self, row_id: Uuid, sealed: &str) -> Option<String> {
         use base64::Engine as _;
         use chacha20poly1305::aead::{Aead, Payload};
         let bytes = base64::engine::general_purpose::STANDARD
@@ -407,11 +419,11 @@ impl Sealer {
                 nonce.into(),
                 Payload {
                     msg: ciphertext,
-                    aad: key_id.as_bytes(),
+                    aad: row_id.as_bytes(),
                 },
             )
             .ok()?;
-        Secret::parse(std::str::from_utf8(&plain).ok()?)
+        String::from_utf8(plain).ok()
     }
 }
 

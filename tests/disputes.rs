@@ -1,0 +1,607 @@
+//! Payment disputes through real HTTP on both backends, with a manual clock: the
+//! signed webhook ingress (its whole table of wrong inputs, duplicates, secret roll,
+//! tenant isolation, out-of-order events, dead letters and their replay) and the
+//! `payment_dispute` lifecycle (won through the embedded network simulator, a missed
+//! deadline conceded, late evidence refused).
+//!
+//! The harness is reached only through the helpers at the top ([`start`], [`Disputes`]),
+//! so moving to another test app changes them alone.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+use waymark_engine::{Clock, ManualClock, RunStatus};
+use waymark_services::{MailConfig, Mailer, SmtpOptions};
+use waymark_workflows::disputes::network::Network;
+use waymark_workflows::disputes::{signature, DisputeSettings, PaymentDispute};
+
+use crate::support::app::TestApp;
+use crate::support::{manual_clock, on_both_backends, wait_for_run, TestDb};
+
+const DAY: Duration = Duration::from_secs(86_400);
+
+struct Disputes {
+    api: TestApp,
+    clock: ManualClock,
+    /// An operator key of tenant `acme`.
+    operator: String,
+}
+
+fn outbox_mailer(store: &waymark_engine::Store) -> Mailer {
+    Mailer::from_config(
+        &MailConfig {
+            smtp_url: None,
+            smtp: SmtpOptions {
+                timeout: Duration::from_secs(10),
+                pool_size: 1,
+                ca_file: None,
+            },
+            outbox_dir: std::env::temp_dir()
+                .join(format!("waymark-disputes-{}", Uuid::now_v7().simple())),
+            default_from: "Waymark <disputes@waymark.example>".into(),
+        },
+        store.clone(),
+    )
+    .expect("mailer")
+}
+
+async fn start(db: TestDb) -> Disputes {
+    let (clock, _) = manual_clock();
+    let api = TestApp::on(db)
+        .with_clock(&clock)
+        .with_workflows(|registry, store, _| {
+            registry
+                .register(PaymentDispute {
+                    store: store.clone(),
+                    mailer: outbox_mailer(store),
+                    network: Network::simulator(),
+                    settings: DisputeSettings::default(),
+                })
+                .unwrap();
+        })
+        .spawn()
+        .await;
+    let (_, operator) = api.key("acme", &["operator"]).await;
+    Disputes {
+        api,
+        clock,
+        operator,
+    }
+}
+
+fn event(id: &str, kind: &str, dispute: &str, created: DateTime<Utc>, due: DateTime<Utc>) -> Value {
+    json!({"id": id, "type": kind, "created": created.to_rfc3339(),
+           "data": {"dispute": {"id": dispute, "charge": "ch_1", "amount": 4200, "currency": "usd",
+                    "reason": "fraudulent", "status": "needs_response", "evidence_due_by": due.to_rfc3339(),
+                    "merchant": {"email": "merchant@example.test", "name": "Shop"}}}})
+}
+
+impl Disputes {
+    fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// A new signing secret (or a roll) for `tenant`, by the admin.
+    async fn secret(&self, tenant: &str, grace: Option<&str>) -> String {
+        let body = match grace {
+            Some(grace) => json!({ "grace": grace }),
+            None => json!({}),
+        };
+        let (status, answer) = self
+            .api
+            .call(
+                Method::POST,
+                &format!("/v1/disputes/webhook-secret?tenant={tenant}"),
+                Some(&self.api.admin),
+                Some(body),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{answer}");
+        answer["secret"].as_str().unwrap().to_owned()
+    }
+
+    /// Posts `body` raw to `tenant`'s webhook URL with `signature` as the header.
+    async fn post_raw(
+        &self,
+        tenant: &str,
+        body: Vec<u8>,
+        signature: Option<String>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
+            .api
+            .http
+            .post(format!("{}/v1/webhooks/{tenant}/disputes", self.api.base))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(signature) = signature {
+            request = request.header(signature::HEADER, signature);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Posts `event` signed with `secret` at the engine clock's now.
+    async fn deliver(&self, tenant: &str, secret: &str, event: &Value) -> (StatusCode, Value) {
+        let body = event.to_string().into_bytes();
+        let header = signature::sign(&[secret], self.now().timestamp(), &body);
+        self.post_raw(tenant, body, Some(header)).await
+    }
+
+    async fn dispute(&self, id: &str) -> Value {
+        let (status, body) = self
+            .api
+            .call(
+                Method::GET,
+                &format!("/v1/disputes/{id}"),
+                Some(&self.operator),
+                None,
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        body
+    }
+
+    async fn run_in(&self, run: Uuid, state: &'static str) -> waymark_engine::Run {
+        wait_for_run(&self.api.engine.store, run, state, |r| {
+            r.state == state && r.status == RunStatus::Waiting
+        })
+        .await
+    }
+}
+
+fn run_id(answer: &Value) -> Uuid {
+    answer["result"]["run_id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+async fn webhooks_refuse_bad_signatures_and_bodies_and_store_before_answering(db: TestDb) {
+    let d = start(db).await;
+    let secret = d.secret("acme", None).await;
+    let other = d.secret("globex", None).await;
+    let now = d.now();
+    let created = event(
+        "evt_1",
+        "dispute.created",
+        "dp_1",
+        now,
+        now + chrono::Duration::days(20),
+    );
+    let body = created.to_string().into_bytes();
+    let t = now.timestamp();
+    // (what, tenant URL, body, signature header, expected status)
+    type Case<'a> = (&'a str, &'a str, Vec<u8>, Option<String>, StatusCode);
+    let cases: Vec<Case<'_>> = vec![
+        (
+            "wrong secret",
+            "acme",
+            body.clone(),
+            Some(signature::sign(&["whsec_wrong"], t, &body)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "stale timestamp",
+            "acme",
+            body.clone(),
+            Some(signature::sign(&[&secret], t - 301, &body)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "future timestamp",
+            "acme",
+            body.clone(),
+            Some(signature::sign(&[&secret], t + 301, &body)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "missing header",
+            "acme",
+            body.clone(),
+            None,
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "malformed header",
+            "acme",
+            body.clone(),
+            Some("v1=abc".into()),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "tenant A's secret at B's URL",
+            "globex",
+            body.clone(),
+            Some(signature::sign(&[&secret], t, &body)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "B's secret at A's URL",
+            "acme",
+            body.clone(),
+            Some(signature::sign(&[&other], t, &body)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "unknown tenant",
+            "nobody",
+            body.clone(),
+            Some(signature::sign(&[&secret], t, &body)),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "malformed body",
+            "acme",
+            b"{not json".to_vec(),
+            Some(signature::sign(&[&secret], t, b"{not json")),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "float amount",
+            "acme",
+            {
+                let mut e = created.clone();
+                e["data"]["dispute"]["amount"] = json!(42.5);
+                e.to_string().into_bytes()
+            },
+            None,
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "oversized body",
+            "acme",
+            vec![b' '; 64 * 1024 + 1],
+            None,
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+    ];
+    for (what, tenant, body, header, expected) in cases {
+        // A case without a header but expecting 400 is signed here, over its own body.
+        let header = match (header, expected) {
+            (None, StatusCode::BAD_REQUEST) => Some(signature::sign(&[&secret], t, &body)),
+            (header, _) => header,
+        };
+        let (status, answer) = d.post_raw(tenant, body, header).await;
+        assert_eq!(status, expected, "{what}: {answer}");
+        if expected == StatusCode::UNAUTHORIZED {
+            assert_eq!(answer["detail"], "bad or stale signature", "{what}");
+        }
+    }
+    assert_eq!(
+        d.api
+            .db()
+            .scalar_i64("SELECT COUNT(*) FROM disputes_webhook_inbox")
+            .await,
+        0
+    );
+    assert_eq!(
+        d.api.db().scalar_i64("SELECT COUNT(*) FROM disputes").await,
+        0
+    );
+
+    let (status, answer) = d.deliver("acme", &secret, &created).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "started");
+    let run = run_id(&answer);
+    let (status, again) = d.deliver("acme", &secret, &created).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(
+        d.api
+            .db()
+            .scalar_i64("SELECT COUNT(*) FROM disputes_webhook_inbox")
+            .await,
+        1
+    );
+    assert_eq!(
+        d.api
+            .db()
+            .scalar_i64("SELECT COUNT(*) FROM waymark_runs WHERE workflow = 'payment_dispute'")
+            .await,
+        1
+    );
+    // The same dispute created by another event id starts nothing more.
+    let mut twin = created.clone();
+    twin["id"] = json!("evt_1b");
+    let (status, answer) = d.deliver("acme", &secret, &twin).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "stale");
+    assert_eq!(
+        d.api
+            .db()
+            .scalar_i64("SELECT COUNT(*) FROM waymark_runs WHERE workflow = 'payment_dispute'")
+            .await,
+        1
+    );
+    d.run_in(run, "awaiting_evidence").await;
+    let view = d.dispute("dp_1").await;
+    assert_eq!(view["amount_formatted"], "USD 42.00");
+    assert_eq!(view["run"]["id"], json!(run));
+    d.api.stop().await;
+}
+
+async fn a_rolled_secret_works_through_its_grace_and_then_stops(db: TestDb) {
+    let d = start(db).await;
+    let first = d.secret("acme", None).await;
+    let second = d.secret("acme", Some("1h")).await;
+    let now = d.now();
+    let due = now + chrono::Duration::days(20);
+    for (n, secret) in [&first, &second].into_iter().enumerate() {
+        let e = event(
+            &format!("evt_roll_{n}"),
+            "dispute.created",
+            &format!("dp_roll_{n}"),
+            now,
+            due,
+        );
+        let (status, answer) = d.deliver("acme", secret, &e).await;
+        assert_eq!(
+            status,
+            StatusCode::ACCEPTED,
+            "secret {n} in the grace: {answer}"
+        );
+    }
+    d.clock.advance(Duration::from_secs(3601));
+    let now = d.now();
+    let e = event(
+        "evt_roll_late_old",
+        "dispute.created",
+        "dp_roll_x",
+        now,
+        due,
+    );
+    let (status, _) = d.deliver("acme", &first, &e).await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "the old secret after its grace"
+    );
+    let (status, answer) = d.deliver("acme", &second, &e).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "the new secret: {answer}");
+    d.api.stop().await;
+}
+
+async fn events_for_unknown_disputes_are_dead_letters_replayed_once_it_exists(db: TestDb) {
+    let d = start(db).await;
+    let secret = d.secret("acme", None).await;
+    let now = d.now();
+    let due = now + chrono::Duration::days(20);
+    let early = event("evt_early", "dispute.funds_withdrawn", "dp_late", now, due);
+    let (status, answer) = d.deliver("acme", &secret, &early).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "dead_letter");
+    let letter = answer["result"]["dead_letter_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, list) = d
+        .api
+        .call(
+            Method::GET,
+            "/v1/webhooks/dead-letters",
+            Some(&d.operator),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(list["dead_letters"][0]["id"], json!(letter));
+    assert_eq!(list["dead_letters"][0]["why"], "no such dispute");
+    let replay = format!("/v1/webhooks/dead-letters/{letter}/replay");
+    let (status, answer) = d
+        .api
+        .call(Method::POST, &replay, Some(&d.operator), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    // Another tenant's operator does not see it at all.
+    let (_, globex) = d.api.key("globex", &["operator"]).await;
+    let (status, _) = d
+        .api
+        .call(Method::POST, &replay, Some(&globex), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let created = event("evt_created", "dispute.created", "dp_late", now, due);
+    assert_eq!(
+        d.deliver("acme", &secret, &created).await.0,
+        StatusCode::ACCEPTED
+    );
+    let (status, answer) = d
+        .api
+        .call(Method::POST, &replay, Some(&d.operator), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(answer["result"]["outcome"], "applied");
+    let (_, list) = d
+        .api
+        .call(
+            Method::GET,
+            "/v1/webhooks/dead-letters",
+            Some(&d.operator),
+            None,
+        )
+        .await;
+    assert_eq!(list["dead_letters"], json!([]));
+    let view = d.dispute("dp_late").await;
+    assert_eq!(view["funds_movements"][0]["kind"], "withdrawn");
+    assert_eq!(view["funds_movements"][0]["formatted"], "USD 42.00");
+    d.api.stop().await;
+}
+
+async fn an_older_event_arriving_late_is_recorded_but_does_not_move_the_dispute_back(db: TestDb) {
+    let d = start(db).await;
+    let secret = d.secret("acme", None).await;
+    let now = d.now();
+    let due = now + chrono::Duration::days(20);
+    let created = event("evt_c", "dispute.created", "dp_o", now, due);
+    let (_, answer) = d.deliver("acme", &secret, &created).await;
+    let run = run_id(&answer);
+    d.run_in(run, "awaiting_evidence").await;
+    let mut newer = event(
+        "evt_new",
+        "dispute.updated",
+        "dp_o",
+        now + chrono::Duration::seconds(20),
+        due,
+    );
+    newer["data"]["dispute"]["status"] = json!("under_review");
+    let older = event(
+        "evt_old",
+        "dispute.updated",
+        "dp_o",
+        now + chrono::Duration::seconds(10),
+        due,
+    );
+    let (status, answer) = d.deliver("acme", &secret, &newer).await;
+    assert_eq!(
+        (status, answer["result"]["outcome"].clone()),
+        (StatusCode::ACCEPTED, json!("applied"))
+    );
+    let (status, answer) = d.deliver("acme", &secret, &older).await;
+    assert_eq!(
+        (status, answer["result"]["outcome"].clone()),
+        (StatusCode::ACCEPTED, json!("stale"))
+    );
+    let view = d.dispute("dp_o").await;
+    assert_eq!(view["network_status"], "under_review");
+    assert_eq!(view["last_event_id"], "evt_new");
+    assert!(view["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["what"] == "stale_event_recorded" && t["actor"] == "webhook:evt_old"));
+    d.api.stop().await;
+}
+
+async fn a_dispute_is_won_through_evidence_submission_and_the_network_decision(db: TestDb) {
+    let d = start(db).await;
+    let secret = d.secret("acme", None).await;
+    let now = d.now();
+    let due = now + chrono::Duration::days(20);
+    let (_, answer) = d
+        .deliver(
+            "acme",
+            &secret,
+            &event("evt_w1", "dispute.created", "dp_w", now, due),
+        )
+        .await;
+    let run = run_id(&answer);
+    d.run_in(run, "awaiting_evidence").await;
+    let (status, answer) = d
+        .api
+        .call(
+            Method::POST,
+            "/v1/disputes/dp_w/evidence",
+            Some(&d.operator),
+            Some(json!({"product_description": "A red bicycle", "refund_policy": "30 days"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    d.run_in(run, "awaiting_decision").await;
+    let (status, answer) = d
+        .api
+        .call(
+            Method::POST,
+            "/v1/disputes/dp_w/evidence",
+            Some(&d.operator),
+            Some(json!({"product_description": "again"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let mut closed = event(
+        "evt_w2",
+        "dispute.closed",
+        "dp_w",
+        d.now() + chrono::Duration::seconds(1),
+        due,
+    );
+    closed["data"]["dispute"]["status"] = json!("won");
+    let (status, answer) = d.deliver("acme", &secret, &closed).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    let finished = wait_for_run(&d.api.engine.store, run, "completed", |r| {
+        r.status == RunStatus::Completed
+    })
+    .await;
+    assert_eq!(finished.output.as_ref().unwrap()["outcome"], "won");
+    let view = d.dispute("dp_w").await;
+    assert_eq!(view["status"], "closed");
+    assert_eq!(
+        view["evidence"]["fields"]["product_description"],
+        "A red bicycle"
+    );
+    // A late event for the closed dispute is a dead letter, not a silent drop.
+    let late = event(
+        "evt_w3",
+        "dispute.updated",
+        "dp_w",
+        d.now() + chrono::Duration::seconds(2),
+        due,
+    );
+    let (_, answer) = d.deliver("acme", &secret, &late).await;
+    assert_eq!(answer["result"]["why"], "the dispute is closed");
+    d.api.stop().await;
+}
+
+async fn a_missed_deadline_concedes_and_late_evidence_is_refused(db: TestDb) {
+    let d = start(db).await;
+    let secret = d.secret("acme", None).await;
+    let now = d.now();
+    // Due in 3 days: the internal deadline is 2 days away (24 h margin).
+    let due = now + chrono::Duration::days(3);
+    let (_, answer) = d
+        .deliver(
+            "acme",
+            &secret,
+            &event("evt_m1", "dispute.created", "dp_m", now, due),
+        )
+        .await;
+    let run = run_id(&answer);
+    d.run_in(run, "awaiting_evidence").await;
+    d.clock.advance(2 * DAY);
+    let finished = wait_for_run(&d.api.engine.store, run, "completed", |r| {
+        r.status == RunStatus::Completed
+    })
+    .await;
+    assert_eq!(finished.output.as_ref().unwrap()["outcome"], "lost");
+    assert_eq!(
+        finished.output.as_ref().unwrap()["reason"],
+        "evidence deadline missed"
+    );
+    let (status, answer) = d
+        .api
+        .call(
+            Method::POST,
+            "/v1/disputes/dp_m/evidence",
+            Some(&d.operator),
+            Some(json!({"product_description": "late"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let detail = answer["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("deadline passed")
+            && detail.contains(&(due - chrono::Duration::days(1)).to_rfc3339()),
+        "{detail}"
+    );
+    let view = d.dispute("dp_m").await;
+    assert_eq!(view["outcome_reason"], "evidence deadline missed");
+    assert!(view["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["what"] == "conceded" && t["actor"] == "timer"));
+    d.api.stop().await;
+}
+
+on_both_backends!(
+    webhooks_refuse_bad_signatures_and_bodies_and_store_before_answering,
+    a_rolled_secret_works_through_its_grace_and_then_stops,
+    events_for_unknown_disputes_are_dead_letters_replayed_once_it_exists,
+    an_older_event_arriving_late_is_recorded_but_does_not_move_the_dispute_back,
+    a_dispute_is_won_through_evidence_submission_and_the_network_decision,
+    a_missed_deadline_concedes_and_late_evidence_is_refused,
+);
