@@ -314,6 +314,11 @@ async fn tenants_never_see_each_others_runs_keys_or_audit(db: TestDb) {
     let (b_key_id, b) = api.key("globex", &["operator"]).await;
     let b_run = api.start_run(&b, "doorbell", json!({})).await;
     let b_id = b_run["id"].as_str().unwrap();
+    // Parked first, so that "untouched" below means A's attempts changed nothing.
+    crate::support::wait_for_run(api.store(), b_id.parse().unwrap(), "waiting", |r| {
+        r.status == waymark_engine::RunStatus::Waiting
+    })
+    .await;
     for (method, path, body) in [
         (Method::GET, format!("/v1/runs/{b_id}"), None),
         (Method::GET, format!("/v1/runs/{b_id}/history"), None),
