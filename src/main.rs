@@ -115,6 +115,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             reveal_max_wait: config.rotation_reveal_max_wait,
             ..Default::default()
         },
+        meetings: waymark_workflows::meetings::MeetingSettings {
+            public_url: config.blobs().public_url,
+        },
     })
     .context("invalid built-in workflow")?;
     let engine =

@@ -242,6 +242,7 @@ impl Install {
             data_dir: data_dir.clone(),
             tenant_retention: options.retention,
             rotation: Default::default(),
+            meetings: Default::default(),
         };
         let tenant_deps = TenantDeps::new(
             deps.store.clone(),

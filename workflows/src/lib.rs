@@ -5,6 +5,8 @@
 //!   that a newcomer can start against a fresh `cargo run --release`.
 //! - [`housekeeping`]: `waymark.retention`, run by a built-in schedule.
 //! - [`key_rotation`]: rotates Waymark's own API keys through a grace period.
+//! - [`meetings`]: `meeting_invite`, iCalendar invitations, RSVPs, reminders per
+//!   attendee zone, updates and cancellations of a meeting or one occurrence.
 //! - [`tenant_provisioning`], [`tenant_deprovisioning`]: onboarding and offboarding a
 //!   customer as sagas (database space, storage space, admin key, welcome email).
 //! - [`tenants`]: what those two share: the tenant record and its SQL, plans and quotas,
@@ -16,6 +18,7 @@
 pub mod demo;
 pub mod housekeeping;
 pub mod key_rotation;
+pub mod meetings;
 pub mod tenant_deprovisioning;
 pub mod tenant_provisioning;
 pub mod tenants;
@@ -44,13 +47,15 @@ pub struct Deps {
     pub tenant_retention: Duration,
     /// How scheduled key rotations wait for their reveal and remind.
     pub rotation: key_rotation::RotationSettings,
+    /// Where meeting attendees reach Waymark (RSVP links).
+    pub meetings: meetings::MeetingSettings,
 }
 
 /// The tables of the built-in workflows, one [`Schema`] per workflow that keeps its own
 /// (see `waymark_engine::store::schemas`). `waymark` hands them to its store, so
 /// `waymark migrate` applies them after the engine's and `/readyz` waits for them.
 pub fn schemas() -> Vec<Schema> {
-    Vec::new()
+    vec![meetings::SCHEMA]
 }
 
 /// Every workflow Waymark ships with, registered here and nowhere else.
@@ -63,6 +68,11 @@ pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
         mailer: deps.mailer.clone(),
         sealer: deps.sealer.clone(),
         settings: deps.rotation,
+    })?;
+    registry.register(meetings::MeetingInvite {
+        store: deps.store.clone(),
+        mailer: deps.mailer.clone(),
+        settings: deps.meetings,
     })?;
     let tenants = tenants::TenantDeps::new(
         deps.store,
