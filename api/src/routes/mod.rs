@@ -6,7 +6,8 @@
 //! - [`runs`], [`workflows`], [`keys`] (with identity, audit and workers), [`schedules`]:
 //!   the handlers, by what they act on;
 //! - [`openapi`]: the document written from the table;
-//! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas).
+//! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas),
+//!   [`meetings`] (`meeting_invite`).
 //!
 //! Each module lists its routes in a `routes()` of [`Route`] literals; [`table`] joins
 //! them. A workflow's routes go in its own module here, next to the others, and call
@@ -41,6 +42,7 @@ use crate::views::{HistoryView, KeyView, RunView};
 use crate::{body, AppState};
 
 mod keys;
+pub mod meetings;
 mod openapi;
 mod runs;
 mod schedules;
@@ -85,6 +87,7 @@ pub fn table() -> Vec<Route> {
         keys::routes(),
         schedules::routes(),
         tenants::routes(),
+        meetings::routes(),
     ]
     .into_iter()
     .flatten()
