@@ -275,7 +275,7 @@ fn person_line(property: &str, email: &str, name: Option<&str>, extra: &str) -> 
 
 /// Writes the VCALENDAR for `event` with `method`, stamped `now`.
 pub fn calendar(event: &Event<'_>, method: Method, scope: Scope, now: DateTime<Utc>) -> String {
-    calendar_of(&[event.clone()], method, scope, now)
+    calendar_of(std::slice::from_ref(event), method, scope, now)
 }
 
 /// A VCALENDAR holding several meetings (a subscription feed) or one.

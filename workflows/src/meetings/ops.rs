@@ -591,12 +591,12 @@ pub async fn change(
                 changes.push(format!("the occurrence of {original} is now at {location}"));
             }
             let tz = spec.tz().map_err(time_error)?;
-            let start = schedule::resolve("start", tz, over.start).map_err(time_error)?;
+            // A moved occurrence is checked like a new meeting: no start or end in a gap.
+            schedule::resolve("start", tz, over.start).map_err(time_error)?;
             schedule::resolve("end", tz, over.end).map_err(time_error)?;
             if over.end <= over.start {
                 return Err(MeetingError::Invalid("end: must be after start".into()));
             }
-            let _ = start;
             spec.overrides.retain(|o| o.original != original);
             spec.overrides.push(over);
         }

@@ -235,8 +235,8 @@ impl MeetingSpec {
         }
     }
 
-    /// The original local starts of the series, in order, starting at the first one
-    /// whose start is not before `from_local`, at most `limit` of them.
+    /// The original local starts of the series from its first, in order, at most
+    /// `limit` of them (and never more than [`MAX_EXPANSION`]).
     fn originals(&self, tz: Tz, limit: usize) -> Result<Vec<NaiveDateTime>, TimeError> {
         match &self.recurrence {
             None => Ok(vec![self.start]),
