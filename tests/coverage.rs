@@ -81,6 +81,7 @@ async fn declared() -> BTreeSet<TakenEdge> {
         rotation: Default::default(),
         dispute_network: waymark_workflows::disputes::network::Network::simulator(),
         disputes: Default::default(),
+        meetings: Default::default(),
     })
     .expect("registry");
     let mut edges = BTreeSet::new();

@@ -17,6 +17,7 @@ mod exports;
 mod key_rotation;
 mod long_poll;
 mod mail;
+mod meetings;
 mod pagination;
 mod schedules;
 mod schemas;

@@ -11,6 +11,8 @@
 //!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`]; `paging`
 //!   reads `limit` and `cursor` the same way for every list route.
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
+//! - [`meeting_pages`]: `/rsvp/{token}` and `/calendars/{token}.ics`, the meeting pages
+//!   and feeds an attendee opens without a key (the token is the permission).
 //! - [`waits`]: the caps on long polls (`?wait=`), per key and per process.
 
 use axum::extract::State;
@@ -26,6 +28,7 @@ pub mod blobs;
 pub mod body;
 pub mod diagram;
 pub mod error;
+pub mod meeting_pages;
 mod paging;
 pub mod routes;
 pub mod views;
@@ -63,6 +66,7 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .merge(blobs::routes(state.blobs.clone()))
+        .merge(meeting_pages::routes())
         .with_state(state)
 }
 

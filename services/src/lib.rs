@@ -24,5 +24,6 @@ pub use blob::{
     PutOptions, S3Config, S3Credentials, S3Store, UrlSigner,
 };
 pub use mail::{
-    Attachment, Email, MailConfig, MailError, Mailer, Rendered, Sent, SmtpOptions, Templates,
+    Attachment, Calendar, Email, MailConfig, MailError, Mailer, Rendered, Sent, SmtpOptions,
+    Templates,
 };

@@ -126,6 +126,7 @@ impl Services {
             rotation: Default::default(),
             dispute_network: waymark_workflows::disputes::network::Network::simulator(),
             disputes: Default::default(),
+            meetings: Default::default(),
         }
     }
 }

@@ -5,6 +5,8 @@
 //!   that a newcomer can start against a fresh `cargo run --release`.
 //! - [`housekeeping`]: `waymark.retention`, run by a built-in schedule.
 //! - [`key_rotation`]: rotates Waymark's own API keys through a grace period.
+//! - [`meetings`]: `meeting_invite`, iCalendar invitations, RSVPs, reminders per
+//!   attendee zone, updates and cancellations of a meeting or one occurrence.
 //! - [`tenant_provisioning`], [`tenant_deprovisioning`]: onboarding and offboarding a
 //!   customer as sagas (database space, storage space, admin key, welcome email).
 //! - [`disputes`]: `payment_dispute`, a card payment's dispute driven by signed
@@ -19,6 +21,7 @@ pub mod demo;
 pub mod disputes;
 pub mod housekeeping;
 pub mod key_rotation;
+pub mod meetings;
 pub mod tenant_deprovisioning;
 pub mod tenant_provisioning;
 pub mod tenants;
@@ -50,13 +53,15 @@ pub struct Deps {
     /// The card network disputes are submitted to (or the embedded simulator).
     pub dispute_network: disputes::network::Network,
     pub disputes: disputes::DisputeSettings,
+    /// Where meeting attendees reach Waymark (RSVP links).
+    pub meetings: meetings::MeetingSettings,
 }
 
 /// The tables of the built-in workflows, one [`Schema`] per workflow that keeps its own
 /// (see `waymark_engine::store::schemas`). `waymark` hands them to its store, so
 /// `waymark migrate` applies them after the engine's and `/readyz` waits for them.
 pub fn schemas() -> Vec<Schema> {
-    vec![disputes::SCHEMA]
+    vec![disputes::SCHEMA, meetings::SCHEMA]
 }
 
 /// Every workflow Waymark ships with, registered here and nowhere else.
@@ -75,6 +80,11 @@ pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
         mailer: deps.mailer.clone(),
         network: deps.dispute_network,
         settings: deps.disputes,
+    })?;
+    registry.register(meetings::MeetingInvite {
+        store: deps.store.clone(),
+        mailer: deps.mailer.clone(),
+        settings: deps.meetings,
     })?;
     let tenants = tenants::TenantDeps::new(
         deps.store,

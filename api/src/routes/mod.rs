@@ -7,7 +7,8 @@
 //!   the handlers, by what they act on;
 //! - [`openapi`]: the document written from the table;
 //! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas),
-//!   [`disputes`] (payment disputes and their signed webhooks).
+//!   [`disputes`] (payment disputes and their signed webhooks),
+//!   [`meetings`] (`meeting_invite`).
 //!
 //! Each module lists its routes in a `routes()` of [`Route`] literals; [`table`] joins
 //! them. A workflow's routes go in its own module here, next to the others, and call
@@ -43,6 +44,7 @@ use crate::{body, AppState};
 
 pub mod disputes;
 mod keys;
+pub mod meetings;
 mod openapi;
 mod runs;
 mod schedules;
@@ -99,6 +101,7 @@ pub fn table() -> Vec<Route> {
         schedules::routes(),
         tenants::routes(),
         disputes::routes(),
+        meetings::routes(),
     ]
     .into_iter()
     .flatten()

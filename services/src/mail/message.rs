@@ -26,7 +26,18 @@ pub struct Email {
     pub subject: String,
     pub text: String,
     pub html: Option<String>,
+    /// An iTIP calendar (RFC 6047): an inline `text/calendar` alternative that calendar
+    /// clients show with Accept/Decline, plus the same as an `invite.ics` attachment.
+    pub calendar: Option<Calendar>,
     pub attachments: Vec<Attachment>,
+}
+
+/// A calendar carried by an [`Email`]: its iTIP method (`REQUEST`, `CANCEL`) and the
+/// VCALENDAR text, whose `METHOD` must be the same.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calendar {
+    pub method: String,
+    pub body: String,
 }
 
 impl Email {
@@ -84,6 +95,16 @@ impl Email {
         self.subject = rendered.subject;
         self.text = rendered.text;
         self.html = rendered.html;
+        self
+    }
+
+    /// Carries an iTIP calendar: a `text/calendar; method=…; charset=UTF-8` alternative
+    /// next to the text and HTML parts, and the same text as an `invite.ics` attachment.
+    pub fn calendar(mut self, method: impl Into<String>, body: impl Into<String>) -> Self {
+        self.calendar = Some(Calendar {
+            method: method.into(),
+            body: body.into(),
+        });
         self
     }
 
@@ -220,11 +241,11 @@ pub(crate) fn prepare(
         .date_now();
 
     let text = SinglePart::plain(email.text.clone());
-    let built = match (&email.html, email.attachments.as_slice()) {
-        (None, []) => builder.singlepart(text),
-        (html, attachments) => {
-            let mut body = match html {
-                Some(html) => {
+    let built = match (&email.html, email.attachments.as_slice(), &email.calendar) {
+        (None, [], None) => builder.singlepart(text),
+        (html, attachments, calendar) => {
+            let mut body = match (html, calendar) {
+                (Some(html), None) => {
                     let alternative =
                         MultiPart::alternative_plain_html(email.text.clone(), html.clone());
                     if attachments.is_empty() {
@@ -233,7 +254,38 @@ pub(crate) fn prepare(
                         MultiPart::mixed().multipart(alternative)
                     }
                 }
-                None => MultiPart::mixed().singlepart(text),
+                (None, None) => MultiPart::mixed().singlepart(text),
+                (html, Some(calendar)) => {
+                    // The layout calendar services send (RFC 6047 §2.4): the calendar
+                    // as the last alternative, which calendar-aware clients render,
+                    // and as a file for the others.
+                    let method = calendar.method.to_ascii_uppercase();
+                    if !method.chars().all(|c| c.is_ascii_alphabetic()) || method.is_empty() {
+                        return Err(MailError::InvalidMessage(format!(
+                            "calendar method {:?} is not an iTIP method",
+                            calendar.method
+                        )));
+                    }
+                    let inline = ContentType::parse(&format!(
+                        "text/calendar; method={method}; charset=UTF-8"
+                    ))
+                    .map_err(|e| MailError::InvalidMessage(e.to_string()))?;
+                    let file = ContentType::parse("application/ics; name=\"invite.ics\"")
+                        .map_err(|e| MailError::InvalidMessage(e.to_string()))?;
+                    let mut alternative = MultiPart::alternative().singlepart(text);
+                    if let Some(html) = html {
+                        alternative = alternative.singlepart(SinglePart::html(html.clone()));
+                    }
+                    alternative = alternative.singlepart(
+                        SinglePart::builder()
+                            .header(inline)
+                            .body(calendar.body.clone()),
+                    );
+                    MultiPart::mixed().multipart(alternative).singlepart(
+                        MimeAttachment::new("invite.ics".into())
+                            .body(calendar.body.clone().into_bytes(), file),
+                    )
+                }
             };
             for attachment in attachments {
                 let content_type = ContentType::parse(&attachment.content_type).map_err(|e| {
@@ -324,6 +376,44 @@ mod tests {
         let left = &id[1..id.find('.').unwrap()];
         assert_eq!(left.len(), 32);
         assert!(left.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn a_calendar_is_an_inline_alternative_and_an_invite_ics_attachment() {
+        let ics = "BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR\r\n";
+        let email = Email::new()
+            .to("ada@example.com")
+            .subject("Invitation")
+            .text("plain body")
+            .html("<p>html body</p>")
+            .calendar("REQUEST", ics);
+        let prepared = prepare(&email, &sender(), |_| "<a@b>".into()).unwrap();
+        let raw = prepared.message.formatted();
+        let parsed = mail_parser::MessageParser::default().parse(&raw).unwrap();
+        let raw = String::from_utf8(raw.clone()).unwrap();
+        assert!(raw.contains("multipart/mixed"), "{raw}");
+        assert!(raw.contains("multipart/alternative"), "{raw}");
+        assert!(
+            // Parameter values are case-insensitive; lettre writes the charset lowercase.
+            raw.to_ascii_lowercase()
+                .contains("text/calendar; method=request; charset=utf-8"),
+            "{raw}"
+        );
+        assert!(raw.contains("invite.ics"), "{raw}");
+        assert_eq!(parsed.body_text(0).as_deref(), Some("plain body"));
+        let calendars: Vec<_> = parsed
+            .parts
+            .iter()
+            .filter(|p| {
+                use mail_parser::MimeHeaders;
+                p.content_type()
+                    .is_some_and(|c| c.subtype().is_some_and(|s| s == "calendar" || s == "ics"))
+            })
+            .map(|p| String::from_utf8_lossy(p.contents()).into_owned())
+            .collect();
+        assert_eq!(calendars, vec![ics.to_owned(), ics.to_owned()]);
+        let bad = Email::new().to("ada@example.com").calendar("REQ;UEST", ics);
+        assert!(prepare(&bad, &sender(), |_| "<a@b>".into()).is_err());
     }
 
     #[test]

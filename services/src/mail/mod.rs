@@ -30,7 +30,7 @@ use lettre::message::Mailbox;
 use waymark_engine::{ErrorKind, StepError, Store};
 
 pub use ledger::{LedgerEntry, LedgerStatus};
-pub use message::{message_id, parse_mailbox, Attachment, Email};
+pub use message::{message_id, parse_mailbox, Attachment, Calendar, Email};
 pub use template::{Rendered, Templates};
 pub use transport::{reply_kind, SmtpOptions};
 

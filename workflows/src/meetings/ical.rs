@@ -1,0 +1,789 @@
+//! RFC 5545 iCalendar text for iTIP (RFC 5546): the `VCALENDAR` of an invitation
+//! (`METHOD:REQUEST`) or a cancellation (`METHOD:CANCEL`), with a `VTIMEZONE` built from
+//! the zone's transitions for the years the series spans, and the parsing of what a
+//! calendar client sends back (`METHOD:REPLY`).
+//!
+//! Written by hand rather than with a calendar crate because the details calendar
+//! clients insist on are exactly the ones to control: CRLF line ends, folding at 75
+//! octets without splitting a UTF-8 character, TEXT escaping, quoted parameters, and a
+//! `VTIMEZONE` whose observances match the zone data the server computed times with.
+//! Tests read every calendar back with a parser that did not write it (Python's
+//! `icalendar`).
+
+use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone, Utc};
+use chrono_tz::{OffsetComponents, OffsetName, Tz};
+
+use super::schedule::{MeetingSpec, Override};
+
+/// An attendee's answer (`PARTSTAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PartStat {
+    NeedsAction,
+    Accepted,
+    Tentative,
+    Declined,
+}
+
+impl PartStat {
+    pub fn ical(self) -> &'static str {
+        match self {
+            PartStat::NeedsAction => "NEEDS-ACTION",
+            PartStat::Accepted => "ACCEPTED",
+            PartStat::Tentative => "TENTATIVE",
+            PartStat::Declined => "DECLINED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PartStat> {
+        match s.trim().to_ascii_uppercase().replace('_', "-").as_str() {
+            "NEEDS-ACTION" => Some(PartStat::NeedsAction),
+            "ACCEPTED" | "ACCEPT" => Some(PartStat::Accepted),
+            "TENTATIVE" => Some(PartStat::Tentative),
+            "DECLINED" | "DECLINE" => Some(PartStat::Declined),
+            _ => None,
+        }
+    }
+}
+
+/// `METHOD` of a calendar sent by mail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Request,
+    Cancel,
+    /// A subscription feed: no method, no RSVP.
+    Publish,
+}
+
+impl Method {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Request => "REQUEST",
+            Method::Cancel => "CANCEL",
+            Method::Publish => "PUBLISH",
+        }
+    }
+}
+
+/// An attendee as a calendar lists them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalAttendee {
+    pub email: String,
+    pub name: Option<String>,
+    pub partstat: PartStat,
+}
+
+/// One event (a meeting or a series) to write.
+#[derive(Debug, Clone)]
+pub struct Event<'a> {
+    pub uid: &'a str,
+    pub sequence: i64,
+    pub spec: &'a MeetingSpec,
+    pub attendees: &'a [CalAttendee],
+    /// Whole series cancelled (or the recipient removed): `STATUS:CANCELLED`.
+    pub cancelled: bool,
+}
+
+/// What to write: the whole series (with its `EXDATE`s and overrides), or for a
+/// `CANCEL` of one occurrence just that occurrence's `RECURRENCE-ID`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scope {
+    Series,
+    Occurrence(NaiveDateTime),
+}
+
+/// Writes one content line, folded at 75 octets with CRLF.
+fn line(out: &mut String, content: &str) {
+    let mut width = 0;
+    for c in content.chars() {
+        let len = c.len_utf8();
+        if width + len > 75 {
+            out.push_str("\r\n ");
+            width = 1;
+        }
+        out.push(c);
+        width += len;
+    }
+    out.push_str("\r\n");
+}
+
+/// TEXT value escaping (RFC 5545 §3.3.11).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            ';' => out.push_str("\\;"),
+            ',' => out.push_str("\\,"),
+            '\n' => out.push_str("\\n"),
+            '\r' => {}
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// A parameter value: quoted when it holds `:`, `;` or `,`; `"` and controls dropped
+/// (a parameter value cannot hold them).
+fn param(value: &str) -> String {
+    let clean: String = value
+        .chars()
+        .filter(|c| *c != '"' && !c.is_control())
+        .collect();
+    if clean.contains([':', ';', ',']) {
+        format!("\"{clean}\"")
+    } else {
+        clean
+    }
+}
+
+fn local_fmt(t: NaiveDateTime) -> String {
+    t.format("%Y%m%dT%H%M%S").to_string()
+}
+
+fn utc_fmt(t: DateTime<Utc>) -> String {
+    t.format("%Y%m%dT%H%M%SZ").to_string()
+}
+
+fn offset_fmt(seconds: i32) -> String {
+    let sign = if seconds < 0 { '-' } else { '+' };
+    let s = seconds.abs();
+    if s % 60 == 0 {
+        format!("{sign}{:02}{:02}", s / 3600, (s % 3600) / 60)
+    } else {
+        format!("{sign}{:02}{:02}{:02}", s / 3600, (s % 3600) / 60, s % 60)
+    }
+}
+
+/// One change of a zone's offset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub at: DateTime<Utc>,
+    pub from: i32,
+    pub to: i32,
+    pub daylight: bool,
+    pub name: String,
+}
+
+fn offset_at(tz: Tz, t: DateTime<Utc>) -> i32 {
+    tz.offset_from_utc_datetime(&t.naive_utc())
+        .fix()
+        .local_minus_utc()
+}
+
+/// The zone's offset changes from the start of `first` to the end of `last`, found by
+/// walking the zone data a day at a time and bisecting each change to the second.
+pub fn transitions(tz: Tz, first: i32, last: i32) -> Vec<Transition> {
+    let Some(start) = NaiveDate::from_ymd_opt(first, 1, 1) else {
+        return Vec::new();
+    };
+    let Some(end) = NaiveDate::from_ymd_opt(last + 1, 1, 1) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut t = Utc.from_utc_datetime(&start.and_hms_opt(0, 0, 0).unwrap_or_default());
+    let end = Utc.from_utc_datetime(&end.and_hms_opt(0, 0, 0).unwrap_or_default());
+    while t < end {
+        let next = t + Duration::days(1);
+        let (a, b) = (offset_at(tz, t), offset_at(tz, next));
+        if a != b {
+            // The change lies in (lo, hi]: bisect to the second (zone data has whole
+            // seconds).
+            let (mut lo, mut hi) = (t.timestamp(), next.timestamp());
+            while hi - lo > 1 {
+                let mid = lo + (hi - lo) / 2;
+                if offset_at(tz, Utc.timestamp_opt(mid, 0).single().unwrap_or(t)) == a {
+                    lo = mid;
+                } else {
+                    hi = mid;
+                }
+            }
+            let hi = Utc.timestamp_opt(hi, 0).single().unwrap_or(next);
+            let offset = tz.offset_from_utc_datetime(&hi.naive_utc());
+            out.push(Transition {
+                at: hi,
+                from: a,
+                to: b,
+                daylight: !offset.dst_offset().is_zero(),
+                name: offset
+                    .abbreviation()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| offset_fmt(b)),
+            });
+        }
+        t = next;
+    }
+    out
+}
+
+/// The `VTIMEZONE` for `tz` over the years `first..=last` (and the year before, so the
+/// observance in force at the series' start is defined): one observance per transition,
+/// `DTSTART` in the local time before it, as RFC 5545 §3.6.5 prescribes.
+pub fn vtimezone(out: &mut String, tz: Tz, first: i32, last: i32) {
+    line(out, "BEGIN:VTIMEZONE");
+    line(out, &format!("TZID:{}", tz.name()));
+    let changes = transitions(tz, first - 1, last);
+    if changes.is_empty() {
+        // A zone without changes in the span: one standard observance.
+        let at = NaiveDate::from_ymd_opt(first, 1, 1)
+            .and_then(|d| d.and_hms_opt(0, 0, 0))
+            .unwrap_or_default();
+        let offset = tz.offset_from_utc_datetime(&at);
+        let seconds = offset.fix().local_minus_utc();
+        line(out, "BEGIN:STANDARD");
+        line(out, "DTSTART:19700101T000000");
+        line(out, &format!("TZOFFSETFROM:{}", offset_fmt(seconds)));
+        line(out, &format!("TZOFFSETTO:{}", offset_fmt(seconds)));
+        line(
+            out,
+            &format!(
+                "TZNAME:{}",
+                escape(offset.abbreviation().unwrap_or(&offset_fmt(seconds)))
+            ),
+        );
+        line(out, "END:STANDARD");
+    }
+    for change in changes {
+        let kind = if change.daylight {
+            "DAYLIGHT"
+        } else {
+            "STANDARD"
+        };
+        let local_before = change.at.naive_utc() + Duration::seconds(i64::from(change.from));
+        line(out, &format!("BEGIN:{kind}"));
+        line(out, &format!("DTSTART:{}", local_fmt(local_before)));
+        line(out, &format!("TZOFFSETFROM:{}", offset_fmt(change.from)));
+        line(out, &format!("TZOFFSETTO:{}", offset_fmt(change.to)));
+        line(out, &format!("TZNAME:{}", escape(&change.name)));
+        line(out, &format!("END:{kind}"));
+    }
+    line(out, "END:VTIMEZONE");
+}
+
+fn mailto(email: &str) -> String {
+    format!("mailto:{}", email.trim())
+}
+
+fn person_line(property: &str, email: &str, name: Option<&str>, extra: &str) -> String {
+    let cn = name
+        .filter(|n| !n.trim().is_empty())
+        .map(|n| format!(";CN={}", param(n)))
+        .unwrap_or_default();
+    format!("{property}{cn}{extra}:{}", mailto(email))
+}
+
+/// Writes the VCALENDAR for `event` with `method`, stamped `now`.
+pub fn calendar(event: &Event<'_>, method: Method, scope: Scope, now: DateTime<Utc>) -> String {
+    calendar_of(std::slice::from_ref(event), method, scope, now)
+}
+
+/// A VCALENDAR holding several meetings (a subscription feed) or one.
+pub fn calendar_of(
+    events: &[Event<'_>],
+    method: Method,
+    scope: Scope,
+    now: DateTime<Utc>,
+) -> String {
+    let mut out = String::new();
+    line(&mut out, "BEGIN:VCALENDAR");
+    line(&mut out, "VERSION:2.0");
+    line(&mut out, "PRODID:-//Waymark//Meetings//EN");
+    line(&mut out, "CALSCALE:GREGORIAN");
+    line(&mut out, &format!("METHOD:{}", method.as_str()));
+    let mut zones: Vec<(Tz, i32, i32)> = Vec::new();
+    for event in events {
+        if let (Ok(tz), Ok((first, last))) = (event.spec.tz(), event.spec.years()) {
+            match zones.iter_mut().find(|(z, _, _)| *z == tz) {
+                Some(z) => {
+                    z.1 = z.1.min(first);
+                    z.2 = z.2.max(last);
+                }
+                None => zones.push((tz, first, last)),
+            }
+        }
+    }
+    for (tz, first, last) in zones {
+        vtimezone(&mut out, tz, first, last);
+    }
+    for event in events {
+        write_event(&mut out, event, method, scope, now);
+    }
+    line(&mut out, "END:VCALENDAR");
+    out
+}
+
+fn write_event(
+    out: &mut String,
+    event: &Event<'_>,
+    method: Method,
+    scope: Scope,
+    now: DateTime<Utc>,
+) {
+    let spec = event.spec;
+    let tzid = spec.timezone.as_str();
+    let dt = |name: &str, t: NaiveDateTime| format!("{name};TZID={tzid}:{}", local_fmt(t));
+    let cancelled = event.cancelled || method == Method::Cancel;
+    let common = |out: &mut String, title: &str, location: Option<&str>| {
+        line(out, &format!("UID:{}", event.uid));
+        line(out, &format!("SEQUENCE:{}", event.sequence));
+        line(out, &format!("DTSTAMP:{}", utc_fmt(now)));
+        line(out, &format!("SUMMARY:{}", escape(title)));
+        if !spec.description.is_empty() {
+            line(out, &format!("DESCRIPTION:{}", escape(&spec.description)));
+        }
+        if let Some(location) = location.or(spec.join_url.as_deref()) {
+            line(out, &format!("LOCATION:{}", escape(location)));
+        }
+        if let Some(url) = &spec.join_url {
+            line(out, &format!("URL:{}", url.trim()));
+        }
+        line(
+            out,
+            &person_line(
+                "ORGANIZER",
+                &spec.organizer.email,
+                spec.organizer.name.as_deref(),
+                "",
+            ),
+        );
+        for a in event.attendees {
+            let rsvp = if method == Method::Request {
+                ";RSVP=TRUE"
+            } else {
+                ""
+            };
+            let extra = format!(
+                ";CUTYPE=INDIVIDUAL;ROLE=REQ-PARTICIPANT;PARTSTAT={}{rsvp}",
+                a.partstat.ical()
+            );
+            line(
+                out,
+                &person_line("ATTENDEE", &a.email, a.name.as_deref(), &extra),
+            );
+        }
+        line(
+            out,
+            if cancelled {
+                "STATUS:CANCELLED"
+            } else {
+                "STATUS:CONFIRMED"
+            },
+        );
+    };
+    match scope {
+        Scope::Series => {
+            line(out, "BEGIN:VEVENT");
+            common(out, &spec.title, spec.location.as_deref());
+            line(out, &dt("DTSTART", spec.start));
+            line(out, &dt("DTEND", spec.end));
+            if let Some(rule) = &spec.recurrence {
+                line(
+                    out,
+                    &format!("RRULE:{}", rule.trim().trim_start_matches("RRULE:")),
+                );
+                for ex in &spec.cancelled {
+                    line(out, &dt("EXDATE", *ex));
+                }
+            }
+            line(out, "END:VEVENT");
+            if spec.recurrence.is_some() {
+                for over in &spec.overrides {
+                    if spec.cancelled.contains(&over.original) {
+                        continue;
+                    }
+                    write_override(out, event, over, &common_for(spec, over), now, method, &dt);
+                }
+            }
+        }
+        Scope::Occurrence(original) => {
+            let (start, end) = spec
+                .overrides
+                .iter()
+                .find(|o| o.original == original)
+                .map(|o| (o.start, o.end))
+                .unwrap_or((original, original + (spec.end - spec.start)));
+            line(out, "BEGIN:VEVENT");
+            common(out, &spec.title, spec.location.as_deref());
+            line(out, &dt("RECURRENCE-ID", original));
+            line(out, &dt("DTSTART", start));
+            line(out, &dt("DTEND", end));
+            line(out, "END:VEVENT");
+        }
+    }
+
+    fn common_for(spec: &MeetingSpec, over: &Override) -> (String, Option<String>) {
+        (
+            over.title.clone().unwrap_or_else(|| spec.title.clone()),
+            over.location.clone().or_else(|| spec.location.clone()),
+        )
+    }
+
+    fn write_override(
+        out: &mut String,
+        event: &Event<'_>,
+        over: &Override,
+        (title, location): &(String, Option<String>),
+        now: DateTime<Utc>,
+        method: Method,
+        dt: &dyn Fn(&str, NaiveDateTime) -> String,
+    ) {
+        let sub = Event {
+            cancelled: event.cancelled,
+            ..event.clone()
+        };
+        let mut spec = sub.spec.clone();
+        spec.title = title.clone();
+        spec.location = location.clone();
+        spec.recurrence = None;
+        spec.start = over.start;
+        spec.end = over.end;
+        let moved = Event { spec: &spec, ..sub };
+        let mut body = String::new();
+        write_event(&mut body, &moved, method, Scope::Series, now);
+        // Same event, with the override's RECURRENCE-ID right after BEGIN:VEVENT.
+        let recurrence = {
+            let mut l = String::new();
+            line(&mut l, &dt("RECURRENCE-ID", over.original));
+            l
+        };
+        out.push_str(&body.replacen(
+            "BEGIN:VEVENT\r\n",
+            &format!("BEGIN:VEVENT\r\n{recurrence}"),
+            1,
+        ));
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Reading
+
+/// One content line: name, parameters, value (still escaped).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContentLine {
+    pub name: String,
+    pub params: Vec<(String, String)>,
+    pub value: String,
+}
+
+impl ContentLine {
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Unfolds and splits iCalendar text into content lines (CRLF or LF, folded with a
+/// space or tab; quoted parameter values may hold `:` and `;`).
+pub fn content_lines(text: &str) -> Vec<ContentLine> {
+    let mut unfolded: Vec<String> = Vec::new();
+    for raw in text.split('\n') {
+        let raw = raw.strip_suffix('\r').unwrap_or(raw);
+        if let Some(rest) = raw.strip_prefix([' ', '\t']) {
+            if let Some(last) = unfolded.last_mut() {
+                last.push_str(rest);
+                continue;
+            }
+        }
+        if !raw.is_empty() {
+            unfolded.push(raw.to_owned());
+        }
+    }
+    unfolded.iter().filter_map(|l| parse_line(l)).collect()
+}
+
+fn parse_line(l: &str) -> Option<ContentLine> {
+    // Split at the first ':' outside quotes; parameters at ';' outside quotes.
+    let mut quoted = false;
+    let mut parts: Vec<String> = vec![String::new()];
+    let mut value = None;
+    for (i, c) in l.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ';' if !quoted => {
+                parts.push(String::new());
+                continue;
+            }
+            ':' if !quoted => {
+                value = Some(l[i + 1..].to_owned());
+                break;
+            }
+            _ => {}
+        }
+        if c != '"' {
+            parts.last_mut()?.push(c);
+        }
+    }
+    let value = value?;
+    let name = parts.remove(0).to_ascii_uppercase();
+    let params = parts
+        .into_iter()
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=')?;
+            Some((k.to_ascii_uppercase(), v.to_owned()))
+        })
+        .collect();
+    Some(ContentLine {
+        name,
+        params,
+        value,
+    })
+}
+
+/// A calendar client's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub uid: String,
+    pub sequence: i64,
+    pub attendee: String,
+    pub partstat: PartStat,
+    /// Set when the answer is for one occurrence (its local `RECURRENCE-ID`).
+    pub recurrence_id: Option<NaiveDateTime>,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ReplyError {
+    #[error("not an iCalendar REPLY: {0}")]
+    Invalid(String),
+}
+
+/// Parses a `METHOD:REPLY` calendar: the event's UID and SEQUENCE and its one
+/// ATTENDEE's PARTSTAT.
+pub fn parse_reply(text: &str) -> Result<Reply, ReplyError> {
+    let lines = content_lines(text);
+    let invalid = |m: &str| ReplyError::Invalid(m.to_owned());
+    if !lines
+        .iter()
+        .any(|l| l.name == "BEGIN" && l.value.eq_ignore_ascii_case("VCALENDAR"))
+    {
+        return Err(invalid("no BEGIN:VCALENDAR"));
+    }
+    let method = lines
+        .iter()
+        .find(|l| l.name == "METHOD")
+        .map(|l| l.value.trim().to_ascii_uppercase());
+    if method.as_deref() != Some("REPLY") {
+        return Err(invalid(&format!(
+            "METHOD is {}, expected REPLY",
+            method.as_deref().unwrap_or("missing")
+        )));
+    }
+    let mut in_event = false;
+    let (mut uid, mut sequence, mut attendee, mut recurrence_id) = (None, 0, None, None);
+    for l in &lines {
+        match (l.name.as_str(), in_event) {
+            ("BEGIN", _) if l.value.eq_ignore_ascii_case("VEVENT") => in_event = true,
+            ("END", true) if l.value.eq_ignore_ascii_case("VEVENT") => break,
+            ("UID", true) => uid = Some(l.value.trim().to_owned()),
+            ("SEQUENCE", true) => sequence = l.value.trim().parse().unwrap_or(0),
+            ("RECURRENCE-ID", true) => {
+                let v = l.value.trim().trim_end_matches('Z');
+                recurrence_id = NaiveDateTime::parse_from_str(v, "%Y%m%dT%H%M%S").ok();
+            }
+            ("ATTENDEE", true) => attendee = Some(l.clone()),
+            _ => {}
+        }
+    }
+    let uid = uid.ok_or_else(|| invalid("the VEVENT has no UID"))?;
+    let attendee = attendee.ok_or_else(|| invalid("the VEVENT has no ATTENDEE"))?;
+    let email = attendee
+        .value
+        .trim()
+        .trim_start_matches("mailto:")
+        .trim_start_matches("MAILTO:")
+        .to_owned();
+    let partstat = attendee
+        .param("PARTSTAT")
+        .and_then(PartStat::parse)
+        .ok_or_else(|| invalid("the ATTENDEE has no PARTSTAT"))?;
+    Ok(Reply {
+        uid,
+        sequence,
+        attendee: email,
+        partstat,
+        recurrence_id,
+    })
+}
+
+/// Writes the REPLY a calendar client would send (for tests and tooling).
+pub fn reply(
+    uid: &str,
+    sequence: i64,
+    attendee: &str,
+    partstat: PartStat,
+    now: DateTime<Utc>,
+) -> String {
+    let mut out = String::new();
+    for l in [
+        "BEGIN:VCALENDAR".to_owned(),
+        "VERSION:2.0".into(),
+        "PRODID:-//Waymark//Meetings//EN".into(),
+        "METHOD:REPLY".into(),
+        "BEGIN:VEVENT".into(),
+        format!("UID:{uid}"),
+        format!("SEQUENCE:{sequence}"),
+        format!("DTSTAMP:{}", utc_fmt(now)),
+        format!("ATTENDEE;PARTSTAT={}:{}", partstat.ical(), mailto(attendee)),
+        "END:VEVENT".into(),
+        "END:VCALENDAR".into(),
+    ] {
+        line(&mut out, &l);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::meetings::schedule::Person;
+
+    fn local(s: &str) -> NaiveDateTime {
+        NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M").unwrap()
+    }
+
+    fn spec() -> MeetingSpec {
+        MeetingSpec {
+            title: "Planning; Q2, \"big\" one".into(),
+            description: "Line one\nLine two — with ünïcödé, and a very long sentence that will certainly need folding at seventy-five octets".into(),
+            timezone: "Europe/Berlin".into(),
+            start: local("2026-03-03T10:00"),
+            end: local("2026-03-03T11:00"),
+            location: Some("Room 1".into()),
+            join_url: None,
+            organizer: Person {
+                email: "org@example.com".into(),
+                name: Some("Org, The".into()),
+            },
+            recurrence: Some("FREQ=WEEKLY;BYDAY=TU;COUNT=6".into()),
+            reminders: vec![],
+            cancelled: vec![local("2026-03-17T10:00")],
+            overrides: vec![Override {
+                original: local("2026-03-24T10:00"),
+                start: local("2026-03-25T14:00"),
+                end: local("2026-03-25T15:00"),
+                title: None,
+                location: None,
+            }],
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 2, 1, 12, 0, 0).unwrap()
+    }
+
+    #[test]
+    fn lines_are_folded_at_75_octets_with_crlf_and_never_split_a_character() {
+        let mut out = String::new();
+        let long = format!("DESCRIPTION:{}", "é".repeat(100));
+        line(&mut out, &long);
+        assert!(out.ends_with("\r\n"));
+        for l in out.split("\r\n").filter(|l| !l.is_empty()) {
+            assert!(l.len() <= 75, "{} octets: {l}", l.len());
+        }
+        let unfolded = out.replace("\r\n ", "");
+        assert_eq!(unfolded.trim_end(), long);
+    }
+
+    #[test]
+    fn text_is_escaped_and_parameters_quoted() {
+        assert_eq!(escape("a;b,c\\d\ne"), "a\\;b\\,c\\\\d\\ne");
+        assert_eq!(param("Org, The"), "\"Org, The\"");
+        assert_eq!(param("Ada \"the\" one"), "Ada the one");
+    }
+
+    #[test]
+    fn a_request_has_method_uid_sequence_zone_rule_exdate_override_and_attendees() {
+        let spec = spec();
+        let attendees = [CalAttendee {
+            email: "ada@example.com".into(),
+            name: Some("Ada".into()),
+            partstat: PartStat::NeedsAction,
+        }];
+        let event = Event {
+            uid: "m-1@waymark",
+            sequence: 2,
+            spec: &spec,
+            attendees: &attendees,
+            cancelled: false,
+        };
+        let text = calendar(&event, Method::Request, Scope::Series, now());
+        let unfolded = text.replace("\r\n ", "");
+        for needle in [
+            "METHOD:REQUEST",
+            "UID:m-1@waymark",
+            "SEQUENCE:2",
+            "DTSTAMP:20260201T120000Z",
+            "TZID:Europe/Berlin",
+            "DTSTART;TZID=Europe/Berlin:20260303T100000",
+            "RRULE:FREQ=WEEKLY;BYDAY=TU;COUNT=6",
+            "EXDATE;TZID=Europe/Berlin:20260317T100000",
+            "RECURRENCE-ID;TZID=Europe/Berlin:20260324T100000",
+            "DTSTART;TZID=Europe/Berlin:20260325T140000",
+            "ORGANIZER;CN=\"Org, The\":mailto:org@example.com",
+            "PARTSTAT=NEEDS-ACTION;RSVP=TRUE:mailto:ada@example.com",
+            "SUMMARY:Planning\\; Q2\\, \"big\" one",
+            // Berlin's spring change in 2026, in the local time before it.
+            "BEGIN:DAYLIGHT\r\nDTSTART:20260329T020000\r\nTZOFFSETFROM:+0100\r\nTZOFFSETTO:+0200\r\nTZNAME:CEST",
+        ] {
+            assert!(unfolded.contains(needle), "missing {needle:?} in\n{text}");
+        }
+        assert!(
+            !text.contains("\n\n") && text.split('\n').all(|l| l.is_empty() || l.ends_with('\r'))
+        );
+    }
+
+    #[test]
+    fn a_cancel_of_one_occurrence_names_it_by_recurrence_id() {
+        let spec = spec();
+        let event = Event {
+            uid: "m-1@waymark",
+            sequence: 3,
+            spec: &spec,
+            attendees: &[],
+            cancelled: false,
+        };
+        let text = calendar(
+            &event,
+            Method::Cancel,
+            Scope::Occurrence(local("2026-03-10T10:00")),
+            now(),
+        );
+        assert!(text.contains("METHOD:CANCEL"));
+        assert!(text.contains("STATUS:CANCELLED"));
+        assert!(text.contains("RECURRENCE-ID;TZID=Europe/Berlin:20260310T100000"));
+        assert!(!text.contains("RRULE"));
+    }
+
+    #[test]
+    fn transitions_of_new_york_in_2026_are_found_to_the_second() {
+        let ny: Tz = "America/New_York".parse().unwrap();
+        let t = transitions(ny, 2026, 2026);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].at, Utc.with_ymd_and_hms(2026, 3, 8, 7, 0, 0).unwrap());
+        assert!(t[0].daylight);
+        assert_eq!((t[0].from, t[0].to), (-5 * 3600, -4 * 3600));
+        assert_eq!(t[1].at, Utc.with_ymd_and_hms(2026, 11, 1, 6, 0, 0).unwrap());
+        assert_eq!(t[1].name, "EST");
+        let utc_zone: Tz = "UTC".parse().unwrap();
+        assert!(transitions(utc_zone, 2026, 2030).is_empty());
+    }
+
+    #[test]
+    fn a_reply_is_parsed_back_with_folding_and_quoted_parameters() {
+        let text =
+            "BEGIN:VCALENDAR\r\nMETHOD:REPLY\r\nBEGIN:VEVENT\r\nUID:m-1@waymark\r\nSEQUENCE:4\r\n\
+                    ATTENDEE;CN=\"Lovelace, Ada\";PARTSTAT=ACCEPTED:mai\r\n lto:ada@example.com\r\n\
+                    END:VEVENT\r\nEND:VCALENDAR\r\n";
+        let reply = parse_reply(text).unwrap();
+        assert_eq!(reply.uid, "m-1@waymark");
+        assert_eq!(reply.sequence, 4);
+        assert_eq!(reply.attendee, "ada@example.com");
+        assert_eq!(reply.partstat, PartStat::Accepted);
+        let ours = super::reply("u", 1, "b@example.com", PartStat::Declined, now());
+        assert_eq!(parse_reply(&ours).unwrap().partstat, PartStat::Declined);
+        assert!(parse_reply("BEGIN:VCALENDAR\r\nMETHOD:REQUEST\r\nEND:VCALENDAR").is_err());
+        assert!(parse_reply("hello").is_err());
+    }
+}
