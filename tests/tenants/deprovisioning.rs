@@ -8,6 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sha2::Digest;
 use uuid::Uuid;
+use waymark_engine::store::Arg;
 use waymark_engine::{ManualClock, RunStatus, TenantScope};
 use waymark_workflows::tenants::names::{sqlite_file, storage_prefix};
 use waymark_workflows::tenants::{record, TenantStatus};
@@ -242,6 +243,30 @@ async fn deprovisioning_deletes_everything_once_the_retention_is_over(db: TestDb
     std::fs::create_dir_all(outbox.parent().unwrap()).unwrap();
     std::fs::write(&outbox, "From: x\r\n\r\nhello").unwrap();
 
+    // …and rows of its own in the workflows' tables.
+    let now = waymark_engine::Clock::now(&clock);
+    app.store()
+        .sql_execute(
+            "INSERT INTO disputes_settings (tenant, updated_at) VALUES ($1, $2)",
+            &[Arg::text("leaver"), Arg::time(now)],
+        )
+        .await
+        .unwrap();
+    app.store()
+        .sql_execute(
+            "INSERT INTO meeting_feeds (id, tenant, email, token_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+            &[
+                Arg::id(Uuid::now_v7()),
+                Arg::text("leaver"),
+                Arg::text("a@leaver.example"),
+                Arg::text("not-a-real-hash"),
+                Arg::time(now),
+            ],
+        )
+        .await
+        .unwrap();
+
     let run = deprovision(&app, "leaver").await;
     crate::support::wait_for_run(app.store(), run, "waiting in retain", |r| {
         r.status == RunStatus::Waiting && r.state == "retain"
@@ -279,6 +304,8 @@ async fn deprovisioning_deletes_everything_once_the_retention_is_over(db: TestDb
         ("waymark_keys", "tenant"),
         ("waymark_runs", "tenant"),
         ("waymark_schedules", "tenant"),
+        ("disputes_settings", "tenant"),
+        ("meeting_feeds", "tenant"),
     ] {
         assert_eq!(
             app.count(

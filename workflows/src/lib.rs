@@ -64,6 +64,14 @@ pub fn schemas() -> Vec<Schema> {
     vec![disputes::SCHEMA, meetings::SCHEMA]
 }
 
+/// Every table of the workflows' schemas that holds a tenant's rows (by a `tenant`
+/// column), in the order deleting a tenant empties them: when a tenant is deleted for
+/// good, `tenant_deprovisioning` deletes its rows from each. A workflow with tables of
+/// its own lists them here.
+pub fn tenant_tables() -> Vec<&'static str> {
+    [disputes::TENANT_TABLES, meetings::TENANT_TABLES].concat()
+}
+
 /// Every workflow Waymark ships with, registered here and nowhere else.
 pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();

@@ -269,6 +269,9 @@ impl Workflow for TenantDeprovisioning {
                     .await
                     .map_err(TenantError::from)?;
                 remove_outbox_files(deps, &messages).await?;
+                record::forget_workflow_rows(store, slug)
+                    .await
+                    .map_err(TenantError::from)?;
                 Ok(Transition::next(DeprovisioningState::Finish))
             }
             DeprovisioningState::Finish => {

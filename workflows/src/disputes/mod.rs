@@ -48,6 +48,20 @@ use self::network::Network;
 use self::record::Dispute;
 
 /// The dispute tables (see `waymark_engine::store::schemas`).
+/// The tables of [`SCHEMA`] that hold a tenant's rows (a `tenant` column), dependents
+/// first: a deleted tenant's rows go from each, in this order.
+pub const TENANT_TABLES: &[&str] = &[
+    "disputes_evidence_files",
+    "disputes_evidence",
+    "disputes_funds",
+    "disputes_timeline",
+    "disputes_dead_letters",
+    "disputes_webhook_inbox",
+    "disputes_webhook_secrets",
+    "disputes_settings",
+    "disputes",
+];
+
 pub const SCHEMA: Schema = Schema {
     name: "disputes",
     postgres: &[Migration::new(

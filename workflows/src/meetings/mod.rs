@@ -42,6 +42,10 @@ use waymark_services::Mailer;
 use ical::PartStat;
 use records::MeetingStatus;
 
+/// The tables of [`SCHEMA`] that hold a tenant's rows (a `tenant` column), dependents
+/// first; attendees and the outbox go with their meeting (`ON DELETE CASCADE`).
+pub const TENANT_TABLES: &[&str] = &["meeting_feeds", "meetings"];
+
 pub const SCHEMA: Schema = Schema {
     name: "meetings",
     postgres: &[Migration::new(

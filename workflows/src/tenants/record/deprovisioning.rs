@@ -265,3 +265,20 @@ pub async fn forget_runs(
         }
     }
 }
+
+/// Deletes the tenant's rows from the workflows' own tables ([`crate::tenant_tables`]),
+/// in one transaction; the number of rows deleted.
+pub async fn forget_workflow_rows(store: &Store, slug: &str) -> Result<u64, sqlx::Error> {
+    let mut tx = store.begin().await?;
+    let mut deleted = 0;
+    for table in crate::tenant_tables() {
+        deleted += tx
+            .execute(
+                &format!("DELETE FROM {table} WHERE tenant = $1"),
+                &[Arg::text(slug)],
+            )
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(deleted)
+}

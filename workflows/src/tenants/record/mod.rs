@@ -30,7 +30,8 @@ use super::{names, TenantError};
 
 pub use deprovisioning::{
     begin_purge, claim_deprovision, claim_deprovision_in, deprovision_key, forget_runs,
-    mark_deleted, reactivate, remember_paused, set_export, suspend, DeprovisionClaim,
+    forget_workflow_rows, mark_deleted, reactivate, remember_paused, set_export, suspend,
+    DeprovisionClaim,
 };
 pub use provisioning::{activate, attach_run, fail, reserve, reserve_for_run, Reservation};
 pub use resources::{
