@@ -1,0 +1,1 @@
+//! The merchant's emails, read back from the real SMTP test server.

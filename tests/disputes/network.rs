@@ -1,0 +1,2 @@
+//! The HTTP network adapter against a real HTTP server standing in for the card
+//! network.
