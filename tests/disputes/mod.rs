@@ -6,7 +6,19 @@
 //!
 //! The harness is reached only through the helpers at the top ([`start`], [`Disputes`]),
 //! so moving to another test app changes them alone.
+//!
+//! # Layout
+//! - this file: the helpers and the ingress tests;
+//! - [`lifecycle`]: the workflow's paths, one test per way a dispute can go;
+//! - [`network`]: the HTTP network adapter against a real HTTP server;
+//! - [`mail`]: the merchant's emails read back from the real SMTP server.
 
+mod lifecycle;
+mod mail;
+mod network;
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -15,7 +27,7 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 use waymark_engine::{Clock, ManualClock, RunStatus};
 use waymark_services::{MailConfig, Mailer, SmtpOptions};
-use waymark_workflows::disputes::network::Network;
+use waymark_workflows::disputes::network::{Network, Simulator};
 use waymark_workflows::disputes::{signature, DisputeSettings, PaymentDispute};
 
 use crate::support::app::TestApp;
@@ -28,6 +40,13 @@ struct Disputes {
     clock: ManualClock,
     /// An operator key of tenant `acme`.
     operator: String,
+    /// The operator key's id, as actors name it (`key:<id>`).
+    operator_id: String,
+    /// The embedded network simulator, unless the app talks HTTP to a network.
+    simulator: Option<Arc<Simulator>>,
+    /// Seconds past the clock's now of the next event [`Disputes::event_for`] makes, so
+    /// each is newer than the last.
+    event_seq: AtomicI64,
 }
 
 fn outbox_mailer(store: &waymark_engine::Store) -> Mailer {
@@ -48,27 +67,62 @@ fn outbox_mailer(store: &waymark_engine::Store) -> Mailer {
     .expect("mailer")
 }
 
+/// How [`start_with`] sets the app up.
+struct Setup {
+    network: Network,
+    mailer: fn(&waymark_engine::Store) -> Mailer,
+    /// Without a runner, runs stay where they are until the test spawns one.
+    workers: bool,
+}
+
+impl Default for Setup {
+    fn default() -> Self {
+        Setup {
+            network: Network::simulator(),
+            mailer: outbox_mailer,
+            workers: true,
+        }
+    }
+}
+
 async fn start(db: TestDb) -> Disputes {
+    start_with(db, Setup::default()).await
+}
+
+async fn start_with(db: TestDb, setup: Setup) -> Disputes {
     let (clock, _) = manual_clock();
-    let api = TestApp::on(db)
+    let simulator = match &setup.network {
+        Network::Simulator(sim) => Some(sim.clone()),
+        Network::Http { .. } => None,
+    };
+    let network = setup.network;
+    let mailer = setup.mailer;
+    let app = TestApp::on(db)
         .with_clock(&clock)
-        .with_workflows(|registry, store, _| {
+        .with_workflows(move |registry, store, _| {
             registry
                 .register(PaymentDispute {
                     store: store.clone(),
-                    mailer: outbox_mailer(store),
-                    network: Network::simulator(),
+                    mailer: mailer(store),
+                    network,
                     settings: DisputeSettings::default(),
                 })
                 .unwrap();
-        })
-        .spawn()
-        .await;
-    let (_, operator) = api.key("acme", &["operator"]).await;
+        });
+    let app = if setup.workers {
+        app
+    } else {
+        app.without_workers()
+    };
+    let api = app.spawn().await;
+    let (operator_id, operator) = api.key("acme", &["operator"]).await;
     Disputes {
         api,
         clock,
         operator,
+        operator_id,
+        simulator,
+        event_seq: AtomicI64::new(1),
     }
 }
 
@@ -151,6 +205,158 @@ impl Disputes {
         })
         .await
     }
+
+    /// Waits until `run` completed, and returns it.
+    async fn finished(&self, run: Uuid) -> waymark_engine::Run {
+        wait_for_run(&self.api.engine.store, run, "completed", |r| {
+            r.status == RunStatus::Completed
+        })
+        .await
+    }
+
+    /// Opens dispute `id` (`dispute.created` for `amount` minor units of `currency`, its
+    /// evidence due `due_in` from now, the merchant at `email`) and returns its run.
+    async fn open_for(
+        &self,
+        secret: &str,
+        id: &str,
+        (amount, currency): (i64, &str),
+        due_in: chrono::Duration,
+        email: &str,
+    ) -> Uuid {
+        let now = self.now();
+        let mut created = event(
+            &format!("evt_{id}_created"),
+            "dispute.created",
+            id,
+            now,
+            now + due_in,
+        );
+        created["data"]["dispute"]["amount"] = json!(amount);
+        created["data"]["dispute"]["currency"] = json!(currency);
+        created["data"]["dispute"]["merchant"]["email"] = json!(email);
+        let (status, answer) = self.deliver("acme", secret, &created).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+        run_id(&answer)
+    }
+
+    /// [`Disputes::open_for`] USD 42.00 due in 20 days.
+    async fn open(&self, secret: &str, id: &str) -> Uuid {
+        self.open_for(
+            secret,
+            id,
+            (4200, "usd"),
+            chrono::Duration::days(20),
+            "merchant@example.test",
+        )
+        .await
+    }
+
+    /// A `kind` event for dispute `id` saying `status`, newer than every event before it,
+    /// carrying what the dispute already records (amount, due date, merchant).
+    async fn event_for(&self, id: &str, kind: &str, status: &str) -> Value {
+        let view = self.dispute(id).await;
+        let seq = self.event_seq.fetch_add(1, Ordering::Relaxed);
+        json!({"id": format!("evt_{id}_{seq}"), "type": kind,
+               "created": (self.now() + chrono::Duration::seconds(seq)).to_rfc3339(),
+               "data": {"dispute": {"id": id, "charge": view["charge"], "amount": view["amount"],
+                        "currency": view["currency"], "reason": view["reason"], "status": status,
+                        "evidence_due_by": view["evidence_due_by"],
+                        "merchant": {"email": view["merchant_email"],
+                                     "name": view["merchant_name"].as_str().unwrap_or("Shop")}}}})
+    }
+
+    /// The network says `status` about dispute `id` in a `kind` event; asserts the
+    /// event was applied.
+    async fn network_says(&self, secret: &str, id: &str, kind: &str, status: &str) {
+        let e = self.event_for(id, kind, status).await;
+        let (code, answer) = self.deliver("acme", secret, &e).await;
+        assert_eq!(
+            (code, answer["result"]["outcome"].clone()),
+            (StatusCode::ACCEPTED, json!("applied")),
+            "{kind} {status}: {answer}"
+        );
+    }
+
+    /// Submits the merchant's evidence for dispute `id`: the answer.
+    async fn try_evidence(&self, id: &str) -> (StatusCode, Value) {
+        self.api
+            .call(
+                Method::POST,
+                &format!("/v1/disputes/{id}/evidence"),
+                Some(&self.operator),
+                Some(json!({"product_description": "A red bicycle", "refund_policy": "30 days"})),
+            )
+            .await
+    }
+
+    /// Submits the merchant's evidence for dispute `id`; asserts it was taken.
+    async fn evidence(&self, id: &str) {
+        let (status, answer) = self.try_evidence(id).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{answer}");
+    }
+
+    /// The merchant concedes dispute `id`: the answer.
+    async fn accept(&self, id: &str) -> (StatusCode, Value) {
+        self.api
+            .call(
+                Method::POST,
+                &format!("/v1/disputes/{id}/accept"),
+                Some(&self.operator),
+                Some(json!({})),
+            )
+            .await
+    }
+
+    /// An operator sends `signal` to `run`; asserts it was delivered.
+    async fn signal(&self, run: Uuid, signal: &str, payload: Value) {
+        let (status, answer) = self
+            .api
+            .call(
+                Method::POST,
+                &format!("/v1/runs/{run}/signals/{signal}"),
+                Some(&self.operator),
+                Some(payload),
+            )
+            .await;
+        assert!(status.is_success(), "{signal}: {status} {answer}");
+    }
+
+    /// Sets the tenant's per-currency approval thresholds (minor units).
+    async fn thresholds(&self, thresholds: Value) {
+        let (status, answer) = self
+            .api
+            .call(
+                Method::PUT,
+                "/v1/disputes/settings",
+                Some(&self.operator),
+                Some(json!({ "approval_thresholds": thresholds })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+    }
+
+    /// Waits until `run` waits in `state` and `condition` holds of it.
+    async fn run_where(
+        &self,
+        run: Uuid,
+        state: &'static str,
+        condition: impl Fn(&waymark_engine::Run) -> bool,
+    ) -> waymark_engine::Run {
+        wait_for_run(&self.api.engine.store, run, state, |r| {
+            r.state == state && r.status == RunStatus::Waiting && condition(r)
+        })
+        .await
+    }
+}
+
+/// Whether the dispute's timeline has `what` done by `actor` (any actor when `None`).
+fn timeline_has(view: &Value, what: &str, actor: Option<&str>) -> bool {
+    view["timeline"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["what"] == what && actor.is_none_or(|a| t["actor"] == a))
 }
 
 fn run_id(answer: &Value) -> Uuid {
