@@ -10,6 +10,7 @@ mod api;
 mod binary;
 mod blobs;
 mod conformance;
+mod dashboard;
 mod engine;
 mod exports;
 mod key_rotation;

@@ -12,6 +12,8 @@
 //!   reads `limit` and `cursor` the same way for every list route.
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
 //! - [`waits`]: the caps on long polls (`?wait=`), per key and per process.
+//! - [`ui`]: the operator dashboard under `/ui/` (`GET /` redirects there), with its own
+//!   sessions table ([`schemas`]).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -28,10 +30,17 @@ pub mod diagram;
 pub mod error;
 mod paging;
 pub mod routes;
+pub mod ui;
 pub mod views;
 pub mod waits;
 
 pub use auth::ApiConfig;
+
+/// The API's own tables (the dashboard's sessions), for the store to migrate with the
+/// engine's and the workflows'.
+pub fn schemas() -> Vec<waymark_engine::store::Schema> {
+    vec![ui::SCHEMA]
+}
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -55,6 +64,7 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .merge(blobs::routes(state.blobs.clone()))
+        .merge(ui::routes())
         .with_state(state)
 }
 

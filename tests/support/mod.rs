@@ -85,7 +85,7 @@ impl TestDb {
         })
         .await
         .expect("connect to the test database")
-        .with_schemas(waymark_workflows::schemas());
+        .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat());
         if migrate {
             store.migrate().await.expect("migrate");
         }
@@ -105,7 +105,7 @@ impl TestDb {
         let store = Store::connect(&StoreConfig::Sqlite { path: path.clone() })
             .await
             .expect("open sqlite")
-            .with_schemas(waymark_workflows::schemas());
+            .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat());
         if migrate {
             store.migrate().await.expect("migrate");
         }
@@ -140,7 +140,7 @@ impl TestDb {
         Store::connect(&config)
             .await
             .expect("reopen")
-            .with_schemas(waymark_workflows::schemas())
+            .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat())
     }
 
     pub fn pg(&self) -> &PgStore {

@@ -46,6 +46,7 @@ pub mod tenants;
 mod workflows;
 
 pub use openapi::{openapi, openapi_json};
+pub(crate) use runs::filter_from;
 use runs::*;
 use schedules::*;
 use workflows::*;
@@ -101,7 +102,7 @@ pub(crate) fn params(raw: Option<String>) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
@@ -147,7 +148,11 @@ fn timestamp(name: &str, value: &str) -> ApiResult<DateTime<Utc>> {
         })
 }
 
-async fn load_run(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<waymark_engine::Run> {
+pub(crate) async fn load_run(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> ApiResult<waymark_engine::Run> {
     let id = run_id(raw)?;
     state
         .engine
@@ -157,7 +162,7 @@ async fn load_run(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<way
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
 }
 
-async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> {
+pub(crate) async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> {
     let reason = state
         .engine
         .pending_reason(&run, Duration::from_secs(90))

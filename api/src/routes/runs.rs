@@ -234,7 +234,7 @@ pub(super) async fn get_run(
     Ok(Json(view(&state, run).await?))
 }
 
-pub(super) fn filter_from(query: &[(String, String)]) -> ApiResult<RunFilter> {
+pub(crate) fn filter_from(query: &[(String, String)]) -> ApiResult<RunFilter> {
     let mut filter = RunFilter::default();
     for (name, value) in query {
         match name.as_str() {
