@@ -771,7 +771,94 @@ async fn an_operator_retries_a_held_run_and_skips_a_failed_compensation(db: Test
     api.stop().await;
 }
 
+/// Reads the event stream until an event named `name`, within a deadline.
+async fn next_event(stream: &mut reqwest::Response, seen: &mut String, name: &str) {
+    let wanted = format!("event: {name}");
+    let deadline = std::time::Duration::from_secs(30);
+    tokio::time::timeout(deadline, async {
+        while !seen.contains(&wanted) {
+            let chunk = stream.chunk().await.unwrap().expect("the stream is open");
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no {name} event within {deadline:?}; saw {seen:?}"));
+    // Consumed: the next wait looks for a new one.
+    *seen = seen.split_once(&wanted).unwrap().1.to_owned();
+}
+
+async fn live_events_follow_the_stores_notifications_and_end_with_the_session(db: TestDb) {
+    let api = Api::start_with(
+        db,
+        waymark_api::ApiConfig {
+            ui: waymark_api::ui::UiConfig {
+                // No fallback tick during the test: every event comes from a notification.
+                live_fallback: std::time::Duration::from_secs(3600),
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await;
+    let (key_id, operator) = api.key("acme", &["operator"]).await;
+    let run = id_of(&api.start_run(&operator, "doorbell", json!({})).await);
+    wait_for_status(&api.db().store, run, RunStatus::Waiting).await;
+    let browser = Browser::login(&api, &operator).await;
+    let mut stream = browser
+        .http
+        .get(format!("{}/ui/events?run={run}", api.base))
+        .header("cookie", browser.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    assert_eq!(
+        stream.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let mut seen = String::new();
+    // The watched run ends after its signal: the page hears of it.
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/runs/{run}/signals/ring"),
+            Some(&operator),
+            Some(json!({"by": "Ada"})),
+        )
+        .await;
+    assert!(status.is_success(), "{body}");
+    next_event(&mut stream, &mut seen, "change").await;
+    wait_for_status(&api.db().store, run, RunStatus::Completed).await;
+    // A new run becomes due: another change.
+    api.start_run(&operator, "doorbell", json!({})).await;
+    next_event(&mut stream, &mut seen, "change").await;
+    // The key is revoked: the next notification ends the stream instead.
+    let (status, _) = api
+        .call(
+            Method::DELETE,
+            &format!("/v1/keys/{key_id}"),
+            Some(&api.admin),
+            None,
+        )
+        .await;
+    assert!(status.is_success());
+    api.start_run(&api.admin, "doorbell", json!({})).await;
+    next_event(&mut stream, &mut seen, "end").await;
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            assert!(!String::from_utf8_lossy(&chunk).contains("event:"));
+        }
+    })
+    .await;
+    assert!(rest.is_ok(), "the stream closes after `end`");
+    // Without a session there is no stream.
+    let page = Browser::new(&api).get("/ui/events").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    api.stop().await;
+}
+
 on_both_backends!(
+    live_events_follow_the_stores_notifications_and_end_with_the_session,
     pages_redirect_to_the_login_without_a_session,
     login_sets_a_strict_cookie_and_logout_ends_the_session,
     wrong_keys_are_refused_alike_and_then_rate_limited,

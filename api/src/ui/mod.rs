@@ -12,6 +12,7 @@
 //! - [`pages`]: overview, workflows, workers, audit;
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
+//! - [`live`]: `/ui/events`, the server-sent events that keep pages current;
 //! - [`page`]: the frame and the pieces pages share.
 //!
 //! Every handler acts as the session's key through the same [`Caller`](crate::auth::Caller)
@@ -26,6 +27,7 @@ use axum::Router;
 
 use crate::AppState;
 
+mod live;
 mod login;
 pub mod page;
 mod pages;
@@ -51,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/workflows", get(pages::workflows))
         .route("/ui/workers", get(pages::workers))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/events", get(live::events))
         .route("/ui/assets/{name}", get(asset))
         .layer(axum::middleware::map_response(headers))
 }

@@ -71,7 +71,7 @@ async fn overview_inner(
         .await?;
     let body = html! {
         h1 { "Overview" }
-        div.live #overview data-live="overview" {
+        div #overview data-live {
             @if let Some((due, oldest)) = backlog {
                 p.backlog { "Backlog: " strong { (due) } " due runs unclaimed"
                     @if let Some(oldest) = oldest { ", the oldest due since " (page::time(oldest)) " (" (page::relative(oldest, now)) ")" } "." }

@@ -116,7 +116,7 @@ pub(super) async fn list(
     workflows.sort();
     let body = html! {
         h1 { "Runs" }
-        form.filters method="get" action="/ui/runs" data-live-form {
+        form.filters method="get" action="/ui/runs" {
             label { "Search by run id" input type="search" name="q" value=(get("q")) placeholder="run id"; }
             label { "Workflow"
                 select name="workflow" {
@@ -140,7 +140,7 @@ pub(super) async fn list(
             button type="submit" { "Filter" }
         }
         @if let Some(problem) = &problem { p.error role="alert" { (problem) } }
-        div.live #runs-table data-live="runs" {
+        div #runs-table data-live {
             table.runs {
                 thead { tr { th { "Run" } th { "Workflow" } th { "Status" } th { "State" } th { "Why" } th { "Created" } } }
                 tbody {
@@ -279,6 +279,7 @@ async fn render_inner(
     let csrf = &session.csrf;
     let body = html! {
         p.crumbs { a href="/ui/runs" { "Runs" } " / " code { (run.id) } }
+        div #run-head data-live {
         h1 { (run.workflow) " " (page::status(run.status)) }
         @if let Some(line) = &line { p.why #why role="status" { (line) } }
         dl.facts {
@@ -296,6 +297,8 @@ async fn render_inner(
                 dt { "Progress" } dd { progress value=(p.fraction) max="1" {} " " (p.message.clone().unwrap_or_default()) }
             }
         }
+        }
+        div #run-actions data-live data-run=(run.id) {
         @if act && (can_cancel(&run) || can_terminate(&run) || can_retry(&run) || can_skip(&run) || (!run.status.is_terminal() && !declared.is_empty())) {
             section.actions #actions aria-label="Actions" {
                 h2 { "Actions" }
@@ -345,6 +348,8 @@ async fn render_inner(
                 }
             }
         }
+        }
+        div #run-body data-live {
         @if let Some(error) = &run.error {
             section { h2 { "Error" }
                 p.error { (error.message) }
@@ -383,6 +388,7 @@ async fn render_inner(
                 table { thead { tr { th { "When" } th { "Who" } th { "What" } th { "Detail" } } }
                     tbody { @for a in &audit { tr { td { (page::time(a.at)) } td { (a.actor) } td { (a.action) } td { code { (a.detail.to_string()) } } } } } }
             }
+        }
         }
     };
     let status = if attempt.error.is_empty() {

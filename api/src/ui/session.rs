@@ -52,6 +52,9 @@ pub struct UiConfig {
     /// every login from it answers 429 until the minute ends. 0 turns the limit off.
     pub login_failures_per_minute: u32,
     pub throttle: std::sync::Arc<LoginThrottle>,
+    /// How often a live page looks again when no notification came (a run that started
+    /// waiting notifies nobody).
+    pub live_fallback: std::time::Duration,
 }
 
 impl Default for UiConfig {
@@ -61,6 +64,7 @@ impl Default for UiConfig {
             session_ttl: std::time::Duration::from_secs(12 * 3600),
             login_failures_per_minute: 10,
             throttle: Default::default(),
+            live_fallback: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -250,7 +254,7 @@ impl IntoResponse for Rejection {
 }
 
 /// Finds the session of `token` and checks it and its key against `now`.
-async fn lookup(
+pub(crate) async fn lookup(
     state: &AppState,
     token: &str,
     now: DateTime<Utc>,
