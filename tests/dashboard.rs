@@ -226,7 +226,7 @@ impl Workflow for Booking {
     }
 }
 
-async fn start(db: TestDb) -> (Api, Arc<AtomicBool>) {
+pub(crate) async fn start(db: TestDb) -> (Api, Arc<AtomicBool>) {
     let failing = Arc::new(AtomicBool::new(true));
     let switch = failing.clone();
     let api = Api::start_with_registry(
@@ -242,7 +242,7 @@ async fn start(db: TestDb) -> (Api, Arc<AtomicBool>) {
     (api, failing)
 }
 
-fn id_of(run: &Value) -> Uuid {
+pub(crate) fn id_of(run: &Value) -> Uuid {
     run["id"].as_str().unwrap().parse().unwrap()
 }
 

@@ -9,6 +9,7 @@ mod support;
 mod api;
 mod binary;
 mod blobs;
+mod browser;
 mod conformance;
 mod dashboard;
 mod engine;

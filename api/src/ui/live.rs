@@ -94,11 +94,12 @@ pub(super) async fn events(
         let now = live.state.engine.clock.now();
         let still = session::lookup(&live.state, &live.token, now).await;
         let event = match still {
-            Ok(Some(_)) => Event::default().event("change").data(""),
+            // Browsers drop events with empty data, so each says its name once more.
+            Ok(Some(_)) => Event::default().event("change").data("change"),
             // Ended, or the database cannot say: the page reloads and finds out.
             _ => {
                 live.done = true;
-                Event::default().event("end").data("")
+                Event::default().event("end").data("end")
             }
         };
         Some((Ok::<_, std::convert::Infallible>(event), live))

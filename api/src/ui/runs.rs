@@ -278,7 +278,7 @@ async fn render_inner(
         .unwrap_or_default();
     let csrf = &session.csrf;
     let body = html! {
-        p.crumbs { a href="/ui/runs" { "Runs" } " / " code { (run.id) } }
+        p.crumbs data-live-url={ "/ui/runs/" (run.id) } { a href="/ui/runs" { "Runs" } " / " code { (run.id) } }
         div #run-head data-live {
         h1 { (run.workflow) " " (page::status(run.status)) }
         @if let Some(line) = &line { p.why #why role="status" { (line) } }

@@ -32,6 +32,13 @@ function busyIn(region) {
   return false;
 }
 
+// The page to fetch again: a page answering a POST (a refused signal) names its own
+// address, so a live update never repeats the POST.
+function liveUrl() {
+  const named = document.querySelector("[data-live-url]");
+  return named ? named.getAttribute("data-live-url") : location.href;
+}
+
 let fetching = false;
 let again = false;
 
@@ -39,8 +46,11 @@ async function refresh() {
   if (fetching) { again = true; return; }
   fetching = true;
   try {
-    const response = await fetch(location.href, { credentials: "same-origin" });
-    if (!response.ok || response.redirected) { location.reload(); return; }
+    const response = await fetch(liveUrl(), { credentials: "same-origin" });
+    // Sent to the login: go there rather than show stale data. Any other failure keeps
+    // the page as it is until the next change.
+    if (response.redirected) { location.assign(response.url); return; }
+    if (!response.ok) return;
     const fresh = new DOMParser().parseFromString(await response.text(), "text/html");
     for (const region of document.querySelectorAll("[data-live][id]")) {
       const next = fresh.getElementById(region.id);
@@ -65,7 +75,7 @@ function live() {
   const events = new EventSource("/ui/events" + (query ? "?" + query : ""));
   events.addEventListener("change", refresh);
   // The session ended: reloading shows the login.
-  events.addEventListener("end", () => { events.close(); location.reload(); });
+  events.addEventListener("end", () => { events.close(); location.assign(liveUrl()); });
 }
 
 document.addEventListener("DOMContentLoaded", () => {
