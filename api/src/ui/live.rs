@@ -4,9 +4,10 @@
 //! field alone).
 //!
 //! The stream is fed by the store's own notifications, the ones that wake workers: runs
-//! becoming due (a start, a retry, a timer, a release) and the endings of the runs the
-//! page shows (`?run=<id>`, as many as a page lists). Transitions that notify nobody (a
-//! run starting to wait) are caught by a slow fallback tick. An event carries no data:
+//! becoming due (a start, a retry, a timer, a release) and runs ending (any run's, and,
+//! through the sweep that catches lost notifications, those the page shows, `?run=<id>`).
+//! Transitions that notify nobody (a run starting to wait) are caught by a slow
+//! fallback tick. An event carries no data:
 //! the page is fetched again through the session, so it can only ever show what the
 //! session may see. Before each event the session is checked again, and a stream whose
 //! session ended (logout, expiry, a revoked key) says `end` and closes.
@@ -31,6 +32,7 @@ struct Live {
     state: AppState,
     token: String,
     due: watch::Receiver<u64>,
+    any_ended: watch::Receiver<u64>,
     ended: Arc<Notify>,
     fallback: Duration,
     /// Stops the tasks watching the runs' endings when the stream is dropped.
@@ -40,14 +42,20 @@ struct Live {
 
 /// Waits for the next reason to look again.
 async fn next_change(live: &mut Live) {
+    // A notifier that is gone (shutting down) leaves the others and the tick.
     let due = async {
         if live.due.changed().await.is_err() {
-            // The store's notifier is gone (shutting down): only the tick is left.
+            std::future::pending::<()>().await;
+        }
+    };
+    let any_ended = async {
+        if live.any_ended.changed().await.is_err() {
             std::future::pending::<()>().await;
         }
     };
     tokio::select! {
         _ = due => {}
+        _ = any_ended => {}
         _ = live.ended.notified() => {}
         _ = tokio::time::sleep(live.fallback) => {}
     }
@@ -79,6 +87,7 @@ pub(super) async fn events(
     }
     let live = Live {
         due: state.engine.store.subscribe(),
+        any_ended: state.engine.store.runs_ended(),
         fallback: state.api.ui.live_fallback,
         token: session.token().to_owned(),
         state,

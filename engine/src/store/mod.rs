@@ -152,6 +152,16 @@ impl Store {
         watch
     }
 
+    /// Wakes when any run ends (or may have): every ending this process hears of (NOTIFY
+    /// on PostgreSQL, in process on SQLite), watched or not. Coalesced. Only endings the
+    /// listener delivers: nothing sweeps for them, so a lost notification stays lost.
+    pub fn runs_ended(&self) -> watch::Receiver<u64> {
+        if let Store::Postgres(pg) = self {
+            pg.ensure_listening();
+        }
+        self.endings().any_ended()
+    }
+
     fn endings(&self) -> &Arc<RunEndings> {
         dispatch!(self, s => s.endings())
     }
