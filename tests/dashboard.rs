@@ -771,6 +771,39 @@ async fn an_operator_retries_a_held_run_and_skips_a_failed_compensation(db: Test
     api.stop().await;
 }
 
+async fn the_overview_counts_each_tenants_runs_and_draws_their_activity(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (_, acme) = api.key("acme", &["operator"]).await;
+    let (_, beta) = api.key("beta", &["operator"]).await;
+    let mut ours = Vec::new();
+    for _ in 0..2 {
+        ours.push(id_of(&api.start_run(&acme, "doorbell", json!({})).await));
+    }
+    let held = id_of(&api.start_run(&acme, "ledger", json!({})).await);
+    let theirs = id_of(&api.start_run(&beta, "doorbell", json!({})).await);
+    for id in ours.iter().chain([&theirs]) {
+        wait_for_status(&api.db().store, *id, RunStatus::Waiting).await;
+    }
+    wait_for_run(&api.db().store, held, "held", |r| r.held).await;
+
+    let mut browser = Browser::login(&api, &acme).await;
+    let page = browser.get("/ui/").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.body.contains("status=waiting\">2</a>"), "two waiting doorbells");
+    assert!(page.body.contains("status=failed\">1</a>"), "one failed ledger");
+    assert!(page.body.contains("started 3 · completed 0 · failed 1"), "the chart's totals");
+    assert!(page.body.contains("100.0 %"), "every ended run failed");
+    assert_eq!(page.body.matches(r#"class="chart""#).count(), 2);
+
+    let mut other = Browser::login(&api, &beta).await;
+    let page = other.get("/ui/").await;
+    assert!(page.body.contains("status=waiting\">1</a>"), "beta counts its own only");
+    assert!(!page.body.contains("ledger"), "not even acme's workflow names");
+    assert!(page.body.contains("started 1 · completed 0 · failed 0"));
+    assert!(page.body.contains("no runs ended"));
+    api.stop().await;
+}
+
 /// Reads the event stream until an event named `name`, within a deadline.
 async fn next_event(stream: &mut reqwest::Response, seen: &mut String, name: &str) {
     let wanted = format!("event: {name}");
@@ -858,6 +891,7 @@ async fn live_events_follow_the_stores_notifications_and_end_with_the_session(db
 }
 
 on_both_backends!(
+    the_overview_counts_each_tenants_runs_and_draws_their_activity,
     live_events_follow_the_stores_notifications_and_end_with_the_session,
     pages_redirect_to_the_login_without_a_session,
     login_sets_a_strict_cookie_and_logout_ends_the_session,

@@ -9,7 +9,7 @@
 //!   extractor, the CSRF and `Origin` checks;
 //! - [`login`]: `/ui/login` and `/ui/logout`;
 //! - [`runs`]: the runs list, a run's page and the actions on it;
-//! - [`pages`]: overview, workflows, workers, audit;
+//! - [`pages`]: overview (with [`chart`]), workflows, schedules, workers, audit;
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
 //! - [`live`]: `/ui/events`, the server-sent events that keep pages current;
@@ -27,6 +27,7 @@ use axum::Router;
 
 use crate::AppState;
 
+mod chart;
 mod live;
 mod login;
 pub mod page;
@@ -52,6 +53,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/runs/{id}/{action}", post(runs::action))
         .route("/ui/workflows", get(pages::workflows))
         .route("/ui/workers", get(pages::workers))
+        .route("/ui/schedules", get(pages::schedules))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/events", get(live::events))
         .route("/ui/assets/{name}", get(asset))

@@ -15,6 +15,7 @@ const NAV: &[(&str, &str)] = &[
     ("/ui/", "Overview"),
     ("/ui/runs", "Runs"),
     ("/ui/workflows", "Workflows"),
+    ("/ui/schedules", "Schedules"),
     ("/ui/workers", "Workers"),
     ("/ui/audit", "Audit"),
 ];

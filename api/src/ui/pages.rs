@@ -69,6 +69,50 @@ async fn overview_inner(
         .store
         .workers_live(now - chrono::Duration::seconds(90))
         .await?;
+    let scope = session.caller.scope();
+    let store = &state.engine.store;
+    let counts = store.runs_counts(&scope).await?;
+    let day = store
+        .runs_activity(
+            &scope,
+            now - chrono::Duration::hours(24),
+            std::time::Duration::from_secs(3600),
+        )
+        .await?;
+    let hour = store
+        .runs_activity(
+            &scope,
+            now - chrono::Duration::hours(1),
+            std::time::Duration::from_secs(60),
+        )
+        .await?;
+    let by_hour = super::chart::series(&day, now, chrono::Duration::hours(1), 24);
+    let by_minute = super::chart::series(&hour, now, chrono::Duration::minutes(1), 60);
+    let (done, failed_day) = by_hour
+        .iter()
+        .fold((0, 0), |acc, p| (acc.0 + p.2 + p.3, acc.1 + p.3));
+    let mut workflows: Vec<&str> = counts.iter().map(|c| c.workflow.as_str()).collect();
+    workflows.dedup();
+    let statuses: Vec<RunStatus> = {
+        let mut s: Vec<RunStatus> = counts.iter().map(|c| c.status).collect();
+        s.sort_by_key(|s| s.as_str());
+        s.dedup();
+        s
+    };
+    let count = |w: &str, s: RunStatus| {
+        counts
+            .iter()
+            .find(|c| c.workflow == w && c.status == s)
+            .map_or(0, |c| c.count)
+    };
+    let mut schedules: Vec<_> = store
+        .schedule_list(&scope)
+        .await?
+        .into_iter()
+        .filter(|s| !s.paused && s.next_fire_at.is_some())
+        .collect();
+    schedules.sort_by_key(|s| s.next_fire_at);
+    schedules.truncate(5);
     let body = html! {
         h1 { "Overview" }
         div #overview data-live {
@@ -77,6 +121,34 @@ async fn overview_inner(
                     @if let Some(oldest) = oldest { ", the oldest due since " (page::time(oldest)) " (" (page::relative(oldest, now)) ")" } "." }
             }
             p { (live.len()) " worker process(es) alive. " a href="/ui/workers" { "Workers →" } }
+            p.rate { "Failure rate over the last day: "
+                @if done == 0 { "no runs ended" } @else {
+                    strong { (format!("{:.1} %", failed_day as f64 * 100.0 / done as f64)) } " (" (failed_day) " of " (done) " ended runs failed)"
+                }
+            }
+            section { h2 { "Runs by workflow and status" }
+                @if counts.is_empty() { p { "No runs yet." } } @else {
+                    div.scroll { table.counts {
+                        thead { tr { th { "Workflow" } @for s in &statuses { th { (page::status(*s)) } } } }
+                        tbody { @for w in &workflows { tr {
+                            th { a href={ "/ui/runs?workflow=" (w) } { (w) } }
+                            @for s in &statuses {
+                                @let n = count(w, *s);
+                                td { @if n > 0 { a href={ "/ui/runs?workflow=" (w) "&status=" (s.as_str()) } { (n) } } @else { "·" } }
+                            }
+                        } } }
+                    } }
+                }
+            }
+            div.grid {
+                section { h2 { "Last hour, per minute" } div.scroll { (page::svg(super::chart::svg("last hour", &by_minute))) } }
+                section { h2 { "Last day, per hour" } div.scroll { (page::svg(super::chart::svg("last day", &by_hour))) } }
+            }
+            section { h2 { "Schedules due next" }
+                @if schedules.is_empty() { p { "None." } } @else {
+                    ul { @for s in &schedules { li { (s.name) " (" (s.workflow) "): " (page::opt_time(s.next_fire_at)) } } }
+                }
+            }
             div.grid {
                 section { h2 { "Compensation failed" } (held) }
                 section { h2 { "Failed" } (failed) }
@@ -111,6 +183,34 @@ pub(super) async fn workflows(State(state): State<AppState>, session: UiSession)
         }
     };
     layout(Some(&session), "Workflows", "/ui/workflows", body)
+}
+
+pub(super) async fn schedules(State(state): State<AppState>, session: UiSession) -> Response {
+    let schedules = match state
+        .engine
+        .store
+        .schedule_list(&session.caller.scope())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            let e = crate::error::ApiError::from(e);
+            return page::message(&session, e.status, "Something went wrong", &e.detail);
+        }
+    };
+    let body = html! {
+        h1 { "Schedules" }
+        @if schedules.is_empty() { p { "No schedules." } } @else {
+            table { thead { tr { th { "Name" } th { "Tenant" } th { "Workflow" } th { "Cron" } th { "Zone" } th { "State" } th { "Next fire" } th { "Last fired" } th { "Last run" } } }
+                tbody { @for s in &schedules { tr {
+                    td { (s.name) } td { (s.tenant) } td { (s.workflow) } td { code { (s.cron) } } td { (s.timezone) }
+                    td { @if s.paused { "paused" } @else { "active" } }
+                    td { (page::opt_time(s.next_fire_at)) } td { (page::time(s.last_fired_at)) }
+                    td { @if let Some(r) = s.last_run_id { a href={ "/ui/runs/" (r) } { code { (r.to_string()[..13]) } } } }
+                } } } }
+        }
+    };
+    layout(Some(&session), "Schedules", "/ui/schedules", body)
 }
 
 pub(super) async fn workers(State(state): State<AppState>, session: UiSession) -> Response {
