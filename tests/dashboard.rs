@@ -789,16 +789,31 @@ async fn the_overview_counts_each_tenants_runs_and_draws_their_activity(db: Test
     let mut browser = Browser::login(&api, &acme).await;
     let page = browser.get("/ui/").await;
     assert_eq!(page.status, StatusCode::OK);
-    assert!(page.body.contains("status=waiting\">2</a>"), "two waiting doorbells");
-    assert!(page.body.contains("status=failed\">1</a>"), "one failed ledger");
-    assert!(page.body.contains("started 3 · completed 0 · failed 1"), "the chart's totals");
+    assert!(
+        page.body.contains("status=waiting\">2</a>"),
+        "two waiting doorbells"
+    );
+    assert!(
+        page.body.contains("status=failed\">1</a>"),
+        "one failed ledger"
+    );
+    assert!(
+        page.body.contains("started 3 · completed 0 · failed 1"),
+        "the chart's totals"
+    );
     assert!(page.body.contains("100.0 %"), "every ended run failed");
     assert_eq!(page.body.matches(r#"class="chart""#).count(), 2);
 
     let mut other = Browser::login(&api, &beta).await;
     let page = other.get("/ui/").await;
-    assert!(page.body.contains("status=waiting\">1</a>"), "beta counts its own only");
-    assert!(!page.body.contains("ledger"), "not even acme's workflow names");
+    assert!(
+        page.body.contains("status=waiting\">1</a>"),
+        "beta counts its own only"
+    );
+    assert!(
+        !page.body.contains("ledger"),
+        "not even acme's workflow names"
+    );
     assert!(page.body.contains("started 1 · completed 0 · failed 0"));
     assert!(page.body.contains("no runs ended"));
     api.stop().await;
