@@ -233,9 +233,33 @@ pub(crate) async fn start(db: TestDb) -> (Api, Arc<AtomicBool>) {
         db,
         waymark_api::ApiConfig::default(),
         Arc::new(waymark_engine::SystemClock),
-        move |registry, _, _| {
+        move |registry, store, sealer| {
             registry.register(Ledger { failing: switch }).unwrap();
             registry.register(Booking).unwrap();
+            // Key rotation, with mail to an outbox: its mails are not what is tested here.
+            let mailer = waymark_services::Mailer::from_config(
+                &waymark_services::MailConfig {
+                    smtp_url: None,
+                    smtp: waymark_services::SmtpOptions {
+                        timeout: std::time::Duration::from_secs(10),
+                        pool_size: 1,
+                        ca_file: None,
+                    },
+                    outbox_dir: std::env::temp_dir()
+                        .join(format!("waymark-dashboard-outbox-{}", Uuid::now_v7())),
+                    default_from: "Waymark <keys@waymark.example>".into(),
+                },
+                store.clone(),
+            )
+            .expect("mailer");
+            registry
+                .register(waymark_workflows::key_rotation::KeyRotation {
+                    store: store.clone(),
+                    mailer,
+                    sealer: sealer.clone(),
+                    settings: Default::default(),
+                })
+                .unwrap();
         },
     )
     .await;
@@ -540,6 +564,38 @@ async fn revoking_the_key_ends_its_session(db: TestDb) {
     let page = browser.get("/ui/runs").await;
     assert_eq!(page.status, StatusCode::SEE_OTHER);
     assert!(page.location().starts_with("/ui/login"));
+    api.stop().await;
+}
+
+async fn rotating_the_key_ends_its_sessions(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (id, operator) = api.key("acme", &["operator"]).await;
+    let mut browser = Browser::login(&api, &operator).await;
+    let mut bystander = Browser::login(&api, &api.admin).await;
+    assert_eq!(browser.get("/ui/runs").await.status, StatusCode::OK);
+    let (status, body) = api
+        .call(
+            Method::POST,
+            &format!("/v1/keys/{id}/rotate"),
+            Some(&api.admin),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let page = browser.get("/ui/runs").await;
+    assert_eq!(
+        page.status,
+        StatusCode::SEE_OTHER,
+        "the old key's session ended"
+    );
+    // The old key still works for API clients through its grace period; the new key
+    // logs in; other keys' sessions are untouched.
+    let (status, _) = api
+        .call(Method::GET, "/v1/runs", Some(&operator), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    Browser::login(&api, body["secret"].as_str().unwrap()).await;
+    assert_eq!(bystander.get("/ui/runs").await.status, StatusCode::OK);
     api.stop().await;
 }
 
@@ -914,6 +970,7 @@ on_both_backends!(
     state_changing_requests_need_the_csrf_token_and_this_origin,
     a_reader_sees_no_actions_and_cannot_forge_one,
     revoking_the_key_ends_its_session,
+    rotating_the_key_ends_its_sessions,
     an_operator_sees_nothing_of_another_tenant,
     run_data_is_shown_as_text_never_as_markup,
     the_run_page_says_why_it_waits_draws_its_path_and_checks_signals,

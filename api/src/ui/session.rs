@@ -176,6 +176,21 @@ pub(crate) async fn end(state: &AppState, token: &str) -> Result<(), waymark_eng
     Ok(())
 }
 
+/// Ends every session of `key` in the caller's transaction: a rotation started through
+/// the API logs the old key's browsers out when it commits, though the old key itself
+/// keeps working for API clients through its grace period.
+pub(crate) async fn end_for_key_in(
+    tx: &mut waymark_engine::store::Tx,
+    key: Uuid,
+) -> Result<(), waymark_engine::StoreError> {
+    tx.execute(
+        "DELETE FROM waymark_ui_sessions WHERE key_id = $1",
+        &[Arg::id(key)],
+    )
+    .await?;
+    Ok(())
+}
+
 /// The `Set-Cookie` value for `token`; `None` clears the cookie.
 pub(crate) fn cookie(config: &UiConfig, token: Option<&str>) -> String {
     let secure = if config.secure_cookie() {
