@@ -875,6 +875,63 @@ async fn the_overview_counts_each_tenants_runs_and_draws_their_activity(db: Test
     api.stop().await;
 }
 
+async fn bulk_cancel_counts_first_and_stays_in_the_tenant(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (_, acme) = api.key("acme", &["operator"]).await;
+    let (_, reader) = api.key("acme", &["reader"]).await;
+    let (_, beta) = api.key("beta", &["operator"]).await;
+    let ours: Vec<Uuid> = vec![
+        id_of(&api.start_run(&acme, "doorbell", json!({})).await),
+        id_of(&api.start_run(&acme, "doorbell", json!({})).await),
+    ];
+    let theirs = id_of(&api.start_run(&beta, "doorbell", json!({})).await);
+    for id in ours.iter().chain([&theirs]) {
+        wait_for_status(&api.db().store, *id, RunStatus::Waiting).await;
+    }
+    let mut browser = Browser::login(&api, &acme).await;
+    let list = browser.get("/ui/runs?workflow=doorbell").await;
+    assert!(list.body.contains(r#"action="/ui/runs/bulk""#));
+    let csrf = list.csrf();
+    let form = [
+        ("csrf", csrf.as_str()),
+        ("workflow", "doorbell"),
+        ("action", "cancel"),
+    ];
+    let page = browser.post("/ui/runs/bulk", &form).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page
+        .body
+        .contains("2 run(s) matching this filter can be cancelled"));
+    for id in ours.iter().chain([&theirs]) {
+        assert_eq!(status_of(&api, *id).await, RunStatus::Waiting, "a dry run");
+    }
+    let mut apply = form.to_vec();
+    apply.push(("apply", "yes"));
+    let page = browser.post("/ui/runs/bulk", &apply).await;
+    assert!(page.body.contains("2 of 2 run(s) done"), "{}", page.body);
+    for id in &ours {
+        wait_for_status(&api.db().store, *id, RunStatus::Cancelled).await;
+    }
+    assert_eq!(
+        status_of(&api, theirs).await,
+        RunStatus::Waiting,
+        "beta's is untouched"
+    );
+    // A reader gets no bulk form and no bulk action.
+    let mut as_reader = Browser::login(&api, &reader).await;
+    let list = as_reader.get("/ui/runs").await;
+    assert!(!list.body.contains("/ui/runs/bulk"));
+    let csrf = list.csrf();
+    let page = as_reader
+        .post(
+            "/ui/runs/bulk",
+            &[("csrf", csrf.as_str()), ("action", "cancel")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    api.stop().await;
+}
+
 /// Reads the event stream until an event named `name`, within a deadline.
 async fn next_event(stream: &mut reqwest::Response, seen: &mut String, name: &str) {
     let wanted = format!("event: {name}");
@@ -963,6 +1020,7 @@ async fn live_events_follow_the_stores_notifications_and_end_with_the_session(db
 
 on_both_backends!(
     the_overview_counts_each_tenants_runs_and_draws_their_activity,
+    bulk_cancel_counts_first_and_stays_in_the_tenant,
     live_events_follow_the_stores_notifications_and_end_with_the_session,
     pages_redirect_to_the_login_without_a_session,
     login_sets_a_strict_cookie_and_logout_ends_the_session,

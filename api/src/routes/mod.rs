@@ -46,8 +46,8 @@ pub mod tenants;
 mod workflows;
 
 pub use openapi::{openapi, openapi_json};
-pub(crate) use runs::filter_from;
 use runs::*;
+pub(crate) use runs::{bulk_apply, filter_from};
 use schedules::*;
 use workflows::*;
 

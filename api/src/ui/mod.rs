@@ -48,6 +48,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/login", get(login::form).post(login::submit))
         .route("/ui/logout", post(login::logout))
         .route("/ui/runs", get(runs::list))
+        .route("/ui/runs/bulk", post(runs::bulk))
         .route("/ui/runs/{id}", get(runs::detail))
         .route("/ui/runs/{id}/signal", post(runs::signal))
         .route("/ui/runs/{id}/{action}", post(runs::action))
@@ -121,6 +122,10 @@ impl Form {
         Ok(Form(
             url::form_urlencoded::parse(&bytes).into_owned().collect(),
         ))
+    }
+
+    pub(crate) fn pairs(&self) -> &[(String, String)] {
+        &self.0
     }
 
     pub(crate) fn get(&self, name: &str) -> Option<&str> {

@@ -159,6 +159,15 @@ pub(super) async fn list(
             }
         }
         @if let Some(next) = &next { p { a rel="next" href=(next) { "Older runs →" } } }
+        @if may_act(&session) {
+            form.bulk method="post" action="/ui/runs/bulk" {
+                input type="hidden" name="csrf" value=(session.csrf);
+                @for (k, v) in &query { @if FILTERS.contains(&k.as_str()) || k == "tenant" { input type="hidden" name=(k) value=(v); } }
+                label for="bulk-action" { "On every run this filter matches" }
+                select #bulk-action name="action" { option value="cancel" { "cancel" } option value="retry" { "retry" } }
+                button type="submit" { "Count them first" }
+            }
+        }
     };
     let mut response = layout(Some(&session), "Runs", "/ui/runs", body);
     if problem.is_some() {
@@ -491,6 +500,85 @@ pub(super) async fn action(
         Ok(_) => Redirect::to(&format!("/ui/runs/{}", run.id)).into_response(),
         Err(e) => error_page(&session, e.into()),
     }
+}
+
+/// Bulk cancel or retry of the filtered list: the first POST only counts (a dry run);
+/// the page it shows offers to apply it to what was counted.
+pub(super) async fn bulk(
+    State(state): State<AppState>,
+    session: UiSession,
+    body: Body,
+) -> Response {
+    let form = match checked_form(&state, &session, body).await {
+        Ok(form) => form,
+        Err(response) => return response,
+    };
+    let pairs: Vec<(String, String)> = form
+        .pairs()
+        .iter()
+        .filter(|(k, v)| (FILTERS.contains(&k.as_str()) || k == "tenant") && !v.is_empty())
+        .cloned()
+        .collect();
+    let filters: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k != "tenant")
+        .cloned()
+        .collect();
+    let filter = match crate::routes::filter_from(&filters) {
+        Ok(f) => f,
+        Err(e) => return error_page(&session, e),
+    };
+    let action = match form.get("action") {
+        Some("cancel") => "cancel",
+        Some("retry") => "retry",
+        _ => return error_page(&session, ApiError::invalid("action: cancel or retry")),
+    };
+    let dry_run = form.get("apply") != Some("yes");
+    let scope = scope_for(&session, &pairs);
+    let reason = Some(format!(
+        "bulk {action} by {} from the dashboard",
+        session.caller.actor()
+    ));
+    let outcome = match crate::routes::bulk_apply(
+        &state,
+        &session.caller,
+        scope,
+        &filter,
+        action,
+        dry_run,
+        reason,
+    )
+    .await
+    {
+        Ok(v) => v,
+        Err(e) => return error_page(&session, e),
+    };
+    let matched = outcome["matched"].as_u64().unwrap_or(0);
+    let back: String = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&pairs)
+        .finish();
+    let body = html! {
+        h1 { "Bulk " (action) }
+        @if dry_run {
+            p #bulk-count role="status" { (matched) " run(s) matching this filter can be " (if action == "cancel" { "cancelled" } else { "retried" }) "." }
+            @if matched > 0 {
+                form method="post" action="/ui/runs/bulk" data-confirm={ (action) " " (matched) " run(s)?" } {
+                    input type="hidden" name="csrf" value=(session.csrf);
+                    @for (k, v) in &pairs { input type="hidden" name=(k) value=(v); }
+                    input type="hidden" name="action" value=(action);
+                    input type="hidden" name="apply" value="yes";
+                    button.danger type="submit" { (action) " " (matched) " run(s)" }
+                }
+            }
+        } @else {
+            p #bulk-count role="status" {
+                (outcome["applied"].as_array().map_or(0, Vec::len)) " of " (matched) " run(s) done; "
+                (outcome["conflicts"].as_array().map_or(0, Vec::len)) " could not be (their status changed)."
+            }
+        }
+        p { a href={ "/ui/runs?" (back) } { "Back to the list" } }
+    };
+    layout(Some(&session), "Bulk action", "/ui/runs", body)
 }
 
 pub(super) async fn signal(
