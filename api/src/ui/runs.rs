@@ -162,7 +162,7 @@ pub(super) async fn list(
         @if may_act(&session) {
             form.bulk method="post" action="/ui/runs/bulk" {
                 input type="hidden" name="csrf" value=(session.csrf);
-                @for (k, v) in &query { @if FILTERS.contains(&k.as_str()) || k == "tenant" { input type="hidden" name=(k) value=(v); } }
+                @for (k, v) in &query { @if FILTERS.contains(&k.as_str()) || (k == "tenant" && session.caller.is_admin()) { input type="hidden" name=(k) value=(v); } }
                 label for="bulk-action" { "On every run this filter matches" }
                 select #bulk-action name="action" { option value="cancel" { "cancel" } option value="retry" { "retry" } }
                 button type="submit" { "Count them first" }
