@@ -12,6 +12,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/waymark/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/ensure-postgres.sh
+# The dashboard's browser tests: Debian's chromium and the pinned playwright-core.
+scripts/ensure-browser.sh
 
 log=""
 edges=""

@@ -46,7 +46,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     let store = Store::connect(&store_config)
         .await
         .with_context(|| format!("cannot open the {} database", config.backend_name()))?
-        .with_schemas(waymark_workflows::schemas());
+        .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat());
     store
         .migrate()
         .await
@@ -167,6 +167,10 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
                 metrics_token: config.metrics_token.clone(),
                 sealer: sealer.clone(),
                 rotation_grace: config.rotation_grace,
+                ui: waymark_api::ui::UiConfig {
+                    public_url: config.public_url.clone(),
+                    ..Default::default()
+                },
                 ..waymark_api::ApiConfig::default()
             },
         });

@@ -51,29 +51,28 @@ fn new_run() -> NewRun {
     }
 }
 
-/// A binary that ships the built-in workflows' schemas and `schemas`.
-async fn with(db: &TestDb, schemas: &[Schema]) -> Store {
-    db.connect_unmigrated().await.with_schemas(
-        waymark_workflows::schemas()
-            .into_iter()
-            .chain(schemas.iter().copied()),
-    )
+/// The schemas `waymark` itself ships (the workflows' and the API's), which every
+/// process of an installation knows besides the ones a test adds.
+fn shipped() -> Vec<Schema> {
+    [waymark_workflows::schemas(), waymark_api::schemas()].concat()
 }
 
-/// The recorded migrations of the schemas these tests define (the built-in workflows'
-/// own are applied by every binary and left out).
+async fn with(db: &TestDb, schemas: &[Schema]) -> Store {
+    db.connect_unmigrated()
+        .await
+        .with_schemas(shipped().into_iter().chain(schemas.iter().copied()))
+}
+
+/// The migrations recorded for the schemas the test adds (the shipped ones left out).
 async fn recorded(db: &TestDb) -> Vec<String> {
-    let shipped: Vec<String> = waymark_workflows::schemas()
-        .iter()
-        .map(|s| format!("{}:", s.name))
-        .collect();
+    let shipped: Vec<&str> = shipped().iter().map(|s| s.name).collect();
     db.texts(
         "SELECT schema_name || ':' || CAST(version AS TEXT) FROM waymark_schema_migrations \
          ORDER BY schema_name, version",
     )
     .await
     .into_iter()
-    .filter(|r| !shipped.iter().any(|s| r.starts_with(s.as_str())))
+    .filter(|r| !shipped.contains(&r.split(':').next().unwrap_or_default()))
     .collect()
 }
 
@@ -93,10 +92,7 @@ async fn a_database_of_the_previous_release_migrates_forward(backend: Backend) {
     let run = db.store.run_start(new_run()).await.unwrap().run;
 
     // Today's binary: the engine's newer migrations, then every shipped schema.
-    let shipped = db
-        .connect_unmigrated()
-        .await
-        .with_schemas(waymark_workflows::schemas());
+    let shipped = db.connect_unmigrated().await.with_schemas(shipped());
     shipped.migrate().await.expect("migrates forward");
     assert!(shipped.ready().await.unwrap());
 
@@ -272,5 +268,11 @@ async fn concurrent_migrations_on_postgres_apply_each_schema_migration_once() {
         task.await.unwrap().expect("every process migrates");
     }
     assert_eq!(recorded(&db).await, ["shop:1", "shop:2"]);
-    assert!(with(&db, &[SHOP_V2]).await.ready().await.unwrap());
+    assert!(db
+        .store
+        .clone()
+        .with_schemas(shipped().into_iter().chain([SHOP_V2]))
+        .ready()
+        .await
+        .unwrap());
 }

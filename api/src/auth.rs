@@ -113,6 +113,8 @@ pub struct ApiConfig {
     /// A key rotation's grace when the request names none.
     pub rotation_grace: Duration,
     pub activity: Arc<KeyActivity>,
+    /// The dashboard's sessions and login limit.
+    pub ui: crate::ui::UiConfig,
 }
 
 impl Default for ApiConfig {
@@ -130,6 +132,7 @@ impl Default for ApiConfig {
             sealer: waymark_engine::keys::Sealer::random(),
             rotation_grace: Duration::from_secs(24 * 3600),
             activity: Arc::default(),
+            ui: crate::ui::UiConfig::default(),
         }
     }
 }

@@ -14,6 +14,8 @@
 //! - [`meeting_pages`]: `/rsvp/{token}` and `/calendars/{token}.ics`, the meeting pages
 //!   and feeds an attendee opens without a key (the token is the permission).
 //! - [`waits`]: the caps on long polls (`?wait=`), per key and per process.
+//! - [`ui`]: the operator dashboard under `/ui/` (`GET /` redirects there), with its own
+//!   sessions table ([`schemas`]).
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -31,10 +33,17 @@ pub mod error;
 pub mod meeting_pages;
 mod paging;
 pub mod routes;
+pub mod ui;
 pub mod views;
 pub mod waits;
 
 pub use auth::ApiConfig;
+
+/// The API's own tables (the dashboard's sessions), for the store to migrate with the
+/// engine's and the workflows'.
+pub fn schemas() -> Vec<waymark_engine::store::Schema> {
+    vec![ui::SCHEMA]
+}
 
 #[derive(Clone, Debug)]
 pub struct AppState {
@@ -67,6 +76,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(not_found)
         .merge(blobs::routes(state.blobs.clone()))
         .merge(meeting_pages::routes())
+        .merge(ui::routes())
         .with_state(state)
 }
 

@@ -87,7 +87,7 @@ impl TestDb {
         })
         .await
         .expect("connect to the test database")
-        .with_schemas(waymark_workflows::schemas());
+        .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat());
         if migrate {
             store.migrate().await.expect("migrate");
         }
@@ -107,7 +107,7 @@ impl TestDb {
         let store = Store::connect(&StoreConfig::Sqlite { path: path.clone() })
             .await
             .expect("open sqlite")
-            .with_schemas(waymark_workflows::schemas());
+            .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat());
         if migrate {
             store.migrate().await.expect("migrate");
         }
@@ -142,7 +142,7 @@ impl TestDb {
         Store::connect(&config)
             .await
             .expect("reopen")
-            .with_schemas(waymark_workflows::schemas())
+            .with_schemas([waymark_workflows::schemas(), waymark_api::schemas()].concat())
     }
 
     pub fn pg(&self) -> &PgStore {

@@ -490,6 +490,7 @@ pub(super) async fn rotate_key(
     }
     let record = store.key_insert_in(&mut tx, &new_key, &audit).await?;
     let run = state.engine.start_in(&mut tx, start).await?.run;
+    crate::ui::session::end_for_key_in(&mut tx, id).await?;
     tx.commit().await?;
     let mut body =
         serde_json::to_value(KeyView::new(record, now)).map_err(|e| ApiError::internal(&e))?;

@@ -53,6 +53,7 @@ mod workflows;
 
 pub use openapi::{openapi, openapi_json};
 use runs::*;
+pub(crate) use runs::{bulk_apply, filter_from};
 use schedules::*;
 use workflows::*;
 
@@ -120,7 +121,7 @@ pub(crate) fn params(raw: Option<String>) -> Vec<(String, String)> {
     .unwrap_or_default()
 }
 
-fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
     params
         .iter()
         .find(|(k, _)| k == name)
@@ -166,7 +167,11 @@ fn timestamp(name: &str, value: &str) -> ApiResult<DateTime<Utc>> {
         })
 }
 
-async fn load_run(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<waymark_engine::Run> {
+pub(crate) async fn load_run(
+    state: &AppState,
+    caller: &Caller,
+    raw: &str,
+) -> ApiResult<waymark_engine::Run> {
     let id = run_id(raw)?;
     state
         .engine
@@ -176,7 +181,7 @@ async fn load_run(state: &AppState, caller: &Caller, raw: &str) -> ApiResult<way
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
 }
 
-async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> {
+pub(crate) async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> {
     let reason = state
         .engine
         .pending_reason(&run, Duration::from_secs(90))

@@ -234,7 +234,7 @@ pub(super) async fn get_run(
     Ok(Json(view(&state, run).await?))
 }
 
-pub(super) fn filter_from(query: &[(String, String)]) -> ApiResult<RunFilter> {
+pub(crate) fn filter_from(query: &[(String, String)]) -> ApiResult<RunFilter> {
     let mut filter = RunFilter::default();
     for (name, value) in query {
         match name.as_str() {
@@ -483,11 +483,34 @@ pub(super) async fn bulk(
         created_before: request.filter.created_before,
         tag: request.filter.tag,
     };
-    let scope = caller.scope();
+    bulk_apply(
+        &state,
+        &caller,
+        caller.scope(),
+        &filter,
+        action,
+        request.dry_run,
+        request.reason,
+    )
+    .await
+    .map(Json)
+}
+
+/// A bulk action on the runs `filter` matches in `scope` (the caller's, or narrower; at
+/// most [`BULK_LIMIT`]): `dry_run` only counts those whose status allows `action`.
+pub(crate) async fn bulk_apply(
+    state: &AppState,
+    caller: &Caller,
+    scope: TenantScope,
+    filter: &RunFilter,
+    action: &'static str,
+    dry_run: bool,
+    reason: Option<String>,
+) -> ApiResult<Value> {
     let runs = state
         .engine
         .store
-        .runs_list(&scope, &filter, None, BULK_LIMIT)
+        .runs_list(&scope, filter, None, BULK_LIMIT)
         .await?;
     let eligible: Vec<_> = runs
         .into_iter()
@@ -505,12 +528,10 @@ pub(super) async fn bulk(
             }
         })
         .collect();
-    if request.dry_run {
-        return Ok(Json(json!({ "dry_run": true, "matched": eligible.len() })));
+    if dry_run {
+        return Ok(json!({ "dry_run": true, "matched": eligible.len() }));
     }
-    let reason = request
-        .reason
-        .unwrap_or_else(|| format!("bulk {action} by {}", caller.actor()));
+    let reason = reason.unwrap_or_else(|| format!("bulk {action} by {}", caller.actor()));
     let actor = caller.actor();
     let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
     for run in &eligible {
@@ -541,17 +562,17 @@ pub(super) async fn bulk(
         TenantScope::All => caller.key.tenant.clone(),
     };
     audit_record(
-        &state,
-        &caller,
+        state,
+        caller,
         &tenant,
         &format!("runs.bulk_{action}"),
         "runs".into(),
         json!({ "applied": applied.len(), "reason": reason }),
     )
     .await;
-    Ok(Json(
+    Ok(
         json!({ "dry_run": false, "matched": eligible.len(), "applied": applied, "conflicts": conflicts }),
-    ))
+    )
 }
 
 pub(super) async fn bulk_cancel(

@@ -32,6 +32,9 @@ pub struct RunEndings {
     count: watch::Sender<usize>,
     /// Whether the sweep task runs (one per process).
     pub(super) sweeping: AtomicBool,
+    /// Bumped on every ending this process hears of, watched or not, for those who
+    /// follow all runs (the dashboard's live pages).
+    any: watch::Sender<u64>,
 }
 
 impl Default for RunEndings {
@@ -40,6 +43,7 @@ impl Default for RunEndings {
             runs: Mutex::default(),
             count: watch::channel(0).0,
             sweeping: AtomicBool::new(false),
+            any: watch::channel(0).0,
         }
     }
 }
@@ -73,6 +77,14 @@ impl RunEndings {
         if let Some(tx) = self.lock().get(&id) {
             tx.send_replace(());
         }
+        self.any.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Wakes when any run ends (or may have), coalesced like [`Store::subscribe`]'s.
+    ///
+    /// [`Store::subscribe`]: super::Store::subscribe
+    pub fn any_ended(&self) -> watch::Receiver<u64> {
+        self.any.subscribe()
     }
 
     /// Every waiter re-reads its run: after a gap in which notifications may be lost.
@@ -80,6 +92,7 @@ impl RunEndings {
         for tx in self.lock().values() {
             tx.send_replace(());
         }
+        self.any.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// The runs waited on now.

@@ -171,6 +171,16 @@ impl Store {
         watch
     }
 
+    /// Wakes when any run ends (or may have): every ending this process hears of (NOTIFY
+    /// on PostgreSQL, in process on SQLite), watched or not. Coalesced. Only endings the
+    /// listener delivers: nothing sweeps for them, so a lost notification stays lost.
+    pub fn runs_ended(&self) -> watch::Receiver<u64> {
+        if let Store::Postgres(pg) = self {
+            pg.ensure_listening();
+        }
+        self.endings().any_ended()
+    }
+
     fn endings(&self) -> &Arc<RunEndings> {
         dispatch!(self, s => s.endings())
     }
@@ -397,6 +407,38 @@ impl Store {
         limit: u32,
     ) -> StoreResult<Vec<Run>> {
         dispatch!(self, s => s.runs_list(scope, filter, before, limit).await)
+    }
+
+    /// How many runs each workflow has in each status, in `scope`.
+    pub async fn runs_counts(&self, scope: &TenantScope) -> StoreResult<Vec<RunCount>> {
+        dispatch!(self, s => s.runs_counts(scope).await)
+    }
+
+    /// Runs started (by `created_at`) and ended completed or failed (by `finished_at`)
+    /// since `since`, per interval of `bucket` aligned on the Unix epoch, oldest first;
+    /// intervals with nothing are left out.
+    pub async fn runs_activity(
+        &self,
+        scope: &TenantScope,
+        since: DateTime<Utc>,
+        bucket: Duration,
+    ) -> StoreResult<Vec<ActivityBucket>> {
+        let seconds = i64::try_from(bucket.as_secs().max(1)).unwrap_or(i64::MAX);
+        let rows = dispatch!(self, s => s.runs_activity(scope, since, seconds).await)?;
+        rows.into_iter()
+            .map(|(b, started, completed, failed)| {
+                let start =
+                    DateTime::from_timestamp(b.saturating_mul(seconds), 0).ok_or_else(|| {
+                        StoreError::Corrupt(format!("activity bucket {b} is out of range"))
+                    })?;
+                Ok(ActivityBucket {
+                    start,
+                    started,
+                    completed,
+                    failed,
+                })
+            })
+            .collect()
     }
 
     /// How many runs are due and unclaimed at `now`, and since when the oldest waits.

@@ -449,6 +449,26 @@ pub struct WorkerInfo {
     pub stopped_at: Option<DateTime<Utc>>,
 }
 
+/// How many runs of a workflow are in a status (the dashboard's overview).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunCount {
+    pub workflow: String,
+    pub status: RunStatus,
+    pub count: i64,
+}
+
+/// Runs started, completed and failed in one interval of [`Store::runs_activity`].
+///
+/// [`Store::runs_activity`]: super::Store::runs_activity
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ActivityBucket {
+    /// The interval's start (a multiple of its length since the Unix epoch).
+    pub start: DateTime<Utc>,
+    pub started: i64,
+    pub completed: i64,
+    pub failed: i64,
+}
+
 /// Which runs a listing (or a bulk action) covers. Every field narrows it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RunFilter {

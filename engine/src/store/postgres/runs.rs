@@ -10,7 +10,7 @@ use super::PgStore;
 use crate::error::StoreError;
 use crate::store::{
     from_json, json_error, opt_from_json, parse_error, parse_status, CompensationRecord,
-    HistoryEntry, NewHistory, NewRun, Run, RunFilter, SignalRecord, Started, StoreResult,
+    HistoryEntry, NewHistory, NewRun, Run, RunCount, RunFilter, SignalRecord, Started, StoreResult,
     TenantScope,
 };
 
@@ -377,6 +377,58 @@ impl PgStore {
         q.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit as i64);
         let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.pool).await?;
         rows_to_runs(rows)
+    }
+
+    pub(in crate::store) async fn runs_counts(
+        &self,
+        scope: &TenantScope,
+    ) -> StoreResult<Vec<RunCount>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            r#"SELECT workflow, status, count(*) FROM waymark_runs
+               WHERE ($1::text IS NULL OR tenant = $1)
+               GROUP BY workflow, status ORDER BY workflow, status"#,
+        )
+        .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(workflow, status, count)| {
+                Ok(RunCount {
+                    workflow,
+                    status: status
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("run status {status:?}")))?,
+                    count,
+                })
+            })
+            .collect()
+    }
+
+    /// (bucket index, started, completed, failed) per bucket of `seconds`.
+    pub(in crate::store) async fn runs_activity(
+        &self,
+        scope: &TenantScope,
+        since: DateTime<Utc>,
+        seconds: i64,
+    ) -> StoreResult<Vec<(i64, i64, i64, i64)>> {
+        Ok(sqlx::query_as(
+            r#"SELECT b, sum(started)::bigint, sum(completed)::bigint, sum(failed)::bigint FROM (
+                   SELECT floor(extract(epoch FROM created_at) / $3)::bigint AS b,
+                          1 AS started, 0 AS completed, 0 AS failed
+                   FROM waymark_runs
+                   WHERE ($1::text IS NULL OR tenant = $1) AND created_at >= $2
+                   UNION ALL
+                   SELECT floor(extract(epoch FROM finished_at) / $3)::bigint,
+                          0, (status = 'completed')::int, (status = 'failed')::int
+                   FROM waymark_runs
+                   WHERE ($1::text IS NULL OR tenant = $1) AND finished_at >= $2
+               ) events GROUP BY b ORDER BY b"#,
+        )
+        .bind(scope.tenant())
+        .bind(since)
+        .bind(seconds as f64)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(in crate::store) async fn runs_due_stats(

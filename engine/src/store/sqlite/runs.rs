@@ -8,7 +8,7 @@ use uuid::Uuid;
 use super::{from_ms, json, ms, opt_from_ms, opt_json, typed, uuid, SqliteStore};
 use crate::error::StoreError;
 use crate::store::{
-    parse_error, parse_status, CompensationRecord, HistoryEntry, NewRun, Run, RunFilter,
+    parse_error, parse_status, CompensationRecord, HistoryEntry, NewRun, Run, RunCount, RunFilter,
     SignalRecord, Started, StoreResult, TenantScope,
 };
 
@@ -385,6 +385,57 @@ impl SqliteStore {
         q.push(" ORDER BY r.id DESC LIMIT ").push_bind(limit as i64);
         let rows: Vec<RunRow> = q.build_query_as().fetch_all(&self.pool).await?;
         rows_to_runs(rows)
+    }
+
+    pub(in crate::store) async fn runs_counts(
+        &self,
+        scope: &TenantScope,
+    ) -> StoreResult<Vec<RunCount>> {
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            r#"SELECT workflow, status, count(*) FROM waymark_runs
+               WHERE (?1 IS NULL OR tenant = ?1)
+               GROUP BY workflow, status ORDER BY workflow, status"#,
+        )
+        .bind(scope.tenant())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(workflow, status, count)| {
+                Ok(RunCount {
+                    workflow,
+                    status: status
+                        .parse()
+                        .map_err(|_| StoreError::Corrupt(format!("run status {status:?}")))?,
+                    count,
+                })
+            })
+            .collect()
+    }
+
+    /// (bucket index, started, completed, failed) per bucket of `seconds`; times are
+    /// Unix milliseconds here, so integer division by the bucket's milliseconds.
+    pub(in crate::store) async fn runs_activity(
+        &self,
+        scope: &TenantScope,
+        since: DateTime<Utc>,
+        seconds: i64,
+    ) -> StoreResult<Vec<(i64, i64, i64, i64)>> {
+        Ok(sqlx::query_as(
+            r#"SELECT b, sum(started), sum(completed), sum(failed) FROM (
+                   SELECT created_at / ?3 AS b, 1 AS started, 0 AS completed, 0 AS failed
+                   FROM waymark_runs
+                   WHERE (?1 IS NULL OR tenant = ?1) AND created_at >= ?2
+                   UNION ALL
+                   SELECT finished_at / ?3, 0, status = 'completed', status = 'failed'
+                   FROM waymark_runs
+                   WHERE (?1 IS NULL OR tenant = ?1) AND finished_at >= ?2
+               ) GROUP BY b ORDER BY b"#,
+        )
+        .bind(scope.tenant())
+        .bind(ms(since))
+        .bind(seconds.saturating_mul(1000))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     pub(in crate::store) async fn runs_due_stats(
