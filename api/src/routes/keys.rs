@@ -268,13 +268,7 @@ pub(super) async fn get_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
-    let id = key_id(&id)?;
-    let key = state
-        .engine
-        .store
-        .key_get(&caller.scope(), id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let key = load_key(&state, &caller.scope(), &id).await?;
     Ok(Json(KeyView::new(key, state.engine.clock.now())))
 }
 
@@ -283,14 +277,9 @@ pub(super) async fn revoke_key(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<KeyView>> {
-    let id = key_id(&id)?;
     let scope = caller.scope();
-    let existing = state
-        .engine
-        .store
-        .key_get(&scope, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let existing = load_key(&state, &scope, &id).await?;
+    let id = existing.id;
     if existing.top_scope() > caller.key.top_scope() {
         return Err(ApiError::forbidden(
             "a key may not revoke a key with a wider scope than its own",
@@ -429,14 +418,9 @@ pub(super) async fn rotate_key(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Response> {
-    let id = key_id(&id)?;
     let scope = caller.scope();
-    let old = state
-        .engine
-        .store
-        .key_get(&scope, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let old = load_key(&state, &scope, &id).await?;
+    let id = old.id;
     if old.top_scope() > caller.key.top_scope() {
         return Err(ApiError::forbidden(
             "a key may not rotate a key with a wider scope than its own",
@@ -521,14 +505,9 @@ pub(super) async fn set_rotation_policy(
     headers: HeaderMap,
     request_body: Body,
 ) -> ApiResult<Json<Value>> {
-    let id = key_id(&id)?;
     let scope = caller.scope();
-    let key = state
-        .engine
-        .store
-        .key_get(&scope, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let key = load_key(&state, &scope, &id).await?;
+    let id = key.id;
     if key.top_scope() > caller.key.top_scope() {
         return Err(ApiError::forbidden(
             "a key may not set the rotation policy of a key with a wider scope than its own",
@@ -605,14 +584,9 @@ pub(super) async fn delete_rotation_policy(
     caller: Caller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = key_id(&id)?;
     let scope = caller.scope();
-    let key = state
-        .engine
-        .store
-        .key_get(&scope, id)
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))?;
+    let key = load_key(&state, &scope, &id).await?;
+    let id = key.id;
     if key.top_scope() > caller.key.top_scope() {
         return Err(ApiError::forbidden(
             "a key may not remove the rotation policy of a key with a wider scope than its own",

@@ -181,6 +181,21 @@ pub(crate) async fn load_run(
         .ok_or_else(|| ApiError::not_found(format!("run {id} not found")))
 }
 
+/// A key in `scope` by its raw id; malformed and unknown ids alike answer 404.
+async fn load_key(
+    state: &AppState,
+    scope: &TenantScope,
+    raw: &str,
+) -> ApiResult<waymark_engine::store::KeyRecord> {
+    let id = key_id(raw)?;
+    state
+        .engine
+        .store
+        .key_get(scope, id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("key {id} not found")))
+}
+
 pub(crate) async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResult<RunView> {
     let reason = state
         .engine

@@ -23,8 +23,11 @@
 //! - [`event`]: the webhook event; [`signature`]: its HMAC signature;
 //! - [`ingress`]: webhooks in (inbox, start, signals, dead letters);
 //! - [`record`]: the tables and their SQL; [`network`]: the card network adapter;
+//! - `effects.rs`: what the steps share (reading the dispute, its status and timeline,
+//!   mail to the merchant, the deadline);
 //! - this file: the schema and the workflow.
 
+mod effects;
 pub mod event;
 pub mod ingress;
 pub mod money;
@@ -42,10 +45,10 @@ use waymark_engine::{
     Access, Definition, OnFailure, ResultExt, RetryPolicy, StateDef, StepContext, StepError, Store,
     Transition, Wait, Workflow, WorkflowSignal, WorkflowState,
 };
-use waymark_services::{Email, Mailer};
+use waymark_services::Mailer;
 
+use self::effects::{add, sub};
 use self::network::Network;
-use self::record::Dispute;
 
 /// The dispute tables (see `waymark_engine::store::schemas`).
 /// The tables of [`SCHEMA`] that hold a tenant's rows (a `tenant` column), dependents
@@ -232,128 +235,6 @@ pub struct DisputeOutput {
     /// `won` or `lost`.
     pub outcome: String,
     pub reason: Option<String>,
-}
-
-fn add(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    at + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
-}
-
-fn sub(at: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    at - chrono::Duration::from_std(d).unwrap_or(chrono::Duration::zero())
-}
-
-impl PaymentDispute {
-    async fn dispute(&self, ctx: &StepContext, input: &DisputeInput) -> Result<Dispute, StepError> {
-        record::get(&self.store, &ctx.tenant, &input.dispute_id)
-            .await
-            .retryable()?
-            .ok_or_else(|| StepError::fatal(format!("dispute {} does not exist", input.dispute_id)))
-    }
-
-    async fn status(
-        &self,
-        ctx: &StepContext,
-        d: &Dispute,
-        status: &str,
-        reason: Option<&str>,
-    ) -> Result<(), StepError> {
-        if d.status == status && reason.is_none() {
-            return Ok(());
-        }
-        record::set_status(
-            &self.store,
-            &ctx.tenant,
-            &d.dispute_id,
-            status,
-            reason,
-            ctx.clock.now(),
-        )
-        .await
-        .retryable()
-    }
-
-    /// The actor of this transition for the timeline: the signal's sender, else the
-    /// timer or the run itself.
-    fn actor(ctx: &StepContext, timer: bool) -> String {
-        match ctx.received_signal() {
-            Some(signal) => signal.actor.clone(),
-            None if timer => "timer".to_owned(),
-            None => format!("run:{}", ctx.run_id),
-        }
-    }
-
-    async fn note(
-        &self,
-        ctx: &StepContext,
-        d: &Dispute,
-        actor: &str,
-        what: &str,
-        detail: serde_json::Value,
-    ) -> Result<(), StepError> {
-        // Keyed by the visit so a retried step does not write it twice.
-        let mut detail = detail;
-        detail["visit"] = json!(ctx.idempotency_key(9));
-        let rows = self
-            .store
-            .sql_fetch(
-                "SELECT 1 AS one FROM disputes_timeline WHERE tenant = $1 AND dispute_id = $2 AND what = $3 AND detail ->> 'visit' = $4",
-                &[
-                    waymark_engine::store::Arg::text(&ctx.tenant),
-                    waymark_engine::store::Arg::text(&d.dispute_id),
-                    waymark_engine::store::Arg::text(what),
-                    waymark_engine::store::Arg::text(ctx.idempotency_key(9)),
-                ],
-            )
-            .await
-            .retryable()?;
-        if !rows.is_empty() {
-            return Ok(());
-        }
-        record::timeline(
-            &self.store,
-            &ctx.tenant,
-            &d.dispute_id,
-            actor,
-            what,
-            detail,
-            ctx.clock.now(),
-        )
-        .await
-        .retryable()
-    }
-
-    /// Mails the merchant once per visit (the mailer's ledger keeps a retried step from
-    /// sending again).
-    async fn tell_merchant(
-        &self,
-        ctx: &StepContext,
-        d: &Dispute,
-        subject: String,
-        text: String,
-    ) -> Result<(), StepError> {
-        let email = Email::new()
-            .to(d.merchant_email.clone())
-            .subject(subject)
-            .text(text);
-        self.mailer.send(&ctx.idempotency_key(0), email).await?;
-        Ok(())
-    }
-
-    /// The internal evidence deadline: the network's, less the tenant's margin.
-    async fn deadline(&self, ctx: &StepContext, d: &Dispute) -> Result<DateTime<Utc>, StepError> {
-        let settings = record::settings(&self.store, &ctx.tenant)
-            .await
-            .retryable()?;
-        Ok(sub(d.evidence_due_by, settings.safety_margin))
-    }
-
-    fn awaiting_evidence(cycle: i64, reminders: usize) -> DisputeState {
-        DisputeState::AwaitingEvidence {
-            cycle,
-            reminders,
-            deadline: None,
-        }
-    }
 }
 
 impl Workflow for PaymentDispute {
