@@ -75,10 +75,20 @@ async fn a_signal_sent_before_the_state_waits_is_queued_and_taken_when_it_waits(
         .await
         .unwrap();
     assert!(receipt.created && !receipt.consumed, "queued, not consumed");
+    let queued = format!(
+        "SELECT CAST(signals_queued AS bigint) FROM waymark_runs WHERE id = '{}'",
+        run.id
+    );
+    assert_eq!(
+        db.scalar_i64(&queued).await,
+        1,
+        "the row counts its queued signal"
+    );
     clock.advance(Duration::from_secs(3600));
     let done = wait_for_status(&db.store, run.id, RunStatus::Completed).await;
     runner.stop().await;
     assert_eq!(done.output, Some(json!("rejected: too late")));
+    assert_eq!(db.scalar_i64(&queued).await, 0, "taking it uncounts it");
     // The wait and the consumption are two history rows of the same commit.
     let c = causes(&history(&db, run.id).await).join(",");
     assert!(c.contains("wait,signal"), "{c}");
@@ -260,6 +270,7 @@ async fn signals_still_queued_when_the_run_ends_are_recorded_as_unconsumed(db: T
         .filter(|e| e.cause == "signal_unconsumed")
         .collect();
     assert_eq!(unconsumed.len(), 1);
+    assert_signal_counts(&db).await;
     assert_eq!(unconsumed[0].actor, "user:ana");
     assert!(unconsumed[0]
         .error
@@ -323,5 +334,20 @@ async fn signals_racing_a_runs_end_are_each_consumed_or_recorded_unconsumed(db: 
             .await,
         db.scalar_i64("SELECT count(*) FROM waymark_history WHERE cause = 'signal_unconsumed'")
             .await,
+    );
+    assert_signal_counts(&db).await;
+}
+
+/// The one-statement commit ends a run only when the row's own count says no signal is
+/// queued: that count, kept by triggers on the signals table, must match it exactly.
+async fn assert_signal_counts(db: &TestDb) {
+    assert_eq!(
+        db.scalar_i64(
+            "SELECT count(*) FROM waymark_runs r WHERE r.signals_queued <> \
+             (SELECT count(*) FROM waymark_signals s WHERE s.run_id = r.id AND s.status = 'queued')"
+        )
+        .await,
+        0,
+        "every run's signals_queued matches its queued signals"
     );
 }

@@ -16,15 +16,18 @@ use crate::store::{
     json_error, ClaimRequest, Commit, Held, Lease, Next, Outcome, Run, StoreResult,
 };
 
-/// The one-statement commit for hot transitions that do not end the run. Its extra
-/// conditions (no parent, no pending cancellation) send every other case to the
-/// transactional path, which re-checks the fence and applies the full rules.
+/// The one-statement commit for hot transitions: entering a plain state, a retry, and a
+/// completion. Its extra conditions (no parent, no pending cancellation, and for an
+/// ending no queued signal) send every other case to the transactional path, which
+/// re-checks the fence and applies the full rules.
 ///
-/// Ending a run is never done here: it must record the run's queued signals as
-/// unconsumed, and a `NOT EXISTS (queued signal)` check in this statement would read
-/// the statement's snapshot, missing a signal whose transaction held the run's row
-/// lock while this statement waited for it. The transactional path takes the row lock
-/// first and reads the signals after, so it sees every signal committed before it.
+/// An ending must record the run's queued signals as unconsumed, which this statement
+/// cannot, so it ends a run only when `signals_queued` is 0. That count is a column of
+/// the row (kept by a trigger on waymark_signals, migration 0009), not a `NOT EXISTS`
+/// over the signals: a subquery reads this statement's snapshot and would miss a signal
+/// committed while the statement waited for the row lock, whereas READ COMMITTED
+/// re-checks the WHERE clause against the newest version of the row itself, and
+/// delivering a signal writes the count under that lock.
 const COMMIT_FAST: &str = r#"
 WITH upd AS (
     UPDATE waymark_runs SET
@@ -42,18 +45,25 @@ WITH upd AS (
         progress_pct     = CASE WHEN $8 THEN NULL ELSE progress_pct END,
         progress_message = CASE WHEN $8 THEN NULL ELSE progress_message END,
         received         = CASE WHEN $8 THEN NULL ELSE received END,
+        waiting_for      = CASE WHEN $12 IS NULL THEN waiting_for END,
         finished_at      = $12,
         updated_at       = $13
     WHERE id = $1 AND lease_token = $2 AND locked_by = $14 AND visit = $17
       AND status = 'running' AND lease_expires_at > now()
       AND parent_id IS NULL AND cancel_request IS NULL
+      AND ($12::timestamptz IS NULL OR signals_queued = 0)
     RETURNING *
 ), hist AS (
     INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status, cause,
                                  visit, attempt, actor, worker_id, started_at, committed_at, error)
     SELECT id, $15, state, 'running', status, $16, $17, $18, $19, $14, $20, $13, $7 FROM upd
+), ended AS (
+    -- Wakes the run's waiters at commit, as the transactional path's run_write does.
+    SELECT pg_notify('waymark_run_ended', id::text) FROM upd WHERE finished_at IS NOT NULL
 )
-SELECT * FROM upd
+-- A CTE that only reads is evaluated only if the query reads it: the join with its
+-- count makes the NOTIFY happen.
+SELECT upd.* FROM upd, (SELECT count(*) FROM ended) AS notified
 "#;
 
 impl PgStore {
@@ -139,6 +149,16 @@ impl PgStore {
                         Some(due),
                     )
                 }
+                Outcome::Complete { output } => (
+                    "completed",
+                    commit.from_state.as_str(),
+                    None,
+                    Some(output),
+                    None,
+                    false,
+                    None,
+                    None,
+                ),
                 Outcome::Retry { error, due_at } => (
                     "retrying",
                     commit.from_state.as_str(),
@@ -151,8 +171,7 @@ impl PgStore {
                 ),
                 _ => return Ok(None),
             };
-        // Kept as a parameter so the statement's shape stays that of every commit.
-        let finished_at: Option<DateTime<Utc>> = None;
+        let finished_at = (to_status == "completed").then_some(commit.now);
         let (from_visit, from_attempt) = commit.from_position;
         let row: Option<RunRow> = sqlx::query_as(COMMIT_FAST)
             .bind(lease.run_id)
