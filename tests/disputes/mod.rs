@@ -13,6 +13,7 @@
 //! - [`network`]: the HTTP network adapter against a real HTTP server;
 //! - [`mail`]: the merchant's emails read back from the real SMTP server.
 
+mod files;
 mod lifecycle;
 mod mail;
 mod network;
@@ -26,7 +27,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 use waymark_engine::{Clock, ManualClock, RunStatus};
-use waymark_services::{MailConfig, Mailer, SmtpOptions};
+use waymark_services::{BlobStore, MailConfig, Mailer, SmtpOptions};
 use waymark_workflows::disputes::network::{Network, Simulator};
 use waymark_workflows::disputes::{signature, DisputeSettings, PaymentDispute};
 
@@ -44,6 +45,8 @@ struct Disputes {
     operator_id: String,
     /// The embedded network simulator, unless the app talks HTTP to a network.
     simulator: Option<Arc<Simulator>>,
+    /// Where evidence files go, shared by the API and the workflow.
+    blobs: BlobStore,
     /// Seconds past the clock's now of the next event [`Disputes::event_for`] makes, so
     /// each is newer than the last.
     event_seq: AtomicI64,
@@ -73,7 +76,13 @@ struct Setup {
     mailer: fn(&waymark_engine::Store) -> Mailer,
     /// Without a runner, runs stay where they are until the test spawns one.
     workers: bool,
+    /// `None`: a local store of the test's own (see [`LOCAL_LINKS`]).
+    blobs: Option<BlobStore>,
 }
+
+/// The origin of a local store's links in these tests: the app's port is not known
+/// when the store is made, so a test opens a link at the app's own address instead.
+const LOCAL_LINKS: &str = "http://127.0.0.1:1";
 
 impl Default for Setup {
     fn default() -> Self {
@@ -81,6 +90,7 @@ impl Default for Setup {
             network: Network::simulator(),
             mailer: outbox_mailer,
             workers: true,
+            blobs: None,
         }
     }
 }
@@ -97,14 +107,23 @@ async fn start_with(db: TestDb, setup: Setup) -> Disputes {
     };
     let network = setup.network;
     let mailer = setup.mailer;
+    let blobs = setup.blobs.unwrap_or_else(|| {
+        let dir =
+            std::env::temp_dir().join(format!("waymark-evidence-{}", Uuid::now_v7().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        crate::support::app::local_blobs(&dir, LOCAL_LINKS.into())
+    });
+    let workflow_blobs = blobs.clone();
     let app = TestApp::on(db)
         .with_clock(&clock)
+        .serving_blobs(blobs.clone())
         .with_workflows(move |registry, store, _| {
             registry
                 .register(PaymentDispute {
                     store: store.clone(),
                     mailer: mailer(store),
                     network,
+                    blobs: workflow_blobs,
                     settings: DisputeSettings::default(),
                 })
                 .unwrap();
@@ -122,6 +141,7 @@ async fn start_with(db: TestDb, setup: Setup) -> Disputes {
         operator,
         operator_id,
         simulator,
+        blobs,
         event_seq: AtomicI64::new(1),
     }
 }

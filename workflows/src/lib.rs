@@ -87,6 +87,7 @@ pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
         store: deps.store.clone(),
         mailer: deps.mailer.clone(),
         network: deps.dispute_network,
+        blobs: deps.blobs.clone(),
         settings: deps.disputes,
     })?;
     registry.register(meetings::MeetingInvite {

@@ -42,6 +42,7 @@ use crate::paging::Page;
 use crate::views::{HistoryView, KeyView, RunView};
 use crate::{body, AppState};
 
+mod dispute_files;
 pub mod disputes;
 mod keys;
 pub mod meetings;
@@ -102,6 +103,7 @@ pub fn table() -> Vec<Route> {
         schedules::routes(),
         tenants::routes(),
         disputes::routes(),
+        dispute_files::routes(),
         meetings::routes(),
     ]
     .into_iter()

@@ -23,12 +23,14 @@
 //! - [`event`]: the webhook event; [`signature`]: its HMAC signature;
 //! - [`ingress`]: webhooks in (inbox, start, signals, dead letters);
 //! - [`record`]: the tables and their SQL; [`network`]: the card network adapter;
+//! - [`files`]: evidence files (their types, limits, blob keys and links);
 //! - `effects.rs`: what the steps share (reading the dispute, its status and timeline,
 //!   mail to the merchant, the deadline);
 //! - this file: the schema and the workflow.
 
 mod effects;
 pub mod event;
+pub mod files;
 pub mod ingress;
 pub mod money;
 pub mod network;
@@ -117,6 +119,8 @@ pub struct PaymentDispute {
     pub store: Store,
     pub mailer: Mailer,
     pub network: Network,
+    /// Where evidence files are (the submission packet links to them).
+    pub blobs: waymark_services::BlobStore,
     pub settings: DisputeSettings,
 }
 
@@ -536,12 +540,28 @@ impl Workflow for PaymentDispute {
                         .ok_or_else(|| {
                             StepError::fatal(format!("no evidence recorded for cycle {cycle}"))
                         })?;
+                let ids: Vec<uuid::Uuid> = file_ids
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().and_then(|s| s.parse().ok()))
+                    .collect();
+                let evidence_files =
+                    files::of_cycle(&self.store, &ctx.tenant, &d.dispute_id, cycle, &ids)
+                        .await
+                        .retryable()?
+                        .map_err(|id| {
+                            StepError::fatal(format!("evidence file {id} is not of cycle {cycle}"))
+                        })?;
+                // Links signed now, valid for a week: the network downloads them from
+                // the blob store without a key.
+                let links = files::packet_links(&self.blobs, &evidence_files).await?;
                 let packet = json!({
                     "dispute_id": d.dispute_id,
                     "charge": d.charge,
                     "cycle": cycle,
                     "evidence": fields,
-                    "files": file_ids,
+                    "files": links,
                 });
                 self.network.submit(&d.dispute_id, cycle, &packet).await?;
                 self.note(
