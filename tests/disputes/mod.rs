@@ -17,6 +17,7 @@ mod files;
 mod lifecycle;
 mod mail;
 mod network;
+mod status;
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

@@ -21,7 +21,7 @@ use waymark_engine::{EngineError, SendSignal, TenantScope};
 use waymark_workflows::disputes::files;
 use waymark_workflows::disputes::ingress::{self, IngressError, Outcome};
 use waymark_workflows::disputes::record::{self, Dispute, ListFilter, Settings};
-use waymark_workflows::disputes::signature;
+use waymark_workflows::disputes::{signature, status};
 
 use super::{acting_tenant, audit_record, paged, param, params, timestamp, Auth, Route};
 use crate::auth::Caller;
@@ -564,6 +564,39 @@ async fn submit_evidence(
         Json(json!({"dispute_id": d.dispute_id, "cycle": d.cycle, "run_id": run_id})),
     )
         .into_response())
+}
+
+/// A dispute run's status details: its dispute, the deadline of the state it waits in
+/// (`deadline`: what for, until when, what that time is) and the why-waiting line.
+pub(super) async fn run_details(
+    state: &AppState,
+    run: &waymark_engine::Run,
+) -> ApiResult<Option<Value>> {
+    let Some(id) = run.input.get("dispute_id").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let store = &state.engine.store;
+    let Some(d) = record::get(store, &run.tenant, id).await? else {
+        return Ok(None);
+    };
+    let settings = record::settings(store, &d.tenant).await?;
+    let deadline = status::deadline(&run.state, &run.state_data, &d, &settings);
+    let context = crate::ui::why::Context {
+        deadline: deadline.as_ref().map(|d| crate::ui::why::Deadline {
+            waiting_for: d.waiting_for.to_owned(),
+            until: d.until,
+            kind: d.kind.to_owned(),
+        }),
+        ..Default::default()
+    };
+    let why = crate::ui::why::line(run, state.engine.clock.now(), &context);
+    Ok(Some(json!({
+        "dispute_id": d.dispute_id,
+        "dispute_status": d.status,
+        "cycle": d.cycle,
+        "deadline": deadline,
+        "why": why,
+    })))
 }
 
 /// 409 unless the dispute takes evidence now: before its internal deadline (the

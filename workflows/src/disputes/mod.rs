@@ -24,6 +24,7 @@
 //! - [`ingress`]: webhooks in (inbox, start, signals, dead letters);
 //! - [`record`]: the tables and their SQL; [`network`]: the card network adapter;
 //! - [`files`]: evidence files (their types, limits, blob keys and links);
+//! - [`status`]: what a waiting run waits for and until when (the run's status);
 //! - `effects.rs`: what the steps share (reading the dispute, its status and timeline,
 //!   mail to the merchant, the deadline);
 //! - this file: the schema and the workflow.
@@ -36,6 +37,7 @@ pub mod money;
 pub mod network;
 pub mod record;
 pub mod signature;
+pub mod status;
 
 use std::time::Duration;
 
