@@ -703,9 +703,17 @@ impl Workflow for PaymentDispute {
             }
             DisputeState::Appealed => {
                 let due = add(now, self.settings.appeal_evidence_period);
-                record::start_cycle(&self.store, &ctx.tenant, &d.dispute_id, 2, due, now)
-                    .await
-                    .retryable()?;
+                record::start_cycle(
+                    &self.store,
+                    &ctx.tenant,
+                    &d.dispute_id,
+                    2,
+                    due,
+                    d.last_event_at.max(now),
+                    now,
+                )
+                .await
+                .retryable()?;
                 self.note(
                     ctx,
                     &d,
