@@ -361,6 +361,59 @@ async fn an_appeal_awaits_a_response_and_late_first_cycle_events_keep_its_deadli
     d.api.stop().await;
 }
 
+async fn the_embedded_simulator_decides_through_the_signed_webhook_route(db: TestDb) {
+    use waymark_workflows::disputes::network::{Network, SimulatedDecision};
+    let d = start_with(
+        db,
+        Setup {
+            network: Network::simulator_deciding(SimulatedDecision {
+                outcome: "won".into(),
+                delay: std::time::Duration::from_secs(3600),
+            }),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let sim = d.simulator.clone().unwrap();
+    sim.set_webhook_base(d.api.base.parse().unwrap());
+    let (_, run) = awaiting_decision(&d, "dp_sim").await;
+    let waiting = d.run_in(run, "awaiting_decision").await;
+    let submitted = d.now();
+    assert_eq!(
+        waiting.state_data["simulate_at"],
+        json!((submitted + chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        "{}",
+        waiting.state_data
+    );
+    // The decision waits on the run's own timer, not in the simulator's memory.
+    d.clock.advance(std::time::Duration::from_secs(3599));
+    d.run_in(run, "awaiting_decision").await;
+    d.clock.advance(std::time::Duration::from_secs(1));
+    let finished = d.finished(run).await;
+    assert_eq!(finished.output.as_ref().unwrap()["outcome"], "won");
+    let view = d.dispute("dp_sim").await;
+    assert_eq!(view["network_status"], "won");
+    // It came in as a webhook: the real route verified its signature and applied it.
+    assert!(
+        timeline_has(&view, "dispute.closed", Some("webhook:evt_sim_dp_sim_1")),
+        "{view}"
+    );
+    let history = d
+        .api
+        .engine
+        .store
+        .run_history(&waymark_engine::TenantScope::All, run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        history.iter().any(|h| h.to_state == "simulated_decision"),
+        "{history:?}"
+    );
+    d.api.stop().await;
+}
+
 async fn a_dispute_lost_again_after_its_appeal_closes_at_once(db: TestDb) {
     let d = start(db).await;
     let (secret, run) = lost_first_cycle(&d, "dp_ll").await;
@@ -470,6 +523,7 @@ on_both_backends!(
     an_appeal_is_a_second_cycle_with_its_own_submission,
     an_appeal_awaits_a_response_and_late_first_cycle_events_keep_its_deadline,
     a_dispute_lost_again_after_its_appeal_closes_at_once,
+    the_embedded_simulator_decides_through_the_signed_webhook_route,
     no_decision_in_75_days_escalates_and_only_the_network_closes_it,
     a_close_without_a_decision_waits_and_an_update_with_one_decides,
     the_network_closing_a_dispute_awaiting_evidence_decides_it,

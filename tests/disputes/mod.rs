@@ -118,13 +118,14 @@ async fn start_with(db: TestDb, setup: Setup) -> Disputes {
     let app = TestApp::on(db)
         .with_clock(&clock)
         .serving_blobs(blobs.clone())
-        .with_workflows(move |registry, store, _| {
+        .with_workflows(move |registry, store, sealer| {
             registry
                 .register(PaymentDispute {
                     store: store.clone(),
                     mailer: mailer(store),
                     network,
                     blobs: workflow_blobs,
+                    sealer: sealer.clone(),
                     settings: DisputeSettings::default(),
                 })
                 .unwrap();

@@ -88,6 +88,7 @@ pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
         mailer: deps.mailer.clone(),
         network: deps.dispute_network,
         blobs: deps.blobs.clone(),
+        sealer: deps.sealer.clone(),
         settings: deps.disputes,
     })?;
     registry.register(meetings::MeetingInvite {

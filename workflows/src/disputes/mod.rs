@@ -13,6 +13,8 @@
 //!                          └─(reject)─▶ rejected ─▶ awaiting_evidence
 //! evidence_received ─▶ submitting ─▶ awaiting_decision ─(network_closed)─▶ decided
 //!   awaiting_decision ─(no decision in 75 d)─▶ escalated ─(network_closed)─▶ decided
+//!   awaiting_decision ─(simulator's delay)─▶ simulated_decision ─▶ awaiting_decision
+//!                        (the embedded simulator posts `dispute.closed`, signed)
 //! decided ─▶ won ─▶ closed
 //! decided ─▶ lost ─(appeal, within 10 d, first cycle only)─▶ appealed ─▶ awaiting_evidence (cycle 2)
 //!             └─(window ends)─▶ closed
@@ -123,6 +125,8 @@ pub struct PaymentDispute {
     pub network: Network,
     /// Where evidence files are (the submission packet links to them).
     pub blobs: waymark_services::BlobStore,
+    /// Opens the tenant's webhook secret for the simulator's signed decision.
+    pub sealer: waymark_engine::keys::Sealer,
     pub settings: DisputeSettings,
 }
 
@@ -167,6 +171,14 @@ pub enum DisputeState {
         cycle: i64,
         /// When it escalates.
         escalates_at: DateTime<Utc>,
+        /// When the embedded network simulator decides (see `network::Simulator`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        simulate_at: Option<DateTime<Utc>>,
+    },
+    /// The embedded simulator sends its decision through the signed webhook route.
+    SimulatedDecision {
+        cycle: i64,
+        escalates_at: DateTime<Utc>,
     },
     Escalated {
         cycle: i64,
@@ -200,6 +212,7 @@ impl WorkflowState for DisputeState {
             DisputeState::Rejected { .. } => "rejected",
             DisputeState::Submitting { .. } => "submitting",
             DisputeState::AwaitingDecision { .. } => "awaiting_decision",
+            DisputeState::SimulatedDecision { .. } => "simulated_decision",
             DisputeState::Escalated { .. } => "escalated",
             DisputeState::Decided { .. } => "decided",
             DisputeState::Won => "won",
@@ -289,7 +302,9 @@ impl Workflow for PaymentDispute {
                 .next("decided")
                 .on_signal("network_closed", "decided")
                 .on_signal("network_update", "awaiting_decision")
-                .timer("escalated"),
+                .timer("escalated")
+                .timer("simulated_decision"),
+            StateDef::new("simulated_decision").next("awaiting_decision"),
             StateDef::new("escalated")
                 .on_signal("network_closed", "decided")
                 .on_signal("network_update", "escalated"),
@@ -587,11 +602,24 @@ impl Workflow for PaymentDispute {
                 Ok(Transition::next(DisputeState::AwaitingDecision {
                     cycle,
                     escalates_at: add(now, self.settings.decision_timeout),
+                    simulate_at: self.network.simulated_decision().map(|s| add(now, s.delay)),
+                }))
+            }
+            DisputeState::SimulatedDecision {
+                cycle,
+                escalates_at,
+            } => {
+                self.simulate_decision(ctx, &d, cycle).await?;
+                Ok(Transition::next(DisputeState::AwaitingDecision {
+                    cycle,
+                    escalates_at,
+                    simulate_at: None,
                 }))
             }
             DisputeState::AwaitingDecision {
                 cycle,
                 escalates_at,
+                simulate_at,
             } => {
                 self.status(ctx, &d, "awaiting_decision", None).await?;
                 if matches!(d.network_status.as_str(), "won" | "lost")
@@ -599,16 +627,25 @@ impl Workflow for PaymentDispute {
                 {
                     return Ok(Transition::next(DisputeState::Decided { cycle }));
                 }
-                Ok(Wait::on("network_closed", DisputeState::Decided { cycle })
-                    .or(
-                        "network_update",
-                        DisputeState::AwaitingDecision {
+                let wait = Wait::on("network_closed", DisputeState::Decided { cycle }).or(
+                    "network_update",
+                    DisputeState::AwaitingDecision {
+                        cycle,
+                        escalates_at,
+                        simulate_at,
+                    },
+                );
+                Ok(match simulate_at {
+                    Some(at) if at < escalates_at => wait.timeout_at(
+                        at,
+                        DisputeState::SimulatedDecision {
                             cycle,
                             escalates_at,
                         },
-                    )
-                    .timeout_at(escalates_at, DisputeState::Escalated { cycle })
-                    .into())
+                    ),
+                    _ => wait.timeout_at(escalates_at, DisputeState::Escalated { cycle }),
+                }
+                .into())
             }
             DisputeState::Escalated { cycle } => {
                 if d.status != "escalated" {
@@ -641,6 +678,7 @@ impl Workflow for PaymentDispute {
                 _ => Ok(Transition::next(DisputeState::AwaitingDecision {
                     cycle,
                     escalates_at: add(now, self.settings.decision_timeout),
+                    simulate_at: None,
                 })),
             },
             DisputeState::Won => {
