@@ -14,6 +14,7 @@
 //! - [`mail`]: the merchant's emails read back from the real SMTP server.
 
 mod files;
+mod kill;
 mod lifecycle;
 mod mail;
 mod network;
