@@ -128,6 +128,17 @@ pub async fn insert(tx: &mut Tx, tenant: &str, file: &EvidenceFile) -> Result<()
     Ok(())
 }
 
+/// Forgets the evidence of a cycle (rejected: the merchant submits again).
+pub async fn evidence_delete(store: &Store, tenant: &str, id: &str, cycle: i64) -> Result<()> {
+    store
+        .sql_execute(
+            "DELETE FROM disputes_evidence WHERE tenant = $1 AND dispute_id = $2 AND cycle = $3",
+            &[Arg::text(tenant), Arg::text(id), Arg::int(cycle)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The dispute's files, oldest first, of every cycle.
 pub async fn list(store: &Store, tenant: &str, dispute_id: &str) -> Result<Vec<EvidenceFile>> {
     let sql = format!(

@@ -520,15 +520,7 @@ impl Workflow for PaymentDispute {
                     }) => reason,
                     _ => "not given".to_owned(),
                 };
-                self.store
-                    .sql_execute(
-                        "DELETE FROM disputes_evidence WHERE tenant = $1 AND dispute_id = $2 AND cycle = $3",
-                        &[
-                            waymark_engine::store::Arg::text(&ctx.tenant),
-                            waymark_engine::store::Arg::text(&d.dispute_id),
-                            waymark_engine::store::Arg::int(cycle),
-                        ],
-                    )
+                files::evidence_delete(&self.store, &ctx.tenant, &d.dispute_id, cycle)
                     .await
                     .retryable()?;
                 self.note(
