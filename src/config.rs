@@ -244,6 +244,17 @@ pub struct Config {
     #[arg(long, env = "WAYMARK_DISPUTE_NETWORK_URL", global = true)]
     pub dispute_network_url: Option<url::Url>,
 
+    /// Without WAYMARK_DISPUTE_NETWORK_URL: what the embedded network simulator decides
+    /// for each submission (`won`, `lost`, or `none` to accept and never decide). It
+    /// sends `dispute.closed` to this server's own signed webhook route.
+    #[arg(long, env = "WAYMARK_DISPUTE_SIMULATOR_DECISION", default_value = "won",
+          value_parser = ["won", "lost", "none"], global = true)]
+    pub dispute_simulator_decision: String,
+
+    /// How long after a submission the simulator decides (a durable timer of the run).
+    #[arg(long, env = "WAYMARK_DISPUTE_SIMULATOR_DELAY", default_value = "1m", value_parser = bounded_duration, global = true)]
+    pub dispute_simulator_delay: Duration,
+
     /// A dispute with no decision this long after its submission escalates to an operator.
     #[arg(long, env = "WAYMARK_DISPUTE_DECISION_TIMEOUT", default_value = "75d", value_parser = bounded_duration, global = true)]
     pub dispute_decision_timeout: Duration,

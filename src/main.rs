@@ -11,6 +11,7 @@ use waymark_engine::store::StoreConfig;
 use waymark_engine::{Engine, Limits, Store, SystemClock};
 use waymark_workers::scheduler::{Scheduler, SchedulerConfig};
 use waymark_workers::{Runner, RunnerConfig};
+use waymark_workflows::disputes::network::{Network, SimulatedDecision};
 
 use crate::config::{Cli, Command, Config, KeysCommand};
 use waymark_engine::keys::{IssueKey, Scope, Sealer, Secret};
@@ -104,6 +105,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     waymark_workflows::tenants::plans::sync(&store, &plans, chrono::Utc::now())
         .await
         .context("cannot store the tenant plans")?;
+    let dispute_network = dispute_network(&config)?;
     let registry = waymark_workflows::registry(waymark_workflows::Deps {
         store: store.clone(),
         mailer: mailer.clone(),
@@ -115,13 +117,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             reveal_max_wait: config.rotation_reveal_max_wait,
             ..Default::default()
         },
-        dispute_network: match &config.dispute_network_url {
-            Some(url) => waymark_workflows::disputes::network::Network::http(
-                url.clone(),
-                std::time::Duration::from_secs(30),
-            ),
-            None => waymark_workflows::disputes::network::Network::simulator(),
-        },
+        dispute_network: dispute_network.clone(),
         disputes: waymark_workflows::disputes::DisputeSettings {
             decision_timeout: config.dispute_decision_timeout,
             appeal_window: config.dispute_appeal_window,
@@ -152,6 +148,15 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
         let addr = listener.local_addr()?;
+        if let (Network::Simulator(sim), None) = (&dispute_network, &config.public_url) {
+            // The simulator's decisions come back to this server's own address.
+            let host = match addr.ip() {
+                ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            let base = format!("http://{}", std::net::SocketAddr::new(host, addr.port()));
+            sim.set_webhook_base(url::Url::parse(&base)?);
+        }
         // Tests and scripts read this line to find a port chosen by the OS.
         println!(
             "waymark: listening on http://{addr} ({})",
@@ -193,6 +198,27 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
     workers.await?.context("worker failed")?;
     scheduler.await?;
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+/// The card network disputes go to: over HTTP, or the embedded simulator (deciding as
+/// configured, its decisions sent to `WAYMARK_PUBLIC_URL` when set, else to the address
+/// `serve` binds).
+fn dispute_network(config: &Config) -> anyhow::Result<Network> {
+    let network = match (
+        &config.dispute_network_url,
+        config.dispute_simulator_decision.as_str(),
+    ) {
+        (Some(url), _) => Network::http(url.clone(), std::time::Duration::from_secs(30)),
+        (None, "none") => Network::simulator(),
+        (None, outcome) => Network::simulator_deciding(SimulatedDecision {
+            outcome: outcome.to_owned(),
+            delay: config.dispute_simulator_delay,
+        }),
+    };
+    if let (Network::Simulator(sim), Some(public)) = (&network, &config.public_url) {
+        sim.set_webhook_base(url::Url::parse(public).context("invalid WAYMARK_PUBLIC_URL")?);
+    }
+    Ok(network)
 }
 
 /// Why this process must not start with its master key, if it must not. With

@@ -48,7 +48,8 @@ pub fn schemas() -> Vec<waymark_engine::store::Schema> {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub engine: Engine,
-    /// Serves signed links of a local blob store; `None` (or S3): `/blobs/…` is 404.
+    /// The blob store: evidence uploads go there, and `/blobs/…` serves a local one's
+    /// signed links. `None`: uploads answer 503 and `/blobs/…` 404 (as with S3).
     pub blobs: Option<waymark_services::BlobStore>,
     pub api: ApiConfig,
 }

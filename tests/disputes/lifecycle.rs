@@ -307,6 +307,113 @@ async fn an_appeal_is_a_second_cycle_with_its_own_submission(db: TestDb) {
     d.api.stop().await;
 }
 
+async fn an_appeal_awaits_a_response_and_late_first_cycle_events_keep_its_deadline(db: TestDb) {
+    let d = start(db).await;
+    let (secret, run) = lost_first_cycle(&d, "dp_lt").await;
+    let first = d.dispute("dp_lt").await;
+    let first_due = first["evidence_due_by"].clone();
+    let lost_at: chrono::DateTime<chrono::Utc> =
+        first["last_event_at"].as_str().unwrap().parse().unwrap();
+    d.clock.advance(DAY);
+    let appealed = d.now();
+    d.signal(run, "appeal", json!(null)).await;
+    d.run_where(run, "awaiting_evidence", |r| r.state_data["cycle"] == 2)
+        .await;
+    let view = d.dispute("dp_lt").await;
+    // The appeal awaits a response: the network's status no longer says `lost`.
+    assert_eq!(view["network_status"], "needs_response", "{view}");
+    let appeal_due = view["evidence_due_by"].clone();
+    let due: chrono::DateTime<chrono::Utc> = appeal_due.as_str().unwrap().parse().unwrap();
+    assert_eq!(due, appealed + chrono::Duration::days(14));
+
+    // An update created after the first decision but before the appeal, arriving late,
+    // is recorded and not applied.
+    let mut late = d.event_for("dp_lt", "dispute.updated", "lost").await;
+    late["created"] = json!((lost_at + chrono::Duration::hours(1)).to_rfc3339());
+    late["data"]["dispute"]["evidence_due_by"] = first_due.clone();
+    let (status, answer) = d.deliver("acme", &secret, &late).await;
+    assert_eq!(
+        (status, answer["result"]["outcome"].clone()),
+        (reqwest::StatusCode::ACCEPTED, json!("stale")),
+        "{answer}"
+    );
+    // An update created after the appeal still carrying the first cycle's due date moves
+    // the network's status, never the appeal's deadline.
+    let mut newer = d
+        .event_for("dp_lt", "dispute.updated", "under_review")
+        .await;
+    newer["data"]["dispute"]["evidence_due_by"] = first_due;
+    let (status, answer) = d.deliver("acme", &secret, &newer).await;
+    assert_eq!(
+        (status, answer["result"]["outcome"].clone()),
+        (reqwest::StatusCode::ACCEPTED, json!("applied")),
+        "{answer}"
+    );
+    let view = d.dispute("dp_lt").await;
+    assert_eq!(view["network_status"], "under_review", "{view}");
+    assert_eq!(view["evidence_due_by"], appeal_due, "{view}");
+    d.run_where(run, "awaiting_evidence", |r| r.state_data["cycle"] == 2)
+        .await;
+    // The appeal's evidence is still taken against its own deadline.
+    d.evidence("dp_lt").await;
+    d.run_where(run, "awaiting_decision", |r| r.state_data["cycle"] == 2)
+        .await;
+    d.api.stop().await;
+}
+
+async fn the_embedded_simulator_decides_through_the_signed_webhook_route(db: TestDb) {
+    use waymark_workflows::disputes::network::{Network, SimulatedDecision};
+    let d = start_with(
+        db,
+        Setup {
+            network: Network::simulator_deciding(SimulatedDecision {
+                outcome: "won".into(),
+                delay: std::time::Duration::from_secs(3600),
+            }),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let sim = d.simulator.clone().unwrap();
+    sim.set_webhook_base(d.api.base.parse().unwrap());
+    let (_, run) = awaiting_decision(&d, "dp_sim").await;
+    let waiting = d.run_in(run, "awaiting_decision").await;
+    let submitted = d.now();
+    assert_eq!(
+        waiting.state_data["simulate_at"],
+        json!((submitted + chrono::Duration::hours(1))
+            .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)),
+        "{}",
+        waiting.state_data
+    );
+    // The decision waits on the run's own timer, not in the simulator's memory.
+    d.clock.advance(std::time::Duration::from_secs(3599));
+    d.run_in(run, "awaiting_decision").await;
+    d.clock.advance(std::time::Duration::from_secs(1));
+    let finished = d.finished(run).await;
+    assert_eq!(finished.output.as_ref().unwrap()["outcome"], "won");
+    let view = d.dispute("dp_sim").await;
+    assert_eq!(view["network_status"], "won");
+    // It came in as a webhook: the real route verified its signature and applied it.
+    assert!(
+        timeline_has(&view, "dispute.closed", Some("webhook:evt_sim_dp_sim_1")),
+        "{view}"
+    );
+    let history = d
+        .api
+        .engine
+        .store
+        .run_history(&waymark_engine::TenantScope::All, run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        history.iter().any(|h| h.to_state == "simulated_decision"),
+        "{history:?}"
+    );
+    d.api.stop().await;
+}
+
 async fn a_dispute_lost_again_after_its_appeal_closes_at_once(db: TestDb) {
     let d = start(db).await;
     let (secret, run) = lost_first_cycle(&d, "dp_ll").await;
@@ -414,7 +521,9 @@ on_both_backends!(
     evidence_recorded_before_the_run_waits_for_it_is_still_found,
     a_review_resumed_after_the_deadline_concedes,
     an_appeal_is_a_second_cycle_with_its_own_submission,
+    an_appeal_awaits_a_response_and_late_first_cycle_events_keep_its_deadline,
     a_dispute_lost_again_after_its_appeal_closes_at_once,
+    the_embedded_simulator_decides_through_the_signed_webhook_route,
     no_decision_in_75_days_escalates_and_only_the_network_closes_it,
     a_close_without_a_decision_waits_and_an_update_with_one_decides,
     the_network_closing_a_dispute_awaiting_evidence_decides_it,

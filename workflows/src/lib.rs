@@ -87,6 +87,8 @@ pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
         store: deps.store.clone(),
         mailer: deps.mailer.clone(),
         network: deps.dispute_network,
+        blobs: deps.blobs.clone(),
+        sealer: deps.sealer.clone(),
         settings: deps.disputes,
     })?;
     registry.register(meetings::MeetingInvite {

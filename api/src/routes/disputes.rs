@@ -18,9 +18,10 @@ use serde_json::{json, Value};
 use uuid::Uuid;
 use waymark_engine::keys::Scope;
 use waymark_engine::{EngineError, SendSignal, TenantScope};
+use waymark_workflows::disputes::files;
 use waymark_workflows::disputes::ingress::{self, IngressError, Outcome};
 use waymark_workflows::disputes::record::{self, Dispute, ListFilter, Settings};
-use waymark_workflows::disputes::signature;
+use waymark_workflows::disputes::{signature, status};
 
 use super::{acting_tenant, audit_record, paged, param, params, timestamp, Auth, Route};
 use crate::auth::Caller;
@@ -118,7 +119,7 @@ pub fn routes() -> Vec<Route> {
             method: Method::GET,
             path: "/v1/disputes/{id}",
             summary: "One dispute as the merchant sees it: amount (formatted), deadlines, \
-                      evidence, cycle, funds movements, timeline and run.",
+                      evidence and its files, cycle, funds movements, timeline and run.",
             auth: Auth::Key(Scope::Reader),
             success: &[200],
             body: None,
@@ -421,7 +422,7 @@ async fn summary(state: &AppState, d: &Dispute) -> ApiResult<Value> {
     Ok(view)
 }
 
-async fn load(
+pub(super) async fn load(
     state: &AppState,
     caller: &Caller,
     id: &str,
@@ -446,6 +447,7 @@ async fn get_dispute(
     let mut view = summary(&state, &d).await?;
     view["funds_movements"] = json!(record::funds_list(store, &d.tenant, &d.dispute_id).await?);
     view["timeline"] = json!(record::timeline_list(store, &d.tenant, &d.dispute_id).await?);
+    view["evidence_files"] = json!(files::list(store, &d.tenant, &d.dispute_id).await?);
     view["evidence"] = match record::evidence(store, &d.tenant, &d.dispute_id, d.cycle).await? {
         Some((fields, files)) => json!({"cycle": d.cycle, "fields": fields, "file_ids": files}),
         None => Value::Null,
@@ -504,21 +506,18 @@ async fn submit_evidence(
             "evidence needs at least one field or file",
         ));
     }
+    evidence_open(&state, &d).await?;
     let store = &state.engine.store;
     let now = state.engine.clock.now();
-    let settings = record::settings(store, &d.tenant).await?;
-    let deadline =
-        d.evidence_due_by - chrono::Duration::from_std(settings.safety_margin).unwrap_or_default();
-    if now >= deadline {
-        return Err(ApiError::conflict(format!(
-            "the evidence deadline passed at {}; evidence is no longer accepted",
-            deadline.to_rfc3339()
-        )));
-    }
-    if !matches!(d.status.as_str(), "opened" | "awaiting_evidence") {
-        return Err(ApiError::conflict(format!(
-            "dispute {id:?} is {}; it takes evidence only while awaiting it",
-            d.status
+    let ids: Vec<Uuid> = file_ids
+        .iter()
+        .filter_map(|v| v.as_str().and_then(|s| s.parse().ok()))
+        .collect();
+    if let Err(unknown) = files::of_cycle(store, &d.tenant, &d.dispute_id, d.cycle, &ids).await? {
+        return Err(ApiError::invalid(format!(
+            "file_ids: {unknown} is not an evidence file of dispute {id:?} (cycle {}); \
+             upload it with POST /v1/disputes/{id}/evidence/files",
+            d.cycle
         )));
     }
     let run_id = d
@@ -565,6 +564,61 @@ async fn submit_evidence(
         Json(json!({"dispute_id": d.dispute_id, "cycle": d.cycle, "run_id": run_id})),
     )
         .into_response())
+}
+
+/// A dispute run's status details: its dispute, the deadline of the state it waits in
+/// (`deadline`: what for, until when, what that time is) and the why-waiting line.
+pub(super) async fn run_details(
+    state: &AppState,
+    run: &waymark_engine::Run,
+) -> ApiResult<Option<Value>> {
+    let Some(id) = run.input.get("dispute_id").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let store = &state.engine.store;
+    let Some(d) = record::get(store, &run.tenant, id).await? else {
+        return Ok(None);
+    };
+    let settings = record::settings(store, &d.tenant).await?;
+    let deadline = status::deadline(&run.state, &run.state_data, &d, &settings);
+    let context = crate::ui::why::Context {
+        deadline: deadline.as_ref().map(|d| crate::ui::why::Deadline {
+            waiting_for: d.waiting_for.to_owned(),
+            until: d.until,
+            kind: d.kind.to_owned(),
+        }),
+        ..Default::default()
+    };
+    let why = crate::ui::why::line(run, state.engine.clock.now(), &context);
+    Ok(Some(json!({
+        "dispute_id": d.dispute_id,
+        "dispute_status": d.status,
+        "cycle": d.cycle,
+        "deadline": deadline,
+        "why": why,
+    })))
+}
+
+/// 409 unless the dispute takes evidence now: before its internal deadline (the
+/// answer says when that passed) and while it awaits evidence.
+pub(super) async fn evidence_open(state: &AppState, d: &Dispute) -> ApiResult<()> {
+    let now = state.engine.clock.now();
+    let settings = record::settings(&state.engine.store, &d.tenant).await?;
+    let deadline =
+        d.evidence_due_by - chrono::Duration::from_std(settings.safety_margin).unwrap_or_default();
+    if now >= deadline {
+        return Err(ApiError::conflict(format!(
+            "the evidence deadline passed at {}; evidence is no longer accepted",
+            deadline.to_rfc3339()
+        )));
+    }
+    if !matches!(d.status.as_str(), "opened" | "awaiting_evidence") {
+        return Err(ApiError::conflict(format!(
+            "dispute {:?} is {}; it takes evidence only while awaiting it",
+            d.dispute_id, d.status
+        )));
+    }
+    Ok(())
 }
 
 async fn accept_dispute(

@@ -42,6 +42,7 @@ use crate::paging::Page;
 use crate::views::{HistoryView, KeyView, RunView};
 use crate::{body, AppState};
 
+mod dispute_files;
 pub mod disputes;
 mod keys;
 pub mod meetings;
@@ -102,6 +103,7 @@ pub fn table() -> Vec<Route> {
         schedules::routes(),
         tenants::routes(),
         disputes::routes(),
+        dispute_files::routes(),
         meetings::routes(),
     ]
     .into_iter()
@@ -226,8 +228,12 @@ pub(crate) async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResul
 }
 
 /// What a workflow's status adds: for a key rotation, the keys, so an operator sees
-/// whether clients still use the old one (`last_used_at`).
+/// whether clients still use the old one (`last_used_at`); for a dispute, the deadline
+/// of the state it waits in and the why-waiting line that names it.
 async fn details(state: &AppState, run: &waymark_engine::Run) -> ApiResult<Option<Value>> {
+    if run.workflow == waymark_workflows::disputes::PaymentDispute::NAME {
+        return disputes::run_details(state, run).await;
+    }
     if run.workflow != waymark_workflows::key_rotation::KeyRotation::NAME {
         return Ok(None);
     }

@@ -260,6 +260,7 @@ async fn render_inner(
             .as_ref()
             .map(|w| w.definition().retry_for(&run.state).max_attempts),
         children_done,
+        deadline: view.details.as_ref().and_then(why::Deadline::from_details),
     };
     let line = why::line(&run, now, &context);
     let target = format!("run:{}", run.id);

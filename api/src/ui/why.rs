@@ -18,6 +18,36 @@ pub struct Context {
     pub max_attempts: Option<u32>,
     /// How many of the children have ended, when the run gathers children.
     pub children_done: Option<u32>,
+    /// What the workflow says its wait is for and until when (a dispute's evidence
+    /// deadline), from the run's status details.
+    pub deadline: Option<Deadline>,
+}
+
+/// A waiting state's deadline as the workflow names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deadline {
+    /// `evidence`, `an appeal`, …
+    pub waiting_for: String,
+    /// `None`: the wait never ends by itself.
+    pub until: Option<DateTime<Utc>>,
+    /// `internal deadline`, `appeal window`, …
+    pub kind: String,
+}
+
+impl Deadline {
+    /// The deadline in a run view's `details` (`details.deadline`), if any.
+    pub fn from_details(details: &serde_json::Value) -> Option<Deadline> {
+        let d = details.get("deadline")?;
+        Some(Deadline {
+            waiting_for: d.get("waiting_for")?.as_str()?.to_owned(),
+            until: d
+                .get("until")
+                .and_then(|u| u.as_str())
+                .and_then(|u| DateTime::parse_from_rfc3339(u).ok())
+                .map(|u| u.with_timezone(&Utc)),
+            kind: d.get("kind")?.as_str()?.to_owned(),
+        })
+    }
 }
 
 fn at(t: DateTime<Utc>) -> String {
@@ -47,6 +77,18 @@ pub fn line(run: &Run, now: DateTime<Utc>, context: &Context) -> Option<String> 
         RunStatus::Waiting => {
             let wait = run.waiting_for.as_ref()?;
             let since = format!("since {}", at(run.updated_at));
+            if let Some(d) = &context.deadline {
+                return Some(match d.until {
+                    Some(until) => format!(
+                        "Waiting for {} until {} ({}, {}) {since}.",
+                        d.waiting_for,
+                        at(until),
+                        d.kind,
+                        relative(until, now)
+                    ),
+                    None => format!("Waiting for {} ({}) {since}.", d.waiting_for, d.kind),
+                });
+            }
             let timeout = run
                 .due_at
                 .map(|t| format!("; times out at {} ({})", at(t), relative(t, now)))
@@ -214,6 +256,40 @@ mod tests {
             line(&r, now(), &Context::default()).unwrap(),
             "Waiting for signal `confirm` since 2026-12-01 10:00:00 UTC; times out at \
              2026-12-01 11:00:00 UTC (in 55 min)."
+        );
+    }
+
+    #[test]
+    fn a_workflows_deadline_names_what_it_waits_for_and_until_when() {
+        let mut r = run(RunStatus::Waiting);
+        // The timer fires earlier (a reminder): the line names the deadline instead.
+        r.due_at = Some("2026-12-02T10:00:00Z".parse().unwrap());
+        r.waiting_for = Some(WaitingFor {
+            signals: vec![],
+            timeout: None,
+            children: None,
+        });
+        let details = json!({"deadline": {"waiting_for": "evidence",
+            "until": "2026-12-08T10:05:00Z", "kind": "internal deadline"}});
+        let context = Context {
+            deadline: Deadline::from_details(&details),
+            ..Context::default()
+        };
+        assert_eq!(
+            line(&r, now(), &context).unwrap(),
+            "Waiting for evidence until 2026-12-08 10:05:00 UTC (internal deadline, in 7 d) \
+             since 2026-12-01 10:00:00 UTC."
+        );
+        let details = json!({"deadline": {"waiting_for": "the network's decision",
+            "until": null, "kind": "escalated to an operator, no deadline"}});
+        let context = Context {
+            deadline: Deadline::from_details(&details),
+            ..Context::default()
+        };
+        assert_eq!(
+            line(&r, now(), &context).unwrap(),
+            "Waiting for the network's decision (escalated to an operator, no deadline) \
+             since 2026-12-01 10:00:00 UTC."
         );
     }
 

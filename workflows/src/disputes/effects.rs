@@ -8,6 +8,7 @@ use serde_json::json;
 use waymark_engine::{ResultExt, StepContext, StepError};
 use waymark_services::Email;
 
+use super::network::Network;
 use super::record::{self, Dispute};
 use super::{DisputeInput, DisputeState, PaymentDispute};
 
@@ -130,6 +131,51 @@ impl PaymentDispute {
             .await
             .retryable()?;
         Ok(sub(d.evidence_due_by, settings.safety_margin))
+    }
+
+    /// The embedded simulator's decision: `dispute.closed` with its outcome, sent to
+    /// the tenant's webhook route signed with the tenant's current secret. The event id
+    /// is the dispute's and cycle's, so a retried step sends a duplicate Waymark ignores.
+    pub(super) async fn simulate_decision(
+        &self,
+        ctx: &StepContext,
+        d: &Dispute,
+        cycle: i64,
+    ) -> Result<(), StepError> {
+        let Network::Simulator(sim) = &self.network else {
+            return Ok(());
+        };
+        let Some(decision) = sim.decision() else {
+            return Ok(());
+        };
+        let now = ctx.clock.now();
+        // The newest valid secret: ids are time-ordered.
+        let secret = record::secrets_valid(&self.store, &ctx.tenant, now)
+            .await
+            .retryable()?
+            .iter()
+            .rev()
+            .find_map(|s| self.sealer.open_text(s.id, &s.sealed))
+            .ok_or_else(|| {
+                StepError::retryable(format!(
+                    "tenant {} has no webhook secret this process can open",
+                    ctx.tenant
+                ))
+            })?;
+        let event = json!({
+            "id": format!("evt_sim_{}_{cycle}", d.dispute_id),
+            "type": "dispute.closed",
+            "created": now.to_rfc3339(),
+            "data": {"dispute": {
+                "id": d.dispute_id, "charge": d.charge, "amount": d.amount,
+                "currency": d.currency.to_ascii_lowercase(), "reason": d.reason,
+                "status": decision.outcome, "evidence_due_by": d.evidence_due_by.to_rfc3339(),
+                "merchant": {"email": d.merchant_email, "name": d.merchant_name},
+            }},
+        });
+        let body = serde_json::to_vec(&event).expect("an event serialises");
+        sim.send_decision(&ctx.tenant, &secret, now.timestamp(), &body)
+            .await
     }
 
     pub(super) fn awaiting_evidence(cycle: i64, reminders: usize) -> DisputeState {

@@ -13,6 +13,8 @@
 //!                          └─(reject)─▶ rejected ─▶ awaiting_evidence
 //! evidence_received ─▶ submitting ─▶ awaiting_decision ─(network_closed)─▶ decided
 //!   awaiting_decision ─(no decision in 75 d)─▶ escalated ─(network_closed)─▶ decided
+//!   awaiting_decision ─(simulator's delay)─▶ simulated_decision ─▶ awaiting_decision
+//!                        (the embedded simulator posts `dispute.closed`, signed)
 //! decided ─▶ won ─▶ closed
 //! decided ─▶ lost ─(appeal, within 10 d, first cycle only)─▶ appealed ─▶ awaiting_evidence (cycle 2)
 //!             └─(window ends)─▶ closed
@@ -23,17 +25,21 @@
 //! - [`event`]: the webhook event; [`signature`]: its HMAC signature;
 //! - [`ingress`]: webhooks in (inbox, start, signals, dead letters);
 //! - [`record`]: the tables and their SQL; [`network`]: the card network adapter;
+//! - [`files`]: evidence files (their types, limits, blob keys and links);
+//! - [`status`]: what a waiting run waits for and until when (the run's status);
 //! - `effects.rs`: what the steps share (reading the dispute, its status and timeline,
 //!   mail to the merchant, the deadline);
 //! - this file: the schema and the workflow.
 
 mod effects;
 pub mod event;
+pub mod files;
 pub mod ingress;
 pub mod money;
 pub mod network;
 pub mod record;
 pub mod signature;
+pub mod status;
 
 use std::time::Duration;
 
@@ -117,6 +123,10 @@ pub struct PaymentDispute {
     pub store: Store,
     pub mailer: Mailer,
     pub network: Network,
+    /// Where evidence files are (the submission packet links to them).
+    pub blobs: waymark_services::BlobStore,
+    /// Opens the tenant's webhook secret for the simulator's signed decision.
+    pub sealer: waymark_engine::keys::Sealer,
     pub settings: DisputeSettings,
 }
 
@@ -161,6 +171,14 @@ pub enum DisputeState {
         cycle: i64,
         /// When it escalates.
         escalates_at: DateTime<Utc>,
+        /// When the embedded network simulator decides (see `network::Simulator`).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        simulate_at: Option<DateTime<Utc>>,
+    },
+    /// The embedded simulator sends its decision through the signed webhook route.
+    SimulatedDecision {
+        cycle: i64,
+        escalates_at: DateTime<Utc>,
     },
     Escalated {
         cycle: i64,
@@ -194,6 +212,7 @@ impl WorkflowState for DisputeState {
             DisputeState::Rejected { .. } => "rejected",
             DisputeState::Submitting { .. } => "submitting",
             DisputeState::AwaitingDecision { .. } => "awaiting_decision",
+            DisputeState::SimulatedDecision { .. } => "simulated_decision",
             DisputeState::Escalated { .. } => "escalated",
             DisputeState::Decided { .. } => "decided",
             DisputeState::Won => "won",
@@ -283,7 +302,9 @@ impl Workflow for PaymentDispute {
                 .next("decided")
                 .on_signal("network_closed", "decided")
                 .on_signal("network_update", "awaiting_decision")
-                .timer("escalated"),
+                .timer("escalated")
+                .timer("simulated_decision"),
+            StateDef::new("simulated_decision").next("awaiting_decision"),
             StateDef::new("escalated")
                 .on_signal("network_closed", "decided")
                 .on_signal("network_update", "escalated"),
@@ -499,15 +520,7 @@ impl Workflow for PaymentDispute {
                     }) => reason,
                     _ => "not given".to_owned(),
                 };
-                self.store
-                    .sql_execute(
-                        "DELETE FROM disputes_evidence WHERE tenant = $1 AND dispute_id = $2 AND cycle = $3",
-                        &[
-                            waymark_engine::store::Arg::text(&ctx.tenant),
-                            waymark_engine::store::Arg::text(&d.dispute_id),
-                            waymark_engine::store::Arg::int(cycle),
-                        ],
-                    )
+                files::evidence_delete(&self.store, &ctx.tenant, &d.dispute_id, cycle)
                     .await
                     .retryable()?;
                 self.note(
@@ -536,12 +549,28 @@ impl Workflow for PaymentDispute {
                         .ok_or_else(|| {
                             StepError::fatal(format!("no evidence recorded for cycle {cycle}"))
                         })?;
+                let ids: Vec<uuid::Uuid> = file_ids
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().and_then(|s| s.parse().ok()))
+                    .collect();
+                let evidence_files =
+                    files::of_cycle(&self.store, &ctx.tenant, &d.dispute_id, cycle, &ids)
+                        .await
+                        .retryable()?
+                        .map_err(|id| {
+                            StepError::fatal(format!("evidence file {id} is not of cycle {cycle}"))
+                        })?;
+                // Links signed now, valid for a week: the network downloads them from
+                // the blob store without a key.
+                let links = files::packet_links(&self.blobs, &evidence_files).await?;
                 let packet = json!({
                     "dispute_id": d.dispute_id,
                     "charge": d.charge,
                     "cycle": cycle,
                     "evidence": fields,
-                    "files": file_ids,
+                    "files": links,
                 });
                 self.network.submit(&d.dispute_id, cycle, &packet).await?;
                 self.note(
@@ -565,11 +594,24 @@ impl Workflow for PaymentDispute {
                 Ok(Transition::next(DisputeState::AwaitingDecision {
                     cycle,
                     escalates_at: add(now, self.settings.decision_timeout),
+                    simulate_at: self.network.simulated_decision().map(|s| add(now, s.delay)),
+                }))
+            }
+            DisputeState::SimulatedDecision {
+                cycle,
+                escalates_at,
+            } => {
+                self.simulate_decision(ctx, &d, cycle).await?;
+                Ok(Transition::next(DisputeState::AwaitingDecision {
+                    cycle,
+                    escalates_at,
+                    simulate_at: None,
                 }))
             }
             DisputeState::AwaitingDecision {
                 cycle,
                 escalates_at,
+                simulate_at,
             } => {
                 self.status(ctx, &d, "awaiting_decision", None).await?;
                 if matches!(d.network_status.as_str(), "won" | "lost")
@@ -577,16 +619,25 @@ impl Workflow for PaymentDispute {
                 {
                     return Ok(Transition::next(DisputeState::Decided { cycle }));
                 }
-                Ok(Wait::on("network_closed", DisputeState::Decided { cycle })
-                    .or(
-                        "network_update",
-                        DisputeState::AwaitingDecision {
+                let wait = Wait::on("network_closed", DisputeState::Decided { cycle }).or(
+                    "network_update",
+                    DisputeState::AwaitingDecision {
+                        cycle,
+                        escalates_at,
+                        simulate_at,
+                    },
+                );
+                Ok(match simulate_at {
+                    Some(at) if at < escalates_at => wait.timeout_at(
+                        at,
+                        DisputeState::SimulatedDecision {
                             cycle,
                             escalates_at,
                         },
-                    )
-                    .timeout_at(escalates_at, DisputeState::Escalated { cycle })
-                    .into())
+                    ),
+                    _ => wait.timeout_at(escalates_at, DisputeState::Escalated { cycle }),
+                }
+                .into())
             }
             DisputeState::Escalated { cycle } => {
                 if d.status != "escalated" {
@@ -619,6 +670,7 @@ impl Workflow for PaymentDispute {
                 _ => Ok(Transition::next(DisputeState::AwaitingDecision {
                     cycle,
                     escalates_at: add(now, self.settings.decision_timeout),
+                    simulate_at: None,
                 })),
             },
             DisputeState::Won => {
@@ -681,9 +733,17 @@ impl Workflow for PaymentDispute {
             }
             DisputeState::Appealed => {
                 let due = add(now, self.settings.appeal_evidence_period);
-                record::start_cycle(&self.store, &ctx.tenant, &d.dispute_id, 2, due, now)
-                    .await
-                    .retryable()?;
+                record::start_cycle(
+                    &self.store,
+                    &ctx.tenant,
+                    &d.dispute_id,
+                    2,
+                    due,
+                    d.last_event_at.max(now),
+                    now,
+                )
+                .await
+                .retryable()?;
                 self.note(
                     ctx,
                     &d,

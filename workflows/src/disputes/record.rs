@@ -133,7 +133,9 @@ pub async fn attach_run(tx: &mut Tx, tenant: &str, id: &str, run: Uuid) -> Resul
     Ok(())
 }
 
-/// Applies what a newer `dispute.updated` or `dispute.closed` says.
+/// Applies what a newer `dispute.updated` or `dispute.closed` says. In the appeal
+/// cycle the evidence deadline is Waymark's own (set when the appeal began), so an
+/// event, which carries the network's first-cycle date, does not move it.
 pub async fn apply_event(
     tx: &mut Tx,
     tenant: &str,
@@ -142,8 +144,10 @@ pub async fn apply_event(
 ) -> Result<()> {
     let d = &event.data.dispute;
     tx.execute(
-        "UPDATE disputes SET network_status = $3, evidence_due_by = $4, last_event_id = $5, \
-         last_event_at = $6, updated_at = $7 WHERE tenant = $1 AND dispute_id = $2",
+        "UPDATE disputes SET network_status = $3, \
+         evidence_due_by = CASE WHEN cycle = 1 THEN $4 ELSE evidence_due_by END, \
+         last_event_id = $5, last_event_at = $6, updated_at = $7 \
+         WHERE tenant = $1 AND dispute_id = $2",
         &[
             Arg::text(tenant),
             Arg::text(&d.id),
@@ -183,18 +187,24 @@ pub async fn set_status(
     Ok(())
 }
 
-/// Starts the second cycle: a new evidence deadline.
+/// Starts the second cycle (the appeal): a new evidence deadline, and the network's
+/// status back to `needs_response`, since the appeal awaits a response rather than
+/// staying `lost`. Events created before `applied_after` (the appeal's start, or a
+/// newer event already applied) describe the first cycle: they are recorded but no
+/// longer applied.
 pub async fn start_cycle(
     store: &Store,
     tenant: &str,
     id: &str,
     cycle: i64,
     evidence_due_by: DateTime<Utc>,
+    applied_after: DateTime<Utc>,
     now: DateTime<Utc>,
 ) -> Result<()> {
     store
         .sql_execute(
             "UPDATE disputes SET cycle = $3, evidence_due_by = $4, status = 'awaiting_evidence', \
+             network_status = 'needs_response', last_event_at = $6, \
              outcome_reason = NULL, updated_at = $5 WHERE tenant = $1 AND dispute_id = $2",
             &[
                 Arg::text(tenant),
@@ -202,6 +212,7 @@ pub async fn start_cycle(
                 Arg::int(cycle),
                 Arg::time(evidence_due_by),
                 Arg::time(now),
+                Arg::time(applied_after),
             ],
         )
         .await?;
