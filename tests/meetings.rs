@@ -150,15 +150,19 @@ struct Meetings {
 }
 
 async fn setup(db: TestDb) -> Meetings {
+    setup_with(db, MeetingSettings::default()).await
+}
+
+async fn setup_with(db: TestDb, settings: MeetingSettings) -> Meetings {
     let (clock, _) = manual_clock();
     let api = TestApp::on(db)
         .with_clock(&clock)
-        .with_workflows(|registry, store, _| {
+        .with_workflows(move |registry, store, _| {
             registry
                 .register(MeetingInvite {
                     store: store.clone(),
                     mailer: mailer(store),
-                    settings: MeetingSettings::default(),
+                    settings: settings.clone(),
                 })
                 .unwrap();
         })
@@ -235,6 +239,49 @@ impl Meetings {
                     .is_some_and(|t| t.with_timezone(&Utc) >= now)
         })
         .await
+    }
+}
+
+/// The runs that carried a meeting, from the first, following `continued_as`.
+async fn chain(m: &Meetings, first: Uuid) -> Vec<waymark_engine::Run> {
+    let mut runs = Vec::new();
+    let mut id = Some(first);
+    while let Some(next) = id {
+        let run = m
+            .api
+            .engine
+            .store
+            .run_get(&waymark_engine::TenantScope::All, next)
+            .await
+            .unwrap()
+            .unwrap();
+        id = run.continued_as();
+        runs.push(run);
+    }
+    runs
+}
+
+impl Meetings {
+    /// Like [`Meetings::settled`], for whichever run of the chain is live.
+    async fn chain_settled(&self, first: Uuid) -> waymark_engine::Run {
+        let now = waymark_engine::Clock::now(&self.clock);
+        wait_until(
+            "the live run to settle",
+            Duration::from_secs(30),
+            || async {
+                let live = chain(self, first).await.pop().unwrap();
+                live.status == RunStatus::Waiting
+                    && live
+                        .waiting_for
+                        .as_ref()
+                        .and_then(|w| w.signals.first())
+                        .and_then(|s| s.target.data["since"].as_str())
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .is_some_and(|t| t.with_timezone(&Utc) >= now)
+            },
+        )
+        .await;
+        chain(self, first).await.pop().unwrap()
     }
 }
 
@@ -653,4 +700,99 @@ async fn weekly_series_in_two_zones_changes_cancels_replies_and_feeds(db: TestDb
 on_both_backends!(
     invite_rsvp_reminder_and_completion,
     weekly_series_in_two_zones_changes_cancels_replies_and_feeds,
+    an_endless_series_continues_as_new_so_each_runs_history_stays_bounded,
 );
+
+/// A daily series without end, reminders an hour before each occurrence, and a run
+/// that continues as new after every second occurrence: a week of occurrences leaves
+/// a chain of runs whose histories do not grow with the series, every reminder sent
+/// once, and answers still reaching the live run through the meeting's row.
+async fn an_endless_series_continues_as_new_so_each_runs_history_stays_bounded(db: TestDb) {
+    let m = setup_with(
+        db,
+        MeetingSettings {
+            continue_after_occurrences: 2,
+            ..MeetingSettings::default()
+        },
+    )
+    .await;
+    let (ada, org) = (m.who("ada"), m.who("org"));
+    let now = waymark_engine::Clock::now(&m.clock);
+    let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+    let start = (now + chrono::Duration::days(2))
+        .with_timezone(&berlin)
+        .naive_local()
+        .date()
+        .and_hms_opt(10, 0, 0)
+        .unwrap();
+    let (status, created) = m
+        .call(
+            Method::POST,
+            "/v1/meetings",
+            Some(json!({
+                "title": format!("Daily {}", m.tag),
+                "start": start, "end": start + chrono::Duration::minutes(30),
+                "timezone": "Europe/Berlin",
+                "organizer": {"email": org},
+                "attendees": [{"email": ada, "timezone": "Europe/Berlin"}],
+                "recurrence": "FREQ=DAILY",
+                "reminders": ["1h"]
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let first: Uuid = created["run_id"].as_str().unwrap().parse().unwrap();
+    let invite = wait_mails(&ada, "Invitation: Daily", 1).await.remove(0);
+    m.settled(first).await;
+
+    let occurrences = 7;
+    for k in 0..occurrences {
+        let local = start + chrono::Duration::days(k);
+        let start_utc = local.and_local_timezone(berlin).single().unwrap();
+        m.clock
+            .set((start_utc - chrono::Duration::hours(1)).with_timezone(&Utc));
+        wait_mails(&ada, "Reminder: Daily", k as usize + 1).await;
+        m.chain_settled(first).await;
+        if k == 3 {
+            // The run that sent the invitation is long gone: the answer reaches the
+            // live one through the meeting's row, and the organiser hears of it.
+            let runs = chain(&m, first).await;
+            assert!(runs.len() >= 2, "continued by now");
+            let (status, _) = m
+                .page(Method::POST, &link(&invite, "Accept"), Some("accepted"))
+                .await;
+            assert_eq!(status, StatusCode::OK);
+            wait_mails(&org, "accepted: Daily", 1).await;
+            m.chain_settled(first).await;
+        }
+    }
+    let runs = chain(&m, first).await;
+    // Seven occurrences: the run continued after every second one that ended.
+    assert!(runs.len() >= 3, "{} run(s)", runs.len());
+    let live = runs.last().unwrap();
+    assert_eq!(m.meeting(&id).await["run_id"], json!(live.id));
+    let mut sizes = Vec::new();
+    for run in &runs {
+        let history = m
+            .api
+            .engine
+            .store
+            .run_history(&waymark_engine::TenantScope::All, run.id)
+            .await
+            .unwrap()
+            .unwrap();
+        sizes.push(history.len());
+    }
+    // Two occurrences' ticks (a reminder each, an answer) and the run's start and
+    // end: a small constant, whatever the length of the series.
+    assert!(
+        sizes.iter().all(|&n| n <= 16),
+        "history rows per run: {sizes:?}"
+    );
+    for run in &runs[..runs.len() - 1] {
+        assert_eq!(run.status, RunStatus::Completed);
+    }
+    // Every reminder went out once.
+    assert_eq!(count_mails(&ada, "Reminder: Daily"), occurrences as usize);
+}

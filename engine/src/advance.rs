@@ -213,7 +213,44 @@ fn forward(
             Ok(Outcome::Complete { output })
         }
         RawTransition::Abort { reason } => Ok(Outcome::Abort { reason }),
+        RawTransition::ContinueAsNew { state, data } => {
+            continuation(definition, run, &state, data, input)
+        }
     }
+}
+
+/// A run continuing as new: only from a state that declares it, and only a top-level
+/// run (a parent gathers its child's output, which a continuation does not have).
+fn continuation(
+    definition: &Definition,
+    run: &Run,
+    state: &str,
+    data: Value,
+    input: &PlanInput<'_>,
+) -> Result<Outcome, StepError> {
+    if !definition
+        .state(&run.state)
+        .is_some_and(|s| s.continues_as_new)
+    {
+        return Err(StepError::fatal(format!(
+            "state {:?} continued the run as new, but its definition does not declare that it may",
+            run.state
+        )));
+    }
+    if run.parent_id.is_some() {
+        return Err(StepError::fatal(
+            "a child run cannot continue as new: its parent waits for its own output",
+        ));
+    }
+    let next = crate::start::prepare_continuation(
+        input.registry,
+        input.max_payload,
+        run,
+        state,
+        data,
+        input.now,
+    )?;
+    Ok(Outcome::ContinueAsNew { next })
 }
 
 fn checked_target(

@@ -193,6 +193,17 @@ pub async fn update(tx: &mut Tx, meeting: &Meeting) -> Result<()> {
     Ok(())
 }
 
+/// Points the meeting at the run that now carries it (after a continue-as-new).
+pub async fn set_run(store: &Store, id: Uuid, run: Uuid) -> Result<()> {
+    store
+        .sql_execute(
+            "UPDATE meetings SET run_id = $2 WHERE id = $1",
+            &[Arg::id(id), Arg::id(run)],
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn set_status(
     store: &Store,
     id: Uuid,

@@ -342,6 +342,19 @@ pub fn reminder_at(rule: &Reminder, start: DateTime<Utc>, zone: Tz) -> Option<Da
     }
 }
 
+/// The longest time any of `rules` can fall before its occurrence's start: a
+/// `day_before_at` one at most two days (and an hour more across a clock change).
+pub fn longest_lead(rules: &[Reminder]) -> chrono::Duration {
+    rules
+        .iter()
+        .map(|rule| match rule {
+            Reminder::Offset(d) => chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
+            Reminder::DayBeforeAt { .. } => chrono::Duration::hours(49),
+        })
+        .max()
+        .unwrap_or_else(chrono::Duration::zero)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
