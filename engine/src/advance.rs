@@ -480,6 +480,30 @@ mod tests {
     }
 
     #[test]
+    fn continuing_as_new_is_refused_from_an_undeclared_state_and_in_a_child_run() {
+        let definition = Definition::new([
+            StateDef::new("a").next("b"),
+            StateDef::new("b").continues_as_new(),
+        ]);
+        let again = || RawTransition::ContinueAsNew {
+            state: "a".into(),
+            data: json!("a"),
+        };
+        let commit = plan(&definition, &run_in("a", 1), Ok(again()), &input(&[]));
+        let Outcome::Fail { error, .. } = commit.outcome else {
+            panic!("{:?}", commit.outcome)
+        };
+        assert!(error.message.contains("does not declare"), "{error:?}");
+        let mut child = run_in("b", 1);
+        child.parent_id = Some(Uuid::now_v7());
+        let commit = plan(&definition, &child, Ok(again()), &input(&[]));
+        let Outcome::Fail { error, .. } = commit.outcome else {
+            panic!("{:?}", commit.outcome)
+        };
+        assert!(error.message.contains("child run"), "{error:?}");
+    }
+
+    #[test]
     fn a_timer_edge_sleeps_until_its_instant() {
         let i = input(&[]);
         let t = RawTransition::Sleep {
