@@ -701,6 +701,8 @@ on_both_backends!(
     invite_rsvp_reminder_and_completion,
     weekly_series_in_two_zones_changes_cancels_replies_and_feeds,
     an_endless_series_continues_as_new_so_each_runs_history_stays_bounded,
+    a_reply_with_a_recurrence_id_answers_for_that_occurrence_only,
+    moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_reminder,
 );
 
 /// A daily series without end, reminders an hour before each occurrence, and a run
@@ -795,4 +797,263 @@ async fn an_endless_series_continues_as_new_so_each_runs_history_stays_bounded(d
     }
     // Every reminder went out once.
     assert_eq!(count_mails(&ada, "Reminder: Daily"), occurrences as usize);
+}
+
+/// A calendar REPLY with `RECURRENCE-ID`, as a client sends when one declines a single
+/// occurrence.
+fn occurrence_reply(uid: &str, sequence: i64, email: &str, partstat: &str, rid: &str) -> String {
+    format!(
+        "BEGIN:VCALENDAR\r\nVERSION:2.0\r\nPRODID:-//Test//Client//EN\r\nMETHOD:REPLY\r\nBEGIN:VEVENT\r\n\
+         UID:{uid}\r\nSEQUENCE:{sequence}\r\nDTSTAMP:20270101T000000Z\r\n\
+         RECURRENCE-ID;TZID=Europe/Berlin:{rid}\r\n\
+         ATTENDEE;PARTSTAT={partstat}:mailto:{email}\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n"
+    )
+}
+
+impl Meetings {
+    async fn post_reply(&self, id: &str, text: String) -> (StatusCode, Value) {
+        let response = self
+            .api
+            .http
+            .post(format!(
+                "{}/v1/meetings/{id}/replies?tenant=acme",
+                self.api.base
+            ))
+            .bearer_auth(&self.api.admin)
+            .header("content-type", "text/calendar; method=REPLY; charset=UTF-8")
+            .body(text)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates a weekly series of three Tuesdays from 2027-05-04, 10:00 Berlin, with a
+    /// reminder 24 hours before; answers (id, uid, first run).
+    async fn weekly(&self, title: &str, attendees: &[&str]) -> (String, String, Uuid) {
+        let (status, created) = self
+            .call(
+                Method::POST,
+                "/v1/meetings",
+                Some(json!({
+                    "title": format!("{title} {}", self.tag),
+                    "start": "2027-05-04T10:00:00", "end": "2027-05-04T11:00:00",
+                    "timezone": "Europe/Berlin",
+                    "organizer": {"email": self.who("org")},
+                    "attendees": attendees.iter().map(|a| json!({"email": a})).collect::<Vec<_>>(),
+                    "recurrence": "FREQ=WEEKLY;BYDAY=TU;COUNT=3",
+                    "reminders": ["24h"]
+                })),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        (
+            created["id"].as_str().unwrap().to_owned(),
+            created["uid"].as_str().unwrap().to_owned(),
+            created["run_id"].as_str().unwrap().parse().unwrap(),
+        )
+    }
+}
+
+fn occurrence_answer(meeting: &Value, original: &str, email: &str) -> String {
+    let occurrence = meeting["occurrences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["original_start"] == original)
+        .unwrap_or_else(|| panic!("no occurrence {original} in {meeting}"));
+    occurrence["answers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["email"] == email)
+        .map(|a| a["answer"].as_str().unwrap().to_owned())
+        .unwrap()
+}
+
+async fn a_reply_with_a_recurrence_id_answers_for_that_occurrence_only(db: TestDb) {
+    let m = setup(db).await;
+    m.clock.set("2027-05-01T00:00:00Z".parse().unwrap());
+    let (ada, bob, org) = (m.who("ada"), m.who("bob"), m.who("org"));
+    let (id, uid, run) = m.weekly("Sync", &[&ada, &bob]).await;
+    wait_mails(&ada, "Invitation: Sync", 1).await;
+    m.settled(run).await;
+
+    // Ada declines the second Tuesday only.
+    let (status, body) = m
+        .post_reply(
+            &id,
+            occurrence_reply(&uid, 0, &ada, "DECLINED", "20270511T100000"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        (&body["recorded"], &body["answer"], &body["occurrence"]),
+        (
+            &json!(true),
+            &json!("declined"),
+            &json!("2027-05-11T10:00:00")
+        )
+    );
+    let meeting = m.meeting(&id).await;
+    assert_eq!(
+        Meetings::answer_of(&meeting, &ada),
+        "needs-action",
+        "the series answer stays"
+    );
+    assert_eq!(
+        occurrence_answer(&meeting, "2027-05-11T10:00:00", &ada),
+        "declined"
+    );
+    assert_eq!(
+        occurrence_answer(&meeting, "2027-05-04T10:00:00", &ada),
+        "needs-action"
+    );
+    assert_eq!(
+        occurrence_answer(&meeting, "2027-05-18T10:00:00", &ada),
+        "needs-action"
+    );
+    assert_eq!(
+        occurrence_answer(&meeting, "2027-05-11T10:00:00", &bob),
+        "needs-action"
+    );
+    let told = wait_mails(&org, "declined: Sync", 1).await.remove(0);
+    assert!(
+        told.subject
+            .contains("the occurrence of 2027-05-11 10:00:00"),
+        "{}",
+        told.subject
+    );
+    // The same reply again is recorded once; a RECURRENCE-ID that is no occurrence
+    // of the series is refused, naming it.
+    let (status, body) = m
+        .post_reply(
+            &id,
+            occurrence_reply(&uid, 0, &ada, "DECLINED", "20270511T100000"),
+        )
+        .await;
+    assert_eq!(
+        (status, &body["recorded"]),
+        (StatusCode::OK, &json!(false)),
+        "{body}"
+    );
+    let (status, body) = m
+        .post_reply(
+            &id,
+            occurrence_reply(&uid, 0, &ada, "DECLINED", "20270512T100000"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert!(
+        body.to_string()
+            .contains("2027-05-12 10:00:00 is not an occurrence"),
+        "{body}"
+    );
+    m.settled(run).await;
+    assert_eq!(count_mails(&org, "declined: Sync"), 1);
+
+    // Reminders: Ada gets the first and third Tuesdays', not the second's; Bob all.
+    for (k, day) in ["2027-05-03", "2027-05-10", "2027-05-17"]
+        .iter()
+        .enumerate()
+    {
+        m.clock.set(format!("{day}T08:00:00Z").parse().unwrap());
+        wait_mails(&bob, "Reminder: Sync", k + 1).await;
+        m.settled(run).await;
+    }
+    let ada_reminders = wait_mails(&ada, "Reminder: Sync", 2).await;
+    assert_eq!(ada_reminders.len(), 2);
+    assert!(
+        ada_reminders
+            .iter()
+            .all(|r| !r.subject.contains("2027-05-11")),
+        "{:?}",
+        ada_reminders.iter().map(|r| &r.subject).collect::<Vec<_>>()
+    );
+}
+
+async fn moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_reminder(db: TestDb) {
+    let m = setup(db).await;
+    m.clock.set("2027-05-01T00:00:00Z".parse().unwrap());
+    let (ada, bob) = (m.who("ada"), m.who("bob"));
+    let (id, uid, run) = m.weekly("Standup", &[&ada, &bob]).await;
+    wait_mails(&ada, "Invitation: Standup", 1).await;
+    wait_mails(&bob, "Invitation: Standup", 1).await;
+    // Bob declines the last Tuesday: the answer must follow the series when it moves.
+    let (status, body) = m
+        .post_reply(
+            &id,
+            occurrence_reply(&uid, 0, &bob, "DECLINED", "20270518T100000"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    m.settled(run).await;
+
+    // The whole series moves from Tuesdays 10:00 to Wednesdays 14:00.
+    let (status, body) = m
+        .call(
+            Method::PATCH,
+            &format!("/v1/meetings/{id}"),
+            Some(json!({"start": "2027-05-05T14:00:00", "end": "2027-05-05T15:00:00"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["sequence"], 1);
+    // Both attendees are re-invited with SEQUENCE 1 and the new DTSTART.
+    for who in [&ada, &bob] {
+        let update = wait_mails(who, "Updated invitation: Standup", 1)
+            .await
+            .remove(0);
+        let cal = &parse_ics(&update.calendars)[0];
+        assert_eq!(cal["method"], "REQUEST");
+        let event = &cal["events"][0];
+        assert_eq!(
+            (&event["uid"], &event["sequence"]),
+            (&json!(uid), &json!(1))
+        );
+        assert_eq!(event["dtstart"], "20270505T140000");
+        assert_eq!(event["tzid"], "Europe/Berlin");
+        assert_eq!(event["rrule"], "FREQ=WEEKLY;COUNT=3;BYDAY=WE");
+    }
+    // Every attendee's next reminder is 24 h before the new first occurrence (12:00
+    // UTC on 4 May, Berlin being UTC+2), and Bob's decline names the new last one.
+    let meeting = m.meeting(&id).await;
+    let next = meeting["next_reminders"].as_array().unwrap();
+    assert_eq!(next.len(), 2, "{meeting}");
+    for r in next {
+        assert_eq!(r["at"], "2027-05-04T12:00:00Z", "{r}");
+        assert_eq!(r["occurrence"], "2027-05-05T14:00:00");
+    }
+    assert_eq!(
+        occurrence_answer(&meeting, "2027-05-19T14:00:00", &bob),
+        "declined"
+    );
+    // The run's durable timer is re-targeted too: it no longer wakes at the old
+    // reminder instant (08:00 UTC on 3 May) but at the new one.
+    let settled = m.settled(run).await;
+    assert_eq!(
+        settled.due_at,
+        Some("2027-05-04T12:00:00Z".parse().unwrap())
+    );
+    // The new ones go out, for every occurrence at its new time.
+    for (k, at) in [
+        "2027-05-04T12:00:00Z",
+        "2027-05-11T12:00:00Z",
+        "2027-05-18T12:00:00Z",
+    ]
+    .iter()
+    .enumerate()
+    {
+        m.clock.set(at.parse().unwrap());
+        let reminders = wait_mails(&ada, "Reminder: Standup", k + 1).await;
+        assert!(
+            reminders.iter().all(|r| r.subject.contains("14:00")),
+            "{:?}",
+            reminders.iter().map(|r| &r.subject).collect::<Vec<_>>()
+        );
+        m.settled(run).await;
+    }
+    // Bob declined the (moved) last one: two reminders, not three.
+    assert_eq!(count_mails(&bob, "Reminder: Standup"), 2);
 }

@@ -253,11 +253,16 @@ impl Composer<'_> {
         let spec = &self.meeting.spec;
         let who = detail["attendee"].as_str().unwrap_or("an attendee");
         let answer = detail["answer"].as_str().unwrap_or("answered");
+        // An answer for one occurrence of a series names it.
+        let only = detail["occurrence"]
+            .as_str()
+            .map(|o| format!(" (the occurrence of {})", o.replace('T', " ")))
+            .unwrap_or_default();
         Email::new()
             .to(self.organizer())
-            .subject(format!("{who} {answer}: {}", spec.title))
+            .subject(format!("{who} {answer}: {}{only}", spec.title))
             .text(format!(
-                "{who} {answer} your invitation to {} (via {}).\n",
+                "{who} {answer} your invitation to {}{only} (via {}).\n",
                 spec.title,
                 detail["via"].as_str().unwrap_or("the RSVP page")
             ))

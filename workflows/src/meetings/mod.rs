@@ -48,16 +48,30 @@ pub const TENANT_TABLES: &[&str] = &["meeting_feeds", "meetings"];
 
 pub const SCHEMA: Schema = Schema {
     name: "meetings",
-    postgres: &[Migration::new(
-        1,
-        "meetings",
-        include_str!("migrations/postgres/0001_meetings.sql"),
-    )],
-    sqlite: &[Migration::new(
-        1,
-        "meetings",
-        include_str!("migrations/sqlite/0001_meetings.sql"),
-    )],
+    postgres: &[
+        Migration::new(
+            1,
+            "meetings",
+            include_str!("migrations/postgres/0001_meetings.sql"),
+        ),
+        Migration::new(
+            2,
+            "occurrence answers",
+            include_str!("migrations/postgres/0002_occurrence_answers.sql"),
+        ),
+    ],
+    sqlite: &[
+        Migration::new(
+            1,
+            "meetings",
+            include_str!("migrations/sqlite/0001_meetings.sql"),
+        ),
+        Migration::new(
+            2,
+            "occurrence answers",
+            include_str!("migrations/sqlite/0002_occurrence_answers.sql"),
+        ),
+    ],
 };
 
 /// How many upcoming occurrences a tick looks at first; it looks further (doubling)
@@ -225,6 +239,9 @@ impl MeetingInvite {
         let attendees = records::attendees(&self.store, meeting_id)
             .await
             .retryable()?;
+        let answers = records::occurrence_answers(&self.store, meeting_id)
+            .await
+            .retryable()?;
         let secret = records::secret(&self.store).await.retryable()?;
         let mail = mail::Composer {
             meeting: &meeting,
@@ -271,10 +288,12 @@ impl MeetingInvite {
             if occurrence.end > since && occurrence.end <= now {
                 ended_now += 1;
             }
-            for attendee in attendees
-                .iter()
-                .filter(|a| !a.removed && a.partstat != PartStat::Declined)
-            {
+            // A decline drops the reminders of what it declines: the series, or one
+            // occurrence (a calendar's REPLY with a RECURRENCE-ID).
+            for attendee in attendees.iter().filter(|a| {
+                !a.removed
+                    && records::answer_for(&answers, a, occurrence.original) != PartStat::Declined
+            }) {
                 let zone = attendee
                     .timezone
                     .as_deref()

@@ -317,7 +317,7 @@ pub async fn rsvp_answer(engine: &Engine, token: &str, answer: PartStat) -> Resu
         claims.attendee,
         None,
         Some(claims),
-        answer,
+        (answer, None),
         "the RSVP page",
     )
     .await
@@ -329,7 +329,7 @@ async fn record(
     attendee_id: Uuid,
     tenant: Option<&str>,
     claims: Option<RsvpToken>,
-    answer: PartStat,
+    (answer, occurrence): (PartStat, Option<NaiveDateTime>),
     via: &str,
 ) -> Result<Answered> {
     let now = engine.clock.now();
@@ -362,7 +362,20 @@ async fn record(
             "answer: accepted, tentative or declined".into(),
         ));
     }
-    if !records::answer(&mut tx, attendee_id, answer, now).await? {
+    let changed = match occurrence {
+        // A calendar's answer for one occurrence (RECURRENCE-ID) leaves the series
+        // answer as it is.
+        Some(original) => {
+            check_occurrence(&meeting, original)?;
+            records::answer_occurrence(&mut tx, attendee_id, original, answer, now).await?
+        }
+        None => records::answer(&mut tx, attendee_id, answer, now).await?,
+    };
+    if !changed {
+        let attendee = Attendee {
+            partstat: answer,
+            ..attendee
+        };
         return Ok(Answered::Unchanged { meeting, attendee });
     }
     let who = match &attendee.name {
@@ -375,7 +388,12 @@ async fn record(
         "answer",
         None,
         meeting.sequence,
-        json!({"attendee": who, "answer": answer.ical().to_ascii_lowercase(), "via": via}),
+        json!({
+            "attendee": who,
+            "answer": answer.ical().to_ascii_lowercase(),
+            "via": via,
+            "occurrence": occurrence,
+        }),
         now,
     )
     .await?;
@@ -426,7 +444,7 @@ pub async fn reply(engine: &Engine, tenant: &str, id: Uuid, text: &str) -> Resul
         attendee.id,
         Some(tenant),
         Some(claims),
-        parsed.partstat,
+        (parsed.partstat, parsed.recurrence_id),
         "a calendar reply",
     )
     .await
@@ -604,6 +622,23 @@ pub async fn change(
             let spec = &mut meeting.spec;
             if let Some(start) = req.start {
                 let length = spec.end - spec.start;
+                // The series' occurrences move with its start: cancelled ones (EXDATE),
+                // overrides (RECURRENCE-ID) and per-occurrence answers keep naming the
+                // same occurrences by their new original starts.
+                let shift = start - spec.start;
+                for cancelled in &mut spec.cancelled {
+                    *cancelled += shift;
+                }
+                for over in &mut spec.overrides {
+                    over.original += shift;
+                }
+                records::shift_occurrence_answers(&mut tx, id, shift).await?;
+                // A weekly rule names its weekdays: they move with the start, or a
+                // series moved from Tuesday to Wednesday would still fall on Tuesdays.
+                let days = (start.date() - spec.start.date()).num_days();
+                if let Some(rule) = &spec.recurrence {
+                    spec.recurrence = Some(shift_byday(rule, days));
+                }
                 spec.end = req.end.unwrap_or(start + length);
                 spec.start = start;
                 changes.push(format!("now starts {start}"));
@@ -719,10 +754,46 @@ pub async fn change(
     Ok((meeting, warnings))
 }
 
+/// `rule` with the weekdays of its `BYDAY` (ordinals such as `1TU` kept) moved by
+/// `days`.
+fn shift_byday(rule: &str, days: i64) -> String {
+    const DAYS: [&str; 7] = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"];
+    if days.rem_euclid(7) == 0 {
+        return rule.to_owned();
+    }
+    rule.split(';')
+        .map(|part| {
+            let Some(list) = part
+                .strip_prefix("BYDAY=")
+                .or_else(|| part.strip_prefix("byday="))
+            else {
+                return part.to_owned();
+            };
+            let moved: Vec<String> = list
+                .split(',')
+                .map(|day| {
+                    let upper = day.to_ascii_uppercase();
+                    let (ordinal, name) = upper.split_at(upper.len().saturating_sub(2));
+                    match DAYS.iter().position(|d| *d == name) {
+                        Some(i) => format!(
+                            "{ordinal}{}",
+                            DAYS[(i as i64 + days).rem_euclid(7) as usize]
+                        ),
+                        None => day.to_owned(),
+                    }
+                })
+                .collect();
+            format!("BYDAY={}", moved.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
 /// The next reminders of a meeting per attendee, for its view.
 pub fn next_reminders(
     meeting: &Meeting,
     attendees: &[Attendee],
+    answers: &[(Uuid, NaiveDateTime, PartStat)],
     now: DateTime<Utc>,
 ) -> Vec<serde_json::Value> {
     let Ok(zone) = meeting.spec.tz() else {
@@ -732,26 +803,26 @@ pub fn next_reminders(
         return Vec::new();
     };
     let mut out = Vec::new();
-    for a in attendees
-        .iter()
-        .filter(|a| !a.removed && a.partstat != PartStat::Declined)
-    {
+    for a in attendees.iter().filter(|a| !a.removed) {
         let tz = a
             .timezone
             .as_deref()
             .and_then(|z| z.parse().ok())
             .unwrap_or(zone);
-        let next =
-            upcoming
-                .iter()
-                .filter(|o| !o.cancelled)
-                .flat_map(|o| {
-                    meeting.spec.reminders.iter().filter_map(move |r| {
-                        schedule::reminder_at(r, o.start, tz).map(|at| (at, o, r))
-                    })
-                })
-                .filter(|(at, _, _)| *at > now)
-                .min_by_key(|(at, _, _)| *at);
+        let next = upcoming
+            .iter()
+            .filter(|o| {
+                !o.cancelled && records::answer_for(answers, a, o.original) != PartStat::Declined
+            })
+            .flat_map(|o| {
+                meeting
+                    .spec
+                    .reminders
+                    .iter()
+                    .filter_map(move |r| schedule::reminder_at(r, o.start, tz).map(|at| (at, o, r)))
+            })
+            .filter(|(at, _, _)| *at > now)
+            .min_by_key(|(at, _, _)| *at);
         if let Some((at, o, r)) = next {
             out.push(json!({
                 "attendee": a.email,
@@ -764,4 +835,30 @@ pub fn next_reminders(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shift_byday;
+
+    #[test]
+    fn moving_a_series_moves_the_weekdays_of_its_rule() {
+        assert_eq!(
+            shift_byday("FREQ=WEEKLY;BYDAY=TU;COUNT=3", 1),
+            "FREQ=WEEKLY;BYDAY=WE;COUNT=3"
+        );
+        assert_eq!(
+            shift_byday("FREQ=WEEKLY;BYDAY=SU,MO", 1),
+            "FREQ=WEEKLY;BYDAY=MO,TU"
+        );
+        assert_eq!(
+            shift_byday("FREQ=MONTHLY;BYDAY=1TU", -1),
+            "FREQ=MONTHLY;BYDAY=1MO"
+        );
+        assert_eq!(
+            shift_byday("FREQ=WEEKLY;BYDAY=TU", 7),
+            "FREQ=WEEKLY;BYDAY=TU"
+        );
+        assert_eq!(shift_byday("FREQ=DAILY", 3), "FREQ=DAILY");
+    }
 }
