@@ -703,6 +703,7 @@ on_both_backends!(
     an_endless_series_continues_as_new_so_each_runs_history_stays_bounded,
     a_reply_with_a_recurrence_id_answers_for_that_occurrence_only,
     moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_reminder,
+    an_organiser_with_a_daily_digest_gets_one_mail_a_day_with_the_answers,
 );
 
 /// A daily series without end, reminders an hour before each occurrence, and a run
@@ -1056,4 +1057,117 @@ async fn moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_re
     }
     // Bob declined the (moved) last one: two reminders, not three.
     assert_eq!(count_mails(&bob, "Reminder: Standup"), 2);
+}
+
+async fn an_organiser_with_a_daily_digest_gets_one_mail_a_day_with_the_answers(db: TestDb) {
+    let m = setup(db).await;
+    // 10:00 in Berlin (UTC+2) on 1 May; the digest goes out at 18:00 Berlin time.
+    m.clock.set("2027-05-01T08:00:00Z".parse().unwrap());
+    let (ada, bob, org) = (m.who("ada"), m.who("bob"), m.who("org"));
+    let (status, created) = m
+        .call(
+            Method::POST,
+            "/v1/meetings",
+            Some(json!({
+                "title": format!("Review {}", m.tag),
+                "start": "2027-05-10T10:00:00", "end": "2027-05-10T11:00:00",
+                "timezone": "Europe/Berlin",
+                "organizer": {"email": org},
+                "attendees": [{"email": ada, "name": "Ada"}, {"email": bob}],
+                "organizer_digest": {"daily_at": "18:00"}
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["organizer_digest"], json!({"daily_at": "18:00:00"}));
+    // Wrong digests are refused, naming the field.
+    for wrong in [
+        json!("daily"),
+        json!({"daily_at": "25:00"}),
+        json!({"weekly_at": "18:00"}),
+    ] {
+        let (status, body) = m
+            .call(
+                Method::POST,
+                "/v1/meetings",
+                Some(json!({
+                    "title": "Bad digest",
+                    "start": "2027-05-10T10:00:00", "end": "2027-05-10T11:00:00",
+                    "timezone": "Europe/Berlin", "organizer": {"email": org},
+                    "attendees": [{"email": ada}], "organizer_digest": wrong
+                })),
+            )
+            .await;
+        assert!(status.is_client_error(), "{wrong}: {status} {body}");
+        assert!(
+            body.to_string().contains("organizer_digest"),
+            "{wrong}: {body}"
+        );
+    }
+    let run: Uuid = created["run_id"].as_str().unwrap().parse().unwrap();
+    let ada_invite = wait_mails(&ada, "Invitation: Review", 1).await.remove(0);
+    let bob_invite = wait_mails(&bob, "Invitation: Review", 1).await.remove(0);
+    for (invite, answer) in [(&ada_invite, "accepted"), (&bob_invite, "declined")] {
+        let label = if answer == "accepted" {
+            "Accept"
+        } else {
+            "Decline"
+        };
+        let (status, html) = m
+            .page(Method::POST, &link(invite, label), Some(answer))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{html}");
+    }
+    let settled = m.settled(run).await;
+    // No mail per answer; the run's timer is at 18:00 Berlin (16:00 UTC).
+    assert_eq!(mails_to(&org).len(), 0);
+    assert_eq!(
+        settled.due_at,
+        Some("2027-05-01T16:00:00Z".parse().unwrap())
+    );
+
+    m.clock.set("2027-05-01T16:00:00Z".parse().unwrap());
+    let digest = wait_mails(&org, "Daily answers: Review", 1).await.remove(0);
+    assert!(
+        digest.subject.contains("2027-05-01, 2 answer(s)"),
+        "{}",
+        digest.subject
+    );
+    assert!(
+        digest.text.contains(&format!("Ada <{ada}> accepted"))
+            && digest.text.contains(&format!("{bob} declined")),
+        "{}",
+        digest.text
+    );
+    m.settled(run).await;
+
+    // Bob changes his mind the next morning: one more digest, that evening, with his
+    // answer only; nothing in between.
+    m.clock.set("2027-05-02T07:00:00Z".parse().unwrap());
+    let (status, _) = m
+        .page(
+            Method::POST,
+            &link(&bob_invite, "Tentative"),
+            Some("tentative"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    m.settled(run).await;
+    assert_eq!(count_mails(&org, "Daily answers"), 1);
+    m.clock.set("2027-05-02T16:00:00Z".parse().unwrap());
+    let digests = wait_mails(&org, "Daily answers: Review", 2).await;
+    let second = digests
+        .iter()
+        .find(|d| d.subject.contains("2027-05-02"))
+        .expect("the second day's digest");
+    assert!(second.subject.contains("1 answer(s)"), "{}", second.subject);
+    assert!(
+        second.text.contains(&format!("{bob} tentative")),
+        "{}",
+        second.text
+    );
+    assert!(!second.text.contains(&ada), "{}", second.text);
+    m.settled(run).await;
+    // Only digests reached the organiser: no single-answer mail.
+    assert_eq!(mails_to(&org).len(), 2);
 }

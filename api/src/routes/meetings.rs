@@ -186,6 +186,7 @@ pub(crate) async fn view(state: &AppState, meeting: Meeting) -> ApiResult<Value>
         "organizer": meeting.spec.organizer,
         "recurrence": meeting.spec.recurrence,
         "reminders": meeting.spec.reminders,
+        "organizer_digest": meeting.spec.organizer_digest,
         "attendees": current,
         "occurrences": occurrences,
         "next_reminders": reminders,

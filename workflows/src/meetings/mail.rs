@@ -268,6 +268,42 @@ impl Composer<'_> {
             ))
     }
 
+    /// One message with the answers of `rows` (outbox rows of kind `answer`), for an
+    /// organiser who asked for a daily digest.
+    pub fn digest(&self, rows: &[&Outgoing], day: chrono::NaiveDate) -> Email {
+        let spec = &self.meeting.spec;
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| {
+                let d = &row.detail;
+                let only = d["occurrence"]
+                    .as_str()
+                    .map(|o| format!(" (the occurrence of {})", o.replace('T', " ")))
+                    .unwrap_or_default();
+                format!(
+                    "- {} {}{only} (via {})",
+                    d["attendee"].as_str().unwrap_or("an attendee"),
+                    d["answer"].as_str().unwrap_or("answered"),
+                    d["via"].as_str().unwrap_or("the RSVP page"),
+                )
+            })
+            .collect();
+        let text = format!(
+            "Answers to your invitation to {} since the last digest:\n{}\n",
+            spec.title,
+            lines.join("\n")
+        );
+        Email::new()
+            .to(self.organizer())
+            .subject(format!(
+                "Daily answers: {} ({day}, {} answer(s))",
+                spec.title,
+                rows.len()
+            ))
+            .text(text.clone())
+            .html(format!("<pre>{}</pre>", html_escape(&text)))
+    }
+
     pub fn reminder(&self, attendee: &Attendee, occurrence: &Occurrence, zone: Tz) -> Email {
         let spec = &self.meeting.spec;
         let local = occurrence.start.with_timezone(&zone);

@@ -250,8 +250,26 @@ impl MeetingInvite {
             public_url: &self.settings.public_url,
             now,
         };
-        for outgoing in records::unsent(&self.store, meeting_id).await.retryable()? {
-            if let Some(email) = mail.outgoing(&outgoing) {
+        let meeting_zone = meeting
+            .spec
+            .tz()
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        let last_end = meeting
+            .spec
+            .last_end()
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        // A meeting that is over (or cancelled) sends what a digest still holds now.
+        let over = meeting.status != MeetingStatus::Scheduled || last_end.is_some_and(|e| e <= now);
+        let digest = meeting.spec.organizer_digest.filter(|_| !over);
+        let unsent = records::unsent(&self.store, meeting_id).await.retryable()?;
+        let mut held: Vec<&records::Outgoing> = Vec::new();
+        for outgoing in &unsent {
+            if outgoing.kind == "answer" && meeting.spec.organizer_digest.is_some() {
+                // The organiser asked for a digest: answers wait for it.
+                held.push(outgoing);
+                continue;
+            }
+            if let Some(email) = mail.outgoing(outgoing) {
                 // Keyed by the outbox row: one message per row whatever the retries.
                 self.mailer
                     .send(
@@ -263,6 +281,31 @@ impl MeetingInvite {
             records::mark_sent(&self.store, outgoing.id, now)
                 .await
                 .retryable()?;
+        }
+        // The digest is due at the first digest instant after its oldest answer.
+        let mut digest_next = None;
+        if let Some(oldest) = held.iter().map(|o| o.created_at).min() {
+            let due = digest.map(|d| d.next_after(oldest, meeting_zone));
+            match due {
+                Some(due) if due > now => digest_next = Some(due),
+                _ => {
+                    let day = now.with_timezone(&meeting_zone).date_naive();
+                    // Keyed by its newest row: a retried tick sends it once, and a
+                    // later digest (newer answers) is a new message.
+                    let newest = held.iter().map(|o| o.id).max().unwrap_or_default();
+                    self.mailer
+                        .send(
+                            &format!("meeting:{meeting_id}:digest:{newest}"),
+                            mail.digest(&held, day),
+                        )
+                        .await?;
+                    for outgoing in &held {
+                        records::mark_sent(&self.store, outgoing.id, now)
+                            .await
+                            .retryable()?;
+                    }
+                }
+            }
         }
         if meeting.status != MeetingStatus::Scheduled {
             return Ok(Transition::next(MeetingState::Finish));
@@ -282,7 +325,7 @@ impl MeetingInvite {
             .map_err(fatal)?;
         let (upcoming, beyond): (Vec<_>, Vec<_>) =
             all.into_iter().partition(|o| o.start <= horizon);
-        let mut next: Option<DateTime<Utc>> = None;
+        let mut next: Option<DateTime<Utc>> = digest_next;
         let mut ended_now = 0;
         for occurrence in upcoming.iter().filter(|o| !o.cancelled) {
             if occurrence.end > since && occurrence.end <= now {

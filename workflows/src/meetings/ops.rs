@@ -63,6 +63,10 @@ pub struct CreateMeeting {
     pub recurrence: Option<String>,
     #[serde(default)]
     pub reminders: Vec<Reminder>,
+    /// `{"daily_at": "18:00"}`: the organiser's answers once a day, at that local time
+    /// of the meeting's zone.
+    #[serde(default)]
+    pub organizer_digest: Option<schedule::Digest>,
 }
 
 fn check_email(field: &str, email: &str) -> Result<String> {
@@ -162,6 +166,7 @@ pub async fn create(
         reminders: req.reminders,
         cancelled: Vec::new(),
         overrides: Vec::new(),
+        organizer_digest: req.organizer_digest,
     };
     let warnings = spec.validate().map_err(time_error)?;
     let now = engine.clock.now();

@@ -75,6 +75,7 @@ pub struct Outgoing {
     pub attendee_id: Option<Uuid>,
     pub sequence: i64,
     pub detail: Value,
+    pub created_at: DateTime<Utc>,
 }
 
 fn partstat_text(p: PartStat) -> &'static str {
@@ -450,7 +451,7 @@ pub async fn enqueue(
 pub async fn unsent(store: &Store, meeting: Uuid) -> Result<Vec<Outgoing>> {
     store
         .sql_fetch(
-            "SELECT id, kind, attendee_id, sequence, detail FROM meeting_outbox \
+            "SELECT id, kind, attendee_id, sequence, detail, created_at FROM meeting_outbox \
              WHERE meeting_id = $1 AND sent_at IS NULL ORDER BY created_at, id",
             &[Arg::id(meeting)],
         )
@@ -463,6 +464,7 @@ pub async fn unsent(store: &Store, meeting: Uuid) -> Result<Vec<Outgoing>> {
                 attendee_id: row.opt_id("attendee_id")?,
                 sequence: row.int("sequence")?,
                 detail: row.json("detail")?,
+                created_at: row.time("created_at")?,
             })
         })
         .collect()

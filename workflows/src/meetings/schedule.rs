@@ -101,6 +101,32 @@ pub struct MeetingSpec {
     pub cancelled: Vec<NaiveDateTime>,
     #[serde(default)]
     pub overrides: Vec<Override>,
+    /// When set, the organiser gets the answers once a day in one message instead of
+    /// one message per answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizer_digest: Option<Digest>,
+}
+
+/// The organiser's digest of answers: daily at a local time of the meeting's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Digest {
+    pub daily_at: NaiveTime,
+}
+
+impl Digest {
+    /// The first digest instant strictly after `after`, in `zone` (a time in a DST gap
+    /// is taken at the first instant after it).
+    pub fn next_after(&self, after: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
+        let mut day = after.with_timezone(&zone).date_naive();
+        loop {
+            let at = resolve_lenient(zone, day.and_time(self.daily_at));
+            if at > after {
+                return at;
+            }
+            day = day.succ_opt().unwrap_or(day);
+        }
+    }
 }
 
 /// Why a meeting's times were refused; each names the field.
@@ -384,6 +410,7 @@ mod tests {
             reminders: vec![],
             cancelled: vec![],
             overrides: vec![],
+            organizer_digest: None,
         }
     }
 
