@@ -704,6 +704,7 @@ on_both_backends!(
     a_reply_with_a_recurrence_id_answers_for_that_occurrence_only,
     moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_reminder,
     an_organiser_with_a_daily_digest_gets_one_mail_a_day_with_the_answers,
+    reminders_far_ahead_of_many_occurrences_are_all_sent_on_time,
 );
 
 /// A daily series without end, reminders an hour before each occurrence, and a run
@@ -1170,4 +1171,52 @@ async fn an_organiser_with_a_daily_digest_gets_one_mail_a_day_with_the_answers(d
     m.settled(run).await;
     // Only digests reached the organiser: no single-answer mail.
     assert_eq!(mails_to(&org).len(), 2);
+}
+
+/// A reminder 12 days ahead of a daily series: when it falls due, more than eight
+/// occurrences (the tick's first look) lie between now and its meeting. Each one is
+/// sent, at its instant.
+async fn reminders_far_ahead_of_many_occurrences_are_all_sent_on_time(db: TestDb) {
+    let m = setup(db).await;
+    m.clock.set("2027-06-01T00:00:00Z".parse().unwrap());
+    let ada = m.who("ada");
+    let (status, created) = m
+        .call(
+            Method::POST,
+            "/v1/meetings",
+            Some(json!({
+                "title": format!("Daily far {}", m.tag),
+                "start": "2027-06-21T09:00:00", "end": "2027-06-21T09:15:00",
+                "timezone": "UTC",
+                "organizer": {"email": m.who("org")},
+                "attendees": [{"email": ada}],
+                "recurrence": "FREQ=DAILY;COUNT=12",
+                "reminders": ["12d"]
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let run: Uuid = created["run_id"].as_str().unwrap().parse().unwrap();
+    wait_mails(&ada, "Invitation: Daily far", 1).await;
+    let settled = m.settled(run).await;
+    assert_eq!(
+        settled.due_at,
+        Some("2027-06-09T09:00:00Z".parse().unwrap())
+    );
+    for k in 0..12 {
+        let at = chrono::DateTime::parse_from_rfc3339("2027-06-09T09:00:00Z").unwrap()
+            + chrono::Duration::days(k);
+        m.clock.set(at.with_timezone(&Utc));
+        let sent = wait_mails(&ada, "Reminder: Daily far", k as usize + 1).await;
+        let day = (at + chrono::Duration::days(12))
+            .format("%Y-%m-%d")
+            .to_string();
+        assert!(
+            sent.iter().any(|r| r.subject.contains(&day)),
+            "no reminder for {day}: {:?}",
+            sent.iter().map(|r| &r.subject).collect::<Vec<_>>()
+        );
+        m.settled(run).await;
+    }
+    assert_eq!(count_mails(&ada, "Reminder: Daily far"), 12);
 }
