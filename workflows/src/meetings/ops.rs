@@ -2,7 +2,7 @@
 //! answer (RSVP page or calendar REPLY), change or cancel the series or one occurrence.
 //! Each writes the rows and the outbox in one transaction, then tells the run.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -215,6 +215,8 @@ pub async fn create(
         warnings,
     })
 }
+
+pub use super::schedule::next_reminders;
 
 /// Tells the meeting's run to look again. A failure is logged, not returned: the rows
 /// are committed, and the run's next timer finds them.
@@ -642,7 +644,7 @@ pub async fn change(
                 // series moved from Tuesday to Wednesday would still fall on Tuesdays.
                 let days = (start.date() - spec.start.date()).num_days();
                 if let Some(rule) = &spec.recurrence {
-                    spec.recurrence = Some(shift_byday(rule, days));
+                    spec.recurrence = Some(schedule::shift_byday(rule, days));
                 }
                 spec.end = req.end.unwrap_or(start + length);
                 spec.start = start;
@@ -757,113 +759,4 @@ pub async fn change(
     tx.commit().await?;
     nudge(engine, &meeting, "change").await;
     Ok((meeting, warnings))
-}
-
-/// `rule` with the weekdays of its `BYDAY` (ordinals such as `1TU` kept) moved by
-/// `days`.
-fn shift_byday(rule: &str, days: i64) -> String {
-    const DAYS: [&str; 7] = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"];
-    if days.rem_euclid(7) == 0 {
-        return rule.to_owned();
-    }
-    rule.split(';')
-        .map(|part| {
-            let Some(list) = part
-                .strip_prefix("BYDAY=")
-                .or_else(|| part.strip_prefix("byday="))
-            else {
-                return part.to_owned();
-            };
-            let moved: Vec<String> = list
-                .split(',')
-                .map(|day| {
-                    let upper = day.to_ascii_uppercase();
-                    let (ordinal, name) = upper.split_at(upper.len().saturating_sub(2));
-                    match DAYS.iter().position(|d| *d == name) {
-                        Some(i) => format!(
-                            "{ordinal}{}",
-                            DAYS[(i as i64 + days).rem_euclid(7) as usize]
-                        ),
-                        None => day.to_owned(),
-                    }
-                })
-                .collect();
-            format!("BYDAY={}", moved.join(","))
-        })
-        .collect::<Vec<_>>()
-        .join(";")
-}
-
-/// The next reminders of a meeting per attendee, for its view.
-pub fn next_reminders(
-    meeting: &Meeting,
-    attendees: &[Attendee],
-    answers: &[(Uuid, NaiveDateTime, PartStat)],
-    now: DateTime<Utc>,
-) -> Vec<serde_json::Value> {
-    let Ok(zone) = meeting.spec.tz() else {
-        return Vec::new();
-    };
-    let Ok(upcoming) = meeting.spec.occurrences(now, super::WINDOW) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for a in attendees.iter().filter(|a| !a.removed) {
-        let tz = a
-            .timezone
-            .as_deref()
-            .and_then(|z| z.parse().ok())
-            .unwrap_or(zone);
-        let next = upcoming
-            .iter()
-            .filter(|o| {
-                !o.cancelled && records::answer_for(answers, a, o.original) != PartStat::Declined
-            })
-            .flat_map(|o| {
-                meeting
-                    .spec
-                    .reminders
-                    .iter()
-                    .filter_map(move |r| schedule::reminder_at(r, o.start, tz).map(|at| (at, o, r)))
-            })
-            .filter(|(at, _, _)| *at > now)
-            .min_by_key(|(at, _, _)| *at);
-        if let Some((at, o, r)) = next {
-            out.push(json!({
-                "attendee": a.email,
-                "at": at,
-                "local": at.with_timezone(&tz).format("%Y-%m-%dT%H:%M").to_string(),
-                "timezone": tz.name(),
-                "occurrence": o.original,
-                "rule": r.label(),
-            }));
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shift_byday;
-
-    #[test]
-    fn moving_a_series_moves_the_weekdays_of_its_rule() {
-        assert_eq!(
-            shift_byday("FREQ=WEEKLY;BYDAY=TU;COUNT=3", 1),
-            "FREQ=WEEKLY;BYDAY=WE;COUNT=3"
-        );
-        assert_eq!(
-            shift_byday("FREQ=WEEKLY;BYDAY=SU,MO", 1),
-            "FREQ=WEEKLY;BYDAY=MO,TU"
-        );
-        assert_eq!(
-            shift_byday("FREQ=MONTHLY;BYDAY=1TU", -1),
-            "FREQ=MONTHLY;BYDAY=1MO"
-        );
-        assert_eq!(
-            shift_byday("FREQ=WEEKLY;BYDAY=TU", 7),
-            "FREQ=WEEKLY;BYDAY=TU"
-        );
-        assert_eq!(shift_byday("FREQ=DAILY", 3), "FREQ=DAILY");
-    }
 }
