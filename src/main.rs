@@ -125,6 +125,7 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
         },
         meetings: waymark_workflows::meetings::MeetingSettings {
             public_url: config.blobs().public_url,
+            ..Default::default()
         },
     })
     .context("invalid built-in workflow")?;

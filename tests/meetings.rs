@@ -26,6 +26,8 @@ use crate::support::app::TestApp;
 use crate::support::services::service_env;
 use crate::support::{manual_clock, on_both_backends, wait_for_run, wait_until, TestDb};
 
+mod series;
+
 /// One delivered message.
 #[derive(Debug, Clone)]
 struct Mail {
@@ -150,15 +152,19 @@ struct Meetings {
 }
 
 async fn setup(db: TestDb) -> Meetings {
+    setup_with(db, MeetingSettings::default()).await
+}
+
+async fn setup_with(db: TestDb, settings: MeetingSettings) -> Meetings {
     let (clock, _) = manual_clock();
     let api = TestApp::on(db)
         .with_clock(&clock)
-        .with_workflows(|registry, store, _| {
+        .with_workflows(move |registry, store, _| {
             registry
                 .register(MeetingInvite {
                     store: store.clone(),
                     mailer: mailer(store),
-                    settings: MeetingSettings::default(),
+                    settings: settings.clone(),
                 })
                 .unwrap();
         })
@@ -235,6 +241,49 @@ impl Meetings {
                     .is_some_and(|t| t.with_timezone(&Utc) >= now)
         })
         .await
+    }
+}
+
+/// The runs that carried a meeting, from the first, following `continued_as`.
+async fn chain(m: &Meetings, first: Uuid) -> Vec<waymark_engine::Run> {
+    let mut runs = Vec::new();
+    let mut id = Some(first);
+    while let Some(next) = id {
+        let run = m
+            .api
+            .engine
+            .store
+            .run_get(&waymark_engine::TenantScope::All, next)
+            .await
+            .unwrap()
+            .unwrap();
+        id = run.continued_as();
+        runs.push(run);
+    }
+    runs
+}
+
+impl Meetings {
+    /// Like [`Meetings::settled`], for whichever run of the chain is live.
+    async fn chain_settled(&self, first: Uuid) -> waymark_engine::Run {
+        let now = waymark_engine::Clock::now(&self.clock);
+        wait_until(
+            "the live run to settle",
+            Duration::from_secs(30),
+            || async {
+                let live = chain(self, first).await.pop().unwrap();
+                live.status == RunStatus::Waiting
+                    && live
+                        .waiting_for
+                        .as_ref()
+                        .and_then(|w| w.signals.first())
+                        .and_then(|s| s.target.data["since"].as_str())
+                        .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+                        .is_some_and(|t| t.with_timezone(&Utc) >= now)
+            },
+        )
+        .await;
+        chain(self, first).await.pop().unwrap()
     }
 }
 

@@ -225,6 +225,9 @@ pub fn svg_with_path(name: &str, definition: &Definition, path: Option<&RunPath>
         if state.completes {
             notes.push("completes".to_owned());
         }
+        if state.continues_as_new {
+            notes.push("continues as new".to_owned());
+        }
         let _ = writeln!(
             out,
             r##"{group}<rect x="{x}" y="{y}" width="{BOX_W}" height="{BOX_H}" rx="8" fill="{fill}"{stroke}/><text x="{cx}" y="{ny}" text-anchor="middle" font-weight="bold">{name}</text><text x="{cx}" y="{sy}" text-anchor="middle" font-size="10" fill="#555">{notes}</text></g>"##,

@@ -213,7 +213,44 @@ fn forward(
             Ok(Outcome::Complete { output })
         }
         RawTransition::Abort { reason } => Ok(Outcome::Abort { reason }),
+        RawTransition::ContinueAsNew { state, data } => {
+            continuation(definition, run, &state, data, input)
+        }
     }
+}
+
+/// A run continuing as new: only from a state that declares it, and only a top-level
+/// run (a parent gathers its child's output, which a continuation does not have).
+fn continuation(
+    definition: &Definition,
+    run: &Run,
+    state: &str,
+    data: Value,
+    input: &PlanInput<'_>,
+) -> Result<Outcome, StepError> {
+    if !definition
+        .state(&run.state)
+        .is_some_and(|s| s.continues_as_new)
+    {
+        return Err(StepError::fatal(format!(
+            "state {:?} continued the run as new, but its definition does not declare that it may",
+            run.state
+        )));
+    }
+    if run.parent_id.is_some() {
+        return Err(StepError::fatal(
+            "a child run cannot continue as new: its parent waits for its own output",
+        ));
+    }
+    let next = crate::start::prepare_continuation(
+        input.registry,
+        input.max_payload,
+        run,
+        state,
+        data,
+        input.now,
+    )?;
+    Ok(Outcome::ContinueAsNew { next })
 }
 
 fn checked_target(
@@ -440,6 +477,30 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn continuing_as_new_is_refused_from_an_undeclared_state_and_in_a_child_run() {
+        let definition = Definition::new([
+            StateDef::new("a").next("b"),
+            StateDef::new("b").continues_as_new(),
+        ]);
+        let again = || RawTransition::ContinueAsNew {
+            state: "a".into(),
+            data: json!("a"),
+        };
+        let commit = plan(&definition, &run_in("a", 1), Ok(again()), &input(&[]));
+        let Outcome::Fail { error, .. } = commit.outcome else {
+            panic!("{:?}", commit.outcome)
+        };
+        assert!(error.message.contains("does not declare"), "{error:?}");
+        let mut child = run_in("b", 1);
+        child.parent_id = Some(Uuid::now_v7());
+        let commit = plan(&definition, &child, Ok(again()), &input(&[]));
+        let Outcome::Fail { error, .. } = commit.outcome else {
+            panic!("{:?}", commit.outcome)
+        };
+        assert!(error.message.contains("child run"), "{error:?}");
     }
 
     #[test]

@@ -131,6 +131,50 @@ pub(crate) fn prepare(
     })
 }
 
+/// The run that continues `run` as new in `state` (with `data`): the same tenant,
+/// workflow, input and tags, the current version, no idempotency key (the key keeps
+/// naming the first run of the chain), started by the run it continues.
+pub(crate) fn prepare_continuation(
+    registry: &Registry,
+    max_payload: usize,
+    run: &crate::store::Run,
+    state: &str,
+    data: Value,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<NewRun, crate::StepError> {
+    let workflow = registry.get(&run.workflow).ok_or_else(|| {
+        crate::StepError::fatal(format!("workflow {:?} is not registered", run.workflow))
+    })?;
+    let definition = workflow.definition();
+    if definition.state(state).is_none() {
+        return Err(crate::StepError::fatal(format!(
+            "cannot continue as new in {state:?}: the workflow has no such state"
+        )));
+    }
+    let size = data.to_string().len();
+    if size > max_payload {
+        return Err(crate::StepError::fatal(format!(
+            "the state to continue with is {size} bytes, over the limit of {max_payload}"
+        )));
+    }
+    let initial = definition.target(state, data);
+    Ok(NewRun {
+        id: Uuid::now_v7(),
+        tenant: run.tenant.clone(),
+        workflow: run.workflow.clone(),
+        workflow_version: workflow.version(),
+        input: run.input.clone(),
+        state: initial.state,
+        state_data: initial.data,
+        capability: initial.capability,
+        compensable: initial.compensable,
+        idempotency_key: None,
+        tags: run.tags.clone(),
+        actor: format!("run:{}", run.id),
+        now,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::is_valid_tenant;

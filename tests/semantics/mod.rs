@@ -8,6 +8,7 @@
 //! - [`compensation`]: failure, cancellation, abort, hold and terminate.
 //! - [`fan_out`]: children, their policies, crashes and cascades.
 //! - [`versions`]: golden fixtures of old checkpoints and newer versions left alone.
+//! - [`continuation`]: continue-as-new: the chain of runs, moved and followed signals.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -25,6 +26,7 @@ use waymark_engine::{
 use crate::support::{manual_clock, TestDb};
 
 mod compensation;
+mod continuation;
 mod fan_out;
 mod signals;
 mod versions;
@@ -628,8 +630,99 @@ fn registry(probe: &Arc<SagaProbe>) -> Registry {
         .register(Versioned)
         .unwrap()
         .register(Chatter)
+        .unwrap()
+        .register(Looper)
         .unwrap();
     registry
+}
+
+/// Counts `bump` signals to `until`. After `every` bumps in one run it rests an hour
+/// (a durable timer, so signals sent meanwhile are queued) and then continues as new
+/// with its count, so each run of the chain sees at most `every` bumps.
+struct Looper;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct LooperInput {
+    every: u32,
+    until: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum LooperState {
+    /// `n` bumps in all, `here` of them in this run.
+    Count {
+        n: u32,
+        here: u32,
+    },
+    Rest {
+        n: u32,
+    },
+}
+
+impl WorkflowState for LooperState {
+    fn name(&self) -> &'static str {
+        match self {
+            LooperState::Count { .. } => "count",
+            LooperState::Rest { .. } => "rest",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "signal", content = "payload", rename_all = "snake_case")]
+enum LooperSignal {
+    Bump,
+}
+
+impl waymark_engine::WorkflowSignal for LooperSignal {}
+
+impl Workflow for Looper {
+    const NAME: &'static str = "looper";
+    type Input = LooperInput;
+    type State = LooperState;
+    type Output = u32;
+    type Signal = LooperSignal;
+
+    fn definition() -> Definition {
+        Definition::new([
+            StateDef::new("count")
+                .on_signal("bump", "count")
+                .timer("rest")
+                .completes(),
+            StateDef::new("rest").continues_as_new(),
+        ])
+        .signal("bump")
+    }
+
+    fn initial_state(_: &LooperInput) -> LooperState {
+        LooperState::Count { n: 0, here: 0 }
+    }
+
+    async fn step(
+        &self,
+        _: &StepContext,
+        input: &LooperInput,
+        state: LooperState,
+    ) -> Result<Transition<LooperState, u32>, StepError> {
+        Ok(match state {
+            LooperState::Count { n, .. } if n >= input.until => Transition::complete(n),
+            LooperState::Count { n, here } if here >= input.every => {
+                Transition::sleep_for(LooperState::Rest { n }, Duration::from_secs(3600))
+            }
+            LooperState::Count { n, here } => Wait::on(
+                "bump",
+                LooperState::Count {
+                    n: n + 1,
+                    here: here + 1,
+                },
+            )
+            .into(),
+            LooperState::Rest { n } => {
+                Transition::continue_as_new(LooperState::Count { n, here: 0 })
+            }
+        })
+    }
 }
 
 /// `a → b → completed` at once, accepting `note` signals it never waits for: every

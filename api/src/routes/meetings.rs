@@ -150,6 +150,7 @@ pub(crate) async fn view(state: &AppState, meeting: Meeting) -> ApiResult<Value>
         .occurrences(DateTime::<chrono::Utc>::MIN_UTC, limit)
         .unwrap_or_default();
     let current: Vec<_> = attendees.iter().filter(|a| !a.removed).collect();
+    let answers = records::occurrence_answers(store, meeting.id).await?;
     let occurrences: Vec<Value> = occurrences
         .iter()
         .map(|o| {
@@ -161,11 +162,14 @@ pub(crate) async fn view(state: &AppState, meeting: Meeting) -> ApiResult<Value>
                 "end_utc": o.end,
                 "cancelled": o.cancelled,
                 "moved": o.moved,
-                "answers": current.iter().map(|a| json!({"email": a.email, "answer": a.partstat})).collect::<Vec<_>>(),
+                "answers": current
+                    .iter()
+                    .map(|a| json!({"email": a.email, "answer": records::answer_for(&answers, a, o.original)}))
+                    .collect::<Vec<_>>(),
             })
         })
         .collect();
-    let reminders = ops::next_reminders(&meeting, &attendees, now);
+    let reminders = ops::next_reminders(&meeting, &attendees, &answers, now);
     Ok(json!({
         "id": meeting.id,
         "run_id": meeting.run_id,
@@ -182,6 +186,7 @@ pub(crate) async fn view(state: &AppState, meeting: Meeting) -> ApiResult<Value>
         "organizer": meeting.spec.organizer,
         "recurrence": meeting.spec.recurrence,
         "reminders": meeting.spec.reminders,
+        "organizer_digest": meeting.spec.organizer_digest,
         "attendees": current,
         "occurrences": occurrences,
         "next_reminders": reminders,
@@ -287,6 +292,10 @@ async fn reply(
     let bytes = body::read(request_body, state.api.max_body).await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("the calendar is not UTF-8"))?;
+    // Which occurrence the reply answers, if one (the answer is recorded for it only).
+    let occurrence = waymark_workflows::meetings::ical::parse_reply(text)
+        .ok()
+        .and_then(|r| r.recurrence_id);
     let answered = ops::reply(&state.engine, &meeting.tenant, meeting.id, text)
         .await
         .map_err(meeting_error)?;
@@ -302,6 +311,7 @@ async fn reply(
         "recorded": recorded,
         "attendee": attendee.email,
         "answer": attendee.partstat,
+        "occurrence": occurrence,
     })))
 }
 

@@ -286,6 +286,11 @@ pub enum Outcome {
     CompensationDone,
     /// A cancelled step did not return within its grace: apply the cancellation.
     Abandon,
+    /// End `completed` with `{"continued_as": next.id}` and start `next` (same
+    /// workflow, input and tags), moving the queued signals to it.
+    ContinueAsNew {
+        next: NewRun,
+    },
 }
 
 /// How an entered state's step gets run.

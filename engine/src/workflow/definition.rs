@@ -31,6 +31,9 @@ pub struct StateDef {
     pub edges: Vec<Edge>,
     /// Whether this state's step may complete the run.
     pub completes: bool,
+    /// Whether this state's step may end the run by continuing as a new run.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub continues_as_new: bool,
     /// The capability a worker must advertise to run this state's step.
     pub capability: Option<&'static str>,
     /// Overrides the workflow's retry policy for this state (its compensation too).
@@ -45,6 +48,7 @@ impl StateDef {
             name,
             edges: Vec::new(),
             completes: false,
+            continues_as_new: false,
             capability: None,
             retry: None,
             compensates: false,
@@ -85,6 +89,14 @@ impl StateDef {
 
     pub fn completes(mut self) -> Self {
         self.completes = true;
+        self
+    }
+
+    /// May end the run by starting a fresh one of the same workflow
+    /// ([`Transition::ContinueAsNew`]), which keeps a long-lived process's history
+    /// bounded.
+    pub fn continues_as_new(mut self) -> Self {
+        self.continues_as_new = true;
         self
     }
 

@@ -135,6 +135,13 @@ pub enum Transition<S, O> {
     Complete(O),
     /// The business decided to stop: compensate, then end `cancelled` with this reason.
     Abort(String),
+    /// End this run `completed` (its output `{"continued_as": <new run id>}`) and, in
+    /// the same transaction, start a fresh run of the same workflow and input in `S`,
+    /// with the signals still queued moved to it. A long-lived process keeps its
+    /// history bounded this way; signals sent to the old run follow to the new one.
+    /// Only a state that declares [`StateDef::continues_as_new`] may return it, and
+    /// only in a top-level run.
+    ContinueAsNew(S),
 }
 
 /// Which signals a waiting state takes, and where each leads.
@@ -264,6 +271,10 @@ impl<S, O> Transition<S, O> {
 
     pub fn complete(output: O) -> Self {
         Transition::Complete(output)
+    }
+
+    pub fn continue_as_new(state: S) -> Self {
+        Transition::ContinueAsNew(state)
     }
 }
 

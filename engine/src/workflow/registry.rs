@@ -31,6 +31,10 @@ pub enum RawTransition {
     Abort {
         reason: String,
     },
+    ContinueAsNew {
+        state: String,
+        data: Value,
+    },
 }
 
 /// Decodes `value`, naming the path of the first field that does not fit
@@ -220,6 +224,10 @@ impl<W: Workflow> ErasedWorkflow for Erased<W> {
                     output: encode(&output, "output")?,
                 },
                 Transition::Abort(reason) => RawTransition::Abort { reason },
+                Transition::ContinueAsNew(next) => RawTransition::ContinueAsNew {
+                    state: next.name().to_owned(),
+                    data: encode(&next, "state")?,
+                },
             })
         })
     }

@@ -666,6 +666,7 @@ mod tests {
                 title: None,
                 location: None,
             }],
+            organizer_digest: None,
         }
     }
 

@@ -253,14 +253,55 @@ impl Composer<'_> {
         let spec = &self.meeting.spec;
         let who = detail["attendee"].as_str().unwrap_or("an attendee");
         let answer = detail["answer"].as_str().unwrap_or("answered");
+        // An answer for one occurrence of a series names it.
+        let only = detail["occurrence"]
+            .as_str()
+            .map(|o| format!(" (the occurrence of {})", o.replace('T', " ")))
+            .unwrap_or_default();
         Email::new()
             .to(self.organizer())
-            .subject(format!("{who} {answer}: {}", spec.title))
+            .subject(format!("{who} {answer}: {}{only}", spec.title))
             .text(format!(
-                "{who} {answer} your invitation to {} (via {}).\n",
+                "{who} {answer} your invitation to {}{only} (via {}).\n",
                 spec.title,
                 detail["via"].as_str().unwrap_or("the RSVP page")
             ))
+    }
+
+    /// One message with the answers of `rows` (outbox rows of kind `answer`), for an
+    /// organiser who asked for a daily digest.
+    pub fn digest(&self, rows: &[&Outgoing], day: chrono::NaiveDate) -> Email {
+        let spec = &self.meeting.spec;
+        let lines: Vec<String> = rows
+            .iter()
+            .map(|row| {
+                let d = &row.detail;
+                let only = d["occurrence"]
+                    .as_str()
+                    .map(|o| format!(" (the occurrence of {})", o.replace('T', " ")))
+                    .unwrap_or_default();
+                format!(
+                    "- {} {}{only} (via {})",
+                    d["attendee"].as_str().unwrap_or("an attendee"),
+                    d["answer"].as_str().unwrap_or("answered"),
+                    d["via"].as_str().unwrap_or("the RSVP page"),
+                )
+            })
+            .collect();
+        let text = format!(
+            "Answers to your invitation to {} since the last digest:\n{}\n",
+            spec.title,
+            lines.join("\n")
+        );
+        Email::new()
+            .to(self.organizer())
+            .subject(format!(
+                "Daily answers: {} ({day}, {} answer(s))",
+                spec.title,
+                rows.len()
+            ))
+            .text(text.clone())
+            .html(format!("<pre>{}</pre>", html_escape(&text)))
     }
 
     pub fn reminder(&self, attendee: &Attendee, occurrence: &Occurrence, zone: Tz) -> Email {

@@ -48,20 +48,35 @@ pub const TENANT_TABLES: &[&str] = &["meeting_feeds", "meetings"];
 
 pub const SCHEMA: Schema = Schema {
     name: "meetings",
-    postgres: &[Migration::new(
-        1,
-        "meetings",
-        include_str!("migrations/postgres/0001_meetings.sql"),
-    )],
-    sqlite: &[Migration::new(
-        1,
-        "meetings",
-        include_str!("migrations/sqlite/0001_meetings.sql"),
-    )],
+    postgres: &[
+        Migration::new(
+            1,
+            "meetings",
+            include_str!("migrations/postgres/0001_meetings.sql"),
+        ),
+        Migration::new(
+            2,
+            "occurrence answers",
+            include_str!("migrations/postgres/0002_occurrence_answers.sql"),
+        ),
+    ],
+    sqlite: &[
+        Migration::new(
+            1,
+            "meetings",
+            include_str!("migrations/sqlite/0001_meetings.sql"),
+        ),
+        Migration::new(
+            2,
+            "occurrence answers",
+            include_str!("migrations/sqlite/0002_occurrence_answers.sql"),
+        ),
+    ],
 };
 
-/// How many upcoming occurrences a tick looks at for reminders: reminders more than
-/// this many occurrences ahead of their meeting are not found in time.
+/// How many upcoming occurrences a tick looks at first; it looks further (doubling)
+/// while the occurrences found still start within the longest reminder's lead, so a
+/// reminder is found in time however many occurrences lie before its meeting.
 pub const WINDOW: usize = 8;
 
 /// What the workflow needs besides its input.
@@ -76,12 +91,20 @@ pub struct MeetingInvite {
 pub struct MeetingSettings {
     /// Where attendees reach Waymark (`WAYMARK_PUBLIC_URL`): the base of RSVP links.
     pub public_url: String,
+    /// After this many occurrences have ended in one run, the run continues as new,
+    /// so a series without end keeps a bounded history per run.
+    pub continue_after_occurrences: u32,
+    /// After this many ticks in one run (answers and changes wake it too), the run
+    /// continues as new: the other bound on its history.
+    pub continue_after_ticks: u32,
 }
 
 impl Default for MeetingSettings {
     fn default() -> Self {
         Self {
             public_url: "http://127.0.0.1:8080".into(),
+            continue_after_occurrences: 20,
+            continue_after_ticks: 200,
         }
     }
 }
@@ -98,6 +121,12 @@ pub enum MeetingState {
     /// Everything due up to `since` has been done.
     Tick {
         since: DateTime<Utc>,
+        /// Occurrences that ended during this run, and ticks it made: at the
+        /// settings' bounds the run continues as new with both at zero.
+        #[serde(default)]
+        ended: u32,
+        #[serde(default)]
+        ticks: u32,
     },
     Finish,
 }
@@ -152,7 +181,8 @@ impl Workflow for MeetingInvite {
             StateDef::new("tick")
                 .on_signal("changed", "tick")
                 .timer("tick")
-                .next("finish"),
+                .next("finish")
+                .continues_as_new(),
             StateDef::new("finish").completes(),
         ])
         .signal("changed")
@@ -164,6 +194,8 @@ impl Workflow for MeetingInvite {
     fn initial_state(_: &MeetingInput) -> MeetingState {
         MeetingState::Tick {
             since: DateTime::<Utc>::MIN_UTC,
+            ended: 0,
+            ticks: 0,
         }
     }
 
@@ -174,7 +206,14 @@ impl Workflow for MeetingInvite {
         state: MeetingState,
     ) -> Result<Transition<MeetingState, AttendanceSummary>, StepError> {
         match state {
-            MeetingState::Tick { since } => self.tick(ctx, input.meeting_id, since).await,
+            MeetingState::Tick {
+                since,
+                ended,
+                ticks,
+            } => {
+                self.tick(ctx, input.meeting_id, since, (ended, ticks))
+                    .await
+            }
             MeetingState::Finish => self.finish(ctx, input.meeting_id).await,
         }
     }
@@ -186,10 +225,21 @@ impl MeetingInvite {
         ctx: &StepContext,
         meeting_id: Uuid,
         since: DateTime<Utc>,
+        (ended, ticks): (u32, u32),
     ) -> Result<Transition<MeetingState, AttendanceSummary>, StepError> {
         let now = ctx.clock.now();
         let meeting = self.meeting(ctx, meeting_id).await?;
+        if meeting.run_id != Some(ctx.run_id) {
+            // This run continued an earlier one: routes signal it directly from now on
+            // (signals sent to the earlier run meanwhile follow it here).
+            records::set_run(&self.store, meeting_id, ctx.run_id)
+                .await
+                .retryable()?;
+        }
         let attendees = records::attendees(&self.store, meeting_id)
+            .await
+            .retryable()?;
+        let answers = records::occurrence_answers(&self.store, meeting_id)
             .await
             .retryable()?;
         let secret = records::secret(&self.store).await.retryable()?;
@@ -200,8 +250,26 @@ impl MeetingInvite {
             public_url: &self.settings.public_url,
             now,
         };
-        for outgoing in records::unsent(&self.store, meeting_id).await.retryable()? {
-            if let Some(email) = mail.outgoing(&outgoing) {
+        let meeting_zone = meeting
+            .spec
+            .tz()
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        let last_end = meeting
+            .spec
+            .last_end()
+            .map_err(|e| StepError::fatal(e.to_string()))?;
+        // A meeting that is over (or cancelled) sends what a digest still holds now.
+        let over = meeting.status != MeetingStatus::Scheduled || last_end.is_some_and(|e| e <= now);
+        let digest = meeting.spec.organizer_digest.filter(|_| !over);
+        let unsent = records::unsent(&self.store, meeting_id).await.retryable()?;
+        let mut held: Vec<&records::Outgoing> = Vec::new();
+        for outgoing in &unsent {
+            if outgoing.kind == "answer" && meeting.spec.organizer_digest.is_some() {
+                // The organiser asked for a digest: answers wait for it.
+                held.push(outgoing);
+                continue;
+            }
+            if let Some(email) = mail.outgoing(outgoing) {
                 // Keyed by the outbox row: one message per row whatever the retries.
                 self.mailer
                     .send(
@@ -214,21 +282,61 @@ impl MeetingInvite {
                 .await
                 .retryable()?;
         }
+        // The digest is due at the first digest instant after its oldest answer.
+        let mut digest_next = None;
+        if let Some(oldest) = held.iter().map(|o| o.created_at).min() {
+            let due = digest.map(|d| d.next_after(oldest, meeting_zone));
+            match due {
+                Some(due) if due > now => digest_next = Some(due),
+                _ => {
+                    let day = now.with_timezone(&meeting_zone).date_naive();
+                    // Keyed by its newest row: a retried tick sends it once, and a
+                    // later digest (newer answers) is a new message.
+                    let newest = held.iter().map(|o| o.id).max().unwrap_or_default();
+                    self.mailer
+                        .send(
+                            &format!("meeting:{meeting_id}:digest:{newest}"),
+                            mail.digest(&held, day),
+                        )
+                        .await?;
+                    for outgoing in &held {
+                        records::mark_sent(&self.store, outgoing.id, now)
+                            .await
+                            .retryable()?;
+                    }
+                }
+            }
+        }
         if meeting.status != MeetingStatus::Scheduled {
             return Ok(Transition::next(MeetingState::Finish));
         }
         let spec = &meeting.spec;
         let fatal = |e: schedule::TimeError| StepError::fatal(e.to_string());
         let meeting_zone = spec.tz().map_err(fatal)?;
-        let upcoming = spec
-            .occurrences(since.max(now - chrono::Duration::days(2)), WINDOW)
+        let lead = schedule::longest_lead(&spec.reminders);
+        let after = since.max(now - chrono::Duration::days(2));
+        let horizon = now
+            .checked_add_signed(lead)
+            .unwrap_or(DateTime::<Utc>::MAX_UTC);
+        // Every occurrence whose reminders may be due by the horizon; the first one
+        // beyond it says when to look again.
+        let all = spec
+            .occurrences(after, schedule::MAX_EXPANSION)
             .map_err(fatal)?;
-        let mut next: Option<DateTime<Utc>> = None;
+        let (upcoming, beyond): (Vec<_>, Vec<_>) =
+            all.into_iter().partition(|o| o.start <= horizon);
+        let mut next: Option<DateTime<Utc>> = digest_next;
+        let mut ended_now = 0;
         for occurrence in upcoming.iter().filter(|o| !o.cancelled) {
-            for attendee in attendees
-                .iter()
-                .filter(|a| !a.removed && a.partstat != PartStat::Declined)
-            {
+            if occurrence.end > since && occurrence.end <= now {
+                ended_now += 1;
+            }
+            // A decline drops the reminders of what it declines: the series, or one
+            // occurrence (a calendar's REPLY with a RECURRENCE-ID).
+            for attendee in attendees.iter().filter(|a| {
+                !a.removed
+                    && records::answer_for(&answers, a, occurrence.original) != PartStat::Declined
+            }) {
                 let zone = attendee
                     .timezone
                     .as_deref()
@@ -257,17 +365,43 @@ impl MeetingInvite {
                 }
             }
         }
+        // Occurrences past the lookahead have no reminder due before `now + lead`:
+        // wake up when the first of them comes within reach.
+        if let Some(first) = beyond
+            .iter()
+            .filter(|o| !o.cancelled)
+            .map(|o| o.start)
+            .min()
+        {
+            let at = first.checked_sub_signed(lead).unwrap_or(now).max(now);
+            next = Some(next.map_or(at, |n| n.min(at)));
+        }
         if let Some(end) = spec.last_end().map_err(fatal)? {
             if end <= now {
                 return Ok(Transition::next(MeetingState::Finish));
             }
             next = Some(next.map_or(end, |n| n.min(end)));
         }
-        let wait = Wait::on("changed", MeetingState::Tick { since: now });
+        let (ended, ticks) = (ended + ended_now, ticks + 1);
+        if ended >= self.settings.continue_after_occurrences
+            || ticks >= self.settings.continue_after_ticks
+        {
+            // Everything due up to now is done: the next run starts from here, with
+            // an empty history.
+            return Ok(Transition::continue_as_new(MeetingState::Tick {
+                since: now,
+                ended: 0,
+                ticks: 0,
+            }));
+        }
+        let then = MeetingState::Tick {
+            since: now,
+            ended,
+            ticks,
+        };
+        let wait = Wait::on("changed", then.clone());
         Ok(match next {
-            Some(at) => wait
-                .timeout_at(at, MeetingState::Tick { since: now })
-                .into(),
+            Some(at) => wait.timeout_at(at, then).into(),
             None => wait.into(),
         })
     }

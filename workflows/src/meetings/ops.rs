@@ -2,7 +2,7 @@
 //! answer (RSVP page or calendar REPLY), change or cancel the series or one occurrence.
 //! Each writes the rows and the outbox in one transaction, then tells the run.
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::NaiveDateTime;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use uuid::Uuid;
@@ -63,6 +63,10 @@ pub struct CreateMeeting {
     pub recurrence: Option<String>,
     #[serde(default)]
     pub reminders: Vec<Reminder>,
+    /// `{"daily_at": "18:00"}`: the organiser's answers once a day, at that local time
+    /// of the meeting's zone.
+    #[serde(default)]
+    pub organizer_digest: Option<schedule::Digest>,
 }
 
 fn check_email(field: &str, email: &str) -> Result<String> {
@@ -162,6 +166,7 @@ pub async fn create(
         reminders: req.reminders,
         cancelled: Vec::new(),
         overrides: Vec::new(),
+        organizer_digest: req.organizer_digest,
     };
     let warnings = spec.validate().map_err(time_error)?;
     let now = engine.clock.now();
@@ -210,6 +215,8 @@ pub async fn create(
         warnings,
     })
 }
+
+pub use super::schedule::next_reminders;
 
 /// Tells the meeting's run to look again. A failure is logged, not returned: the rows
 /// are committed, and the run's next timer finds them.
@@ -317,7 +324,7 @@ pub async fn rsvp_answer(engine: &Engine, token: &str, answer: PartStat) -> Resu
         claims.attendee,
         None,
         Some(claims),
-        answer,
+        (answer, None),
         "the RSVP page",
     )
     .await
@@ -329,7 +336,7 @@ async fn record(
     attendee_id: Uuid,
     tenant: Option<&str>,
     claims: Option<RsvpToken>,
-    answer: PartStat,
+    (answer, occurrence): (PartStat, Option<NaiveDateTime>),
     via: &str,
 ) -> Result<Answered> {
     let now = engine.clock.now();
@@ -362,7 +369,20 @@ async fn record(
             "answer: accepted, tentative or declined".into(),
         ));
     }
-    if !records::answer(&mut tx, attendee_id, answer, now).await? {
+    let changed = match occurrence {
+        // A calendar's answer for one occurrence (RECURRENCE-ID) leaves the series
+        // answer as it is.
+        Some(original) => {
+            check_occurrence(&meeting, original)?;
+            records::answer_occurrence(&mut tx, attendee_id, original, answer, now).await?
+        }
+        None => records::answer(&mut tx, attendee_id, answer, now).await?,
+    };
+    if !changed {
+        let attendee = Attendee {
+            partstat: answer,
+            ..attendee
+        };
         return Ok(Answered::Unchanged { meeting, attendee });
     }
     let who = match &attendee.name {
@@ -375,7 +395,12 @@ async fn record(
         "answer",
         None,
         meeting.sequence,
-        json!({"attendee": who, "answer": answer.ical().to_ascii_lowercase(), "via": via}),
+        json!({
+            "attendee": who,
+            "answer": answer.ical().to_ascii_lowercase(),
+            "via": via,
+            "occurrence": occurrence,
+        }),
         now,
     )
     .await?;
@@ -426,7 +451,7 @@ pub async fn reply(engine: &Engine, tenant: &str, id: Uuid, text: &str) -> Resul
         attendee.id,
         Some(tenant),
         Some(claims),
-        parsed.partstat,
+        (parsed.partstat, parsed.recurrence_id),
         "a calendar reply",
     )
     .await
@@ -604,6 +629,23 @@ pub async fn change(
             let spec = &mut meeting.spec;
             if let Some(start) = req.start {
                 let length = spec.end - spec.start;
+                // The series' occurrences move with its start: cancelled ones (EXDATE),
+                // overrides (RECURRENCE-ID) and per-occurrence answers keep naming the
+                // same occurrences by their new original starts.
+                let shift = start - spec.start;
+                for cancelled in &mut spec.cancelled {
+                    *cancelled += shift;
+                }
+                for over in &mut spec.overrides {
+                    over.original += shift;
+                }
+                records::shift_occurrence_answers(&mut tx, id, shift).await?;
+                // A weekly rule names its weekdays: they move with the start, or a
+                // series moved from Tuesday to Wednesday would still fall on Tuesdays.
+                let days = (start.date() - spec.start.date()).num_days();
+                if let Some(rule) = &spec.recurrence {
+                    spec.recurrence = Some(schedule::shift_byday(rule, days));
+                }
                 spec.end = req.end.unwrap_or(start + length);
                 spec.start = start;
                 changes.push(format!("now starts {start}"));
@@ -717,51 +759,4 @@ pub async fn change(
     tx.commit().await?;
     nudge(engine, &meeting, "change").await;
     Ok((meeting, warnings))
-}
-
-/// The next reminders of a meeting per attendee, for its view.
-pub fn next_reminders(
-    meeting: &Meeting,
-    attendees: &[Attendee],
-    now: DateTime<Utc>,
-) -> Vec<serde_json::Value> {
-    let Ok(zone) = meeting.spec.tz() else {
-        return Vec::new();
-    };
-    let Ok(upcoming) = meeting.spec.occurrences(now, super::WINDOW) else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for a in attendees
-        .iter()
-        .filter(|a| !a.removed && a.partstat != PartStat::Declined)
-    {
-        let tz = a
-            .timezone
-            .as_deref()
-            .and_then(|z| z.parse().ok())
-            .unwrap_or(zone);
-        let next =
-            upcoming
-                .iter()
-                .filter(|o| !o.cancelled)
-                .flat_map(|o| {
-                    meeting.spec.reminders.iter().filter_map(move |r| {
-                        schedule::reminder_at(r, o.start, tz).map(|at| (at, o, r))
-                    })
-                })
-                .filter(|(at, _, _)| *at > now)
-                .min_by_key(|(at, _, _)| *at);
-        if let Some((at, o, r)) = next {
-            out.push(json!({
-                "attendee": a.email,
-                "at": at,
-                "local": at.with_timezone(&tz).format("%Y-%m-%dT%H:%M").to_string(),
-                "timezone": tz.name(),
-                "occurrence": o.original,
-                "rule": r.label(),
-            }));
-        }
-    }
-    out
 }

@@ -75,6 +75,7 @@ pub struct Outgoing {
     pub attendee_id: Option<Uuid>,
     pub sequence: i64,
     pub detail: Value,
+    pub created_at: DateTime<Utc>,
 }
 
 fn partstat_text(p: PartStat) -> &'static str {
@@ -193,6 +194,17 @@ pub async fn update(tx: &mut Tx, meeting: &Meeting) -> Result<()> {
     Ok(())
 }
 
+/// Points the meeting at the run that now carries it (after a continue-as-new).
+pub async fn set_run(store: &Store, id: Uuid, run: Uuid) -> Result<()> {
+    store
+        .sql_execute(
+            "UPDATE meetings SET run_id = $2 WHERE id = $1",
+            &[Arg::id(id), Arg::id(run)],
+        )
+        .await?;
+    Ok(())
+}
+
 pub async fn set_status(
     store: &Store,
     id: Uuid,
@@ -280,6 +292,135 @@ pub async fn answer(
     Ok(changed > 0)
 }
 
+/// How an occurrence is named in rows: its original local start.
+pub fn occurrence_key(original: chrono::NaiveDateTime) -> String {
+    original.format("%Y-%m-%dT%H:%M:%S").to_string()
+}
+
+/// Records an answer for one occurrence; `false` when it was already that answer.
+pub async fn answer_occurrence(
+    tx: &mut Tx,
+    attendee: Uuid,
+    original: chrono::NaiveDateTime,
+    partstat: PartStat,
+    now: DateTime<Utc>,
+) -> Result<bool> {
+    let key = occurrence_key(original);
+    let same = tx
+        .fetch(
+            "SELECT partstat FROM meeting_occurrence_answers WHERE attendee_id = $1 AND original = $2",
+            &[Arg::id(attendee), Arg::text(&key)],
+        )
+        .await?
+        .first()
+        .map(|r| r.text("partstat"))
+        .transpose()?
+        .is_some_and(|p| p == partstat_text(partstat));
+    if same {
+        return Ok(false);
+    }
+    tx.execute(
+        "DELETE FROM meeting_occurrence_answers WHERE attendee_id = $1 AND original = $2",
+        &[Arg::id(attendee), Arg::text(&key)],
+    )
+    .await?;
+    tx.execute(
+        "INSERT INTO meeting_occurrence_answers (attendee_id, original, partstat, answered_at) \
+         VALUES ($1, $2, $3, $4)",
+        &[
+            Arg::id(attendee),
+            Arg::text(&key),
+            Arg::text(partstat_text(partstat)),
+            Arg::time(now),
+        ],
+    )
+    .await?;
+    Ok(true)
+}
+
+/// The per-occurrence answers of a meeting's attendees: (attendee, original, answer).
+pub async fn occurrence_answers(
+    store: &Store,
+    meeting: Uuid,
+) -> Result<Vec<(Uuid, chrono::NaiveDateTime, PartStat)>> {
+    store
+        .sql_fetch(
+            "SELECT o.attendee_id, o.original, o.partstat FROM meeting_occurrence_answers o \
+             JOIN meeting_attendees a ON a.id = o.attendee_id WHERE a.meeting_id = $1",
+            &[Arg::id(meeting)],
+        )
+        .await?
+        .iter()
+        .map(|row| {
+            let original = row.text("original")?;
+            let partstat = row.text("partstat")?;
+            Ok((
+                row.id("attendee_id")?,
+                chrono::NaiveDateTime::parse_from_str(&original, "%Y-%m-%dT%H:%M:%S")
+                    .map_err(|e| StoreError::Corrupt(format!("occurrence {original:?}: {e}")))?,
+                PartStat::parse(&partstat)
+                    .ok_or_else(|| StoreError::Corrupt(format!("partstat {partstat:?}")))?,
+            ))
+        })
+        .collect()
+}
+
+/// Moves the per-occurrence answers of a meeting with its series (`shift` in local
+/// time), so they name the same occurrences after the series moved.
+pub async fn shift_occurrence_answers(
+    tx: &mut Tx,
+    meeting: Uuid,
+    shift: chrono::Duration,
+) -> Result<()> {
+    let rows = tx
+        .fetch(
+            "SELECT o.attendee_id, o.original FROM meeting_occurrence_answers o \
+             JOIN meeting_attendees a ON a.id = o.attendee_id WHERE a.meeting_id = $1",
+            &[Arg::id(meeting)],
+        )
+        .await?;
+    let mut moves = Vec::new();
+    for row in &rows {
+        let original = row.text("original")?;
+        let parsed = chrono::NaiveDateTime::parse_from_str(&original, "%Y-%m-%dT%H:%M:%S")
+            .map_err(|e| StoreError::Corrupt(format!("occurrence {original:?}: {e}")))?;
+        moves.push((
+            row.id("attendee_id")?,
+            original,
+            occurrence_key(parsed + shift),
+        ));
+    }
+    // Moved one by one under a temporary name, so no two rows collide on the way.
+    for (attendee, from, to) in moves.iter() {
+        tx.execute(
+            "UPDATE meeting_occurrence_answers SET original = $3 WHERE attendee_id = $1 AND original = $2",
+            &[Arg::id(*attendee), Arg::text(from), Arg::text(format!("moving:{to}"))],
+        )
+        .await?;
+    }
+    for (attendee, _, to) in moves.iter() {
+        tx.execute(
+            "UPDATE meeting_occurrence_answers SET original = $3 WHERE attendee_id = $1 AND original = $2",
+            &[Arg::id(*attendee), Arg::text(format!("moving:{to}")), Arg::text(to)],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// An attendee's answer for one occurrence: its own, or else the series answer.
+pub fn answer_for(
+    answers: &[(Uuid, chrono::NaiveDateTime, PartStat)],
+    attendee: &Attendee,
+    original: chrono::NaiveDateTime,
+) -> PartStat {
+    answers
+        .iter()
+        .find(|(a, o, _)| *a == attendee.id && *o == original)
+        .map(|(_, _, p)| *p)
+        .unwrap_or(attendee.partstat)
+}
+
 pub async fn enqueue(
     tx: &mut Tx,
     meeting: Uuid,
@@ -310,7 +451,7 @@ pub async fn enqueue(
 pub async fn unsent(store: &Store, meeting: Uuid) -> Result<Vec<Outgoing>> {
     store
         .sql_fetch(
-            "SELECT id, kind, attendee_id, sequence, detail FROM meeting_outbox \
+            "SELECT id, kind, attendee_id, sequence, detail, created_at FROM meeting_outbox \
              WHERE meeting_id = $1 AND sent_at IS NULL ORDER BY created_at, id",
             &[Arg::id(meeting)],
         )
@@ -323,6 +464,7 @@ pub async fn unsent(store: &Store, meeting: Uuid) -> Result<Vec<Outgoing>> {
                 attendee_id: row.opt_id("attendee_id")?,
                 sequence: row.int("sequence")?,
                 detail: row.json("detail")?,
+                created_at: row.time("created_at")?,
             })
         })
         .collect()

@@ -101,6 +101,32 @@ pub struct MeetingSpec {
     pub cancelled: Vec<NaiveDateTime>,
     #[serde(default)]
     pub overrides: Vec<Override>,
+    /// When set, the organiser gets the answers once a day in one message instead of
+    /// one message per answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub organizer_digest: Option<Digest>,
+}
+
+/// The organiser's digest of answers: daily at a local time of the meeting's zone.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Digest {
+    pub daily_at: NaiveTime,
+}
+
+impl Digest {
+    /// The first digest instant strictly after `after`, in `zone` (a time in a DST gap
+    /// is taken at the first instant after it).
+    pub fn next_after(&self, after: DateTime<Utc>, zone: Tz) -> DateTime<Utc> {
+        let mut day = after.with_timezone(&zone).date_naive();
+        loop {
+            let at = resolve_lenient(zone, day.and_time(self.daily_at));
+            if at > after {
+                return at;
+            }
+            day = day.succ_opt().unwrap_or(day);
+        }
+    }
 }
 
 /// Why a meeting's times were refused; each names the field.
@@ -342,6 +368,104 @@ pub fn reminder_at(rule: &Reminder, start: DateTime<Utc>, zone: Tz) -> Option<Da
     }
 }
 
+/// The longest time any of `rules` can fall before its occurrence's start: a
+/// `day_before_at` one at most two days (and an hour more across a clock change).
+pub fn longest_lead(rules: &[Reminder]) -> chrono::Duration {
+    rules
+        .iter()
+        .map(|rule| match rule {
+            Reminder::Offset(d) => chrono::Duration::from_std(*d).unwrap_or(chrono::Duration::MAX),
+            Reminder::DayBeforeAt { .. } => chrono::Duration::hours(49),
+        })
+        .max()
+        .unwrap_or_else(chrono::Duration::zero)
+}
+
+/// `rule` with the weekdays of its `BYDAY` (ordinals such as `1TU` kept) moved by
+/// `days`.
+pub fn shift_byday(rule: &str, days: i64) -> String {
+    const DAYS: [&str; 7] = ["MO", "TU", "WE", "TH", "FR", "SA", "SU"];
+    if days.rem_euclid(7) == 0 {
+        return rule.to_owned();
+    }
+    rule.split(';')
+        .map(|part| {
+            let Some(list) = part
+                .strip_prefix("BYDAY=")
+                .or_else(|| part.strip_prefix("byday="))
+            else {
+                return part.to_owned();
+            };
+            let moved: Vec<String> = list
+                .split(',')
+                .map(|day| {
+                    let upper = day.to_ascii_uppercase();
+                    let (ordinal, name) = upper.split_at(upper.len().saturating_sub(2));
+                    match DAYS.iter().position(|d| *d == name) {
+                        Some(i) => format!(
+                            "{ordinal}{}",
+                            DAYS[(i as i64 + days).rem_euclid(7) as usize]
+                        ),
+                        None => day.to_owned(),
+                    }
+                })
+                .collect();
+            format!("BYDAY={}", moved.join(","))
+        })
+        .collect::<Vec<_>>()
+        .join(";")
+}
+
+/// The next reminders of a meeting per attendee, for its view.
+pub fn next_reminders(
+    meeting: &super::records::Meeting,
+    attendees: &[super::records::Attendee],
+    answers: &[(uuid::Uuid, NaiveDateTime, super::ical::PartStat)],
+    now: DateTime<Utc>,
+) -> Vec<serde_json::Value> {
+    let Ok(zone) = meeting.spec.tz() else {
+        return Vec::new();
+    };
+    let Ok(upcoming) = meeting.spec.occurrences(now, super::WINDOW) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for a in attendees.iter().filter(|a| !a.removed) {
+        let tz = a
+            .timezone
+            .as_deref()
+            .and_then(|z| z.parse().ok())
+            .unwrap_or(zone);
+        let next = upcoming
+            .iter()
+            .filter(|o| {
+                !o.cancelled
+                    && super::records::answer_for(answers, a, o.original)
+                        != super::ical::PartStat::Declined
+            })
+            .flat_map(|o| {
+                meeting
+                    .spec
+                    .reminders
+                    .iter()
+                    .filter_map(move |r| reminder_at(r, o.start, tz).map(|at| (at, o, r)))
+            })
+            .filter(|(at, _, _)| *at > now)
+            .min_by_key(|(at, _, _)| *at);
+        if let Some((at, o, r)) = next {
+            out.push(serde_json::json!({
+                "attendee": a.email,
+                "at": at,
+                "local": at.with_timezone(&tz).format("%Y-%m-%dT%H:%M").to_string(),
+                "timezone": tz.name(),
+                "occurrence": o.original,
+                "rule": r.label(),
+            }));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -371,6 +495,7 @@ mod tests {
             reminders: vec![],
             cancelled: vec![],
             overrides: vec![],
+            organizer_digest: None,
         }
     }
 
@@ -523,5 +648,26 @@ mod tests {
         assert_eq!(rules[0], Reminder::Offset(Duration::from_secs(86_400)));
         assert_eq!(rules[1].label(), "15m");
         assert_eq!(rules[2].label(), "day_before_at_0900");
+    }
+
+    #[test]
+    fn moving_a_series_moves_the_weekdays_of_its_rule() {
+        assert_eq!(
+            shift_byday("FREQ=WEEKLY;BYDAY=TU;COUNT=3", 1),
+            "FREQ=WEEKLY;BYDAY=WE;COUNT=3"
+        );
+        assert_eq!(
+            shift_byday("FREQ=WEEKLY;BYDAY=SU,MO", 1),
+            "FREQ=WEEKLY;BYDAY=MO,TU"
+        );
+        assert_eq!(
+            shift_byday("FREQ=MONTHLY;BYDAY=1TU", -1),
+            "FREQ=MONTHLY;BYDAY=1MO"
+        );
+        assert_eq!(
+            shift_byday("FREQ=WEEKLY;BYDAY=TU", 7),
+            "FREQ=WEEKLY;BYDAY=TU"
+        );
+        assert_eq!(shift_byday("FREQ=DAILY", 3), "FREQ=DAILY");
     }
 }

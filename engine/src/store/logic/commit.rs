@@ -178,6 +178,12 @@ pub(crate) async fn commit<O: Ops>(ops: &mut O, lease: &Lease, c: &Commit) -> St
             finish(ops, &mut run, now, true).await?;
         }
         Outcome::Abandon => {}
+        Outcome::ContinueAsNew { next } => {
+            super::continuation::continue_as_new(ops, &mut run, next, now).await?;
+            ops.history_insert(&step_history(&run, "continued_as_new"))
+                .await?;
+            finish(ops, &mut run, now, true).await?;
+        }
     }
     // A cancellation asked for while the step ran applies now, after its result (a
     // success included) was committed, so the state it reached is compensated too.

@@ -18,6 +18,7 @@
 //! - `operator.rs`: an operator's cancel, terminate, retry and compensation skip.
 
 mod commit;
+mod continuation;
 mod ending;
 mod operator;
 mod schedules;
@@ -120,6 +121,12 @@ pub(crate) trait Ops: Send {
         &mut self,
         run: Uuid,
     ) -> impl Future<Output = StoreResult<Vec<SignalRecord>>> + Send;
+    /// Moves `from`'s queued signals to `to` (a run continuing as new).
+    fn signals_move(
+        &mut self,
+        from: Uuid,
+        to: Uuid,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
     fn signal_set_status(
         &mut self,
         id: Uuid,

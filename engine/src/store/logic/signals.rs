@@ -78,6 +78,18 @@ pub(crate) async fn signal<O: Ops>(
     run_id: Uuid,
     signal: &NewSignal,
 ) -> StoreResult<SignalReceipt> {
+    // A run that continued as new hands its signals on to the run it continued as.
+    let key = signal.idempotency_key.as_deref();
+    let run_id = match super::continuation::signal_target(ops, scope, run_id, key).await? {
+        Ok(live) => live,
+        Err(id) => {
+            return Ok(SignalReceipt {
+                id,
+                created: false,
+                consumed: false,
+            })
+        }
+    };
     let mut run = match ops.run_lock(run_id).await? {
         Some(run) if scope.allows(&run.tenant) => run,
         _ => return Err(StoreError::RunNotFound(run_id)),

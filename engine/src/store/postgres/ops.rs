@@ -261,6 +261,17 @@ impl Ops for PgOps {
         Ok(rows.into_iter().map(Into::into).collect())
     }
 
+    async fn signals_move(&mut self, from: Uuid, to: Uuid) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE waymark_signals SET run_id = $2 WHERE run_id = $1 AND status = 'queued'",
+        )
+        .bind(from)
+        .bind(to)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn signal_set_status(
         &mut self,
         id: Uuid,

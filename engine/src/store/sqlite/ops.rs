@@ -278,6 +278,17 @@ impl Ops for SqliteOps {
         rows.into_iter().map(SignalRecord::try_from).collect()
     }
 
+    async fn signals_move(&mut self, from: Uuid, to: Uuid) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE waymark_signals SET run_id = ?2 WHERE run_id = ?1 AND status = 'queued'",
+        )
+        .bind(from.to_string())
+        .bind(to.to_string())
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
     async fn signal_set_status(
         &mut self,
         id: Uuid,
