@@ -16,18 +16,23 @@ FROM (SELECT run_id, count(*) AS n FROM waymark_signals WHERE status = 'queued' 
 WHERE r.id = q.run_id;
 
 CREATE FUNCTION waymark_signals_queued_count() RETURNS trigger LANGUAGE plpgsql AS $$
-DECLARE
-    was integer := CASE WHEN TG_OP <> 'INSERT' AND OLD.status = 'queued' THEN 1 ELSE 0 END;
-    now_queued integer := CASE WHEN TG_OP <> 'DELETE' AND NEW.status = 'queued' THEN 1 ELSE 0 END;
 BEGIN
-    IF now_queued <> was THEN
-        UPDATE waymark_runs SET signals_queued = signals_queued + now_queued - was
-        WHERE id = CASE WHEN TG_OP = 'DELETE' THEN OLD.run_id ELSE NEW.run_id END;
+    -- The common update (consumed, or unconsumed at an ending) changes one run by one;
+    -- moving a queued signal to another run (continue-as-new) changes two.
+    IF TG_OP = 'UPDATE' AND OLD.run_id = NEW.run_id
+       AND (OLD.status = 'queued') = (NEW.status = 'queued') THEN
+        RETURN NULL;
+    END IF;
+    IF TG_OP <> 'INSERT' AND OLD.status = 'queued' THEN
+        UPDATE waymark_runs SET signals_queued = signals_queued - 1 WHERE id = OLD.run_id;
+    END IF;
+    IF TG_OP <> 'DELETE' AND NEW.status = 'queued' THEN
+        UPDATE waymark_runs SET signals_queued = signals_queued + 1 WHERE id = NEW.run_id;
     END IF;
     RETURN NULL;
 END;
 $$;
 
 CREATE TRIGGER waymark_signals_queued_count
-    AFTER INSERT OR UPDATE OF status OR DELETE ON waymark_signals
+    AFTER INSERT OR UPDATE OF status, run_id OR DELETE ON waymark_signals
     FOR EACH ROW EXECUTE FUNCTION waymark_signals_queued_count();

@@ -14,12 +14,18 @@ BEGIN
     UPDATE waymark_runs SET signals_queued = signals_queued + 1 WHERE id = NEW.run_id;
 END;
 
-CREATE TRIGGER waymark_signals_queued_update AFTER UPDATE OF status ON waymark_signals
-WHEN (OLD.status = 'queued') <> (NEW.status = 'queued')
+-- A status change moves one run's count; moving a queued signal to another run
+-- (continue-as-new) moves two.
+CREATE TRIGGER waymark_signals_queued_update_from AFTER UPDATE OF status, run_id ON waymark_signals
+WHEN OLD.status = 'queued' AND (NEW.status <> 'queued' OR NEW.run_id <> OLD.run_id)
 BEGIN
-    UPDATE waymark_runs
-    SET signals_queued = signals_queued + CASE WHEN NEW.status = 'queued' THEN 1 ELSE -1 END
-    WHERE id = NEW.run_id;
+    UPDATE waymark_runs SET signals_queued = signals_queued - 1 WHERE id = OLD.run_id;
+END;
+
+CREATE TRIGGER waymark_signals_queued_update_to AFTER UPDATE OF status, run_id ON waymark_signals
+WHEN NEW.status = 'queued' AND (OLD.status <> 'queued' OR NEW.run_id <> OLD.run_id)
+BEGIN
+    UPDATE waymark_runs SET signals_queued = signals_queued + 1 WHERE id = NEW.run_id;
 END;
 
 CREATE TRIGGER waymark_signals_queued_delete AFTER DELETE ON waymark_signals

@@ -152,6 +152,9 @@ async fn signals_queued_when_a_run_continues_move_to_the_new_run_and_keys_still_
     let moved = db.store.run_signals(&ALL, second).await.unwrap().unwrap();
     let ids: Vec<Uuid> = moved.iter().map(|s| s.id).collect();
     assert_eq!(ids, vec![keyed.id, plain.id]);
+    // Moved signals are counted on the run they moved to, so its one-statement
+    // completion cannot skip them.
+    super::signals::assert_signal_counts(&db).await;
     // The successor takes the keyed bump at its first wait, then rests and continues.
     wait_for_run(&db.store, second, "took the moved bump", |r| {
         r.status == RunStatus::Sleeping
@@ -175,6 +178,7 @@ async fn signals_queued_when_a_run_continues_move_to_the_new_run_and_keys_still_
     };
     runner.stop().await;
     assert_eq!(runs[2].output, Some(json!(3)));
+    super::signals::assert_signal_counts(&db).await;
     let statuses: Vec<String> = db
         .store
         .run_signals(&ALL, second)

@@ -340,7 +340,7 @@ async fn signals_racing_a_runs_end_are_each_consumed_or_recorded_unconsumed(db: 
 
 /// The one-statement commit ends a run only when the row's own count says no signal is
 /// queued: that count, kept by triggers on the signals table, must match it exactly.
-async fn assert_signal_counts(db: &TestDb) {
+pub(super) async fn assert_signal_counts(db: &TestDb) {
     assert_eq!(
         db.scalar_i64(
             "SELECT count(*) FROM waymark_runs r WHERE r.signals_queued <> \
