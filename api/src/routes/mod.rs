@@ -51,6 +51,7 @@ mod schedules;
 pub mod tenants;
 mod workflows;
 
+pub(crate) use keys::{create_key, revoke_key, rotate_key};
 pub use openapi::{openapi, openapi_json};
 use runs::*;
 pub(crate) use runs::{bulk_apply, filter_from};

@@ -10,6 +10,7 @@
 //! - [`login`]: `/ui/login` and `/ui/logout`;
 //! - [`runs`]: the runs list, a run's page and the actions on it;
 //! - [`pages`]: overview (with [`chart`]), workflows, schedules, workers, audit;
+//! - [`keys`]: API keys (create, revoke, rotate through the API's own handlers);
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
 //! - [`live`]: `/ui/events`, the server-sent events that keep pages current;
@@ -28,6 +29,7 @@ use axum::Router;
 use crate::AppState;
 
 mod chart;
+mod keys;
 mod live;
 mod login;
 pub mod page;
@@ -56,6 +58,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/workers", get(pages::workers))
         .route("/ui/schedules", get(pages::schedules))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/keys", get(keys::list).post(keys::create))
+        .route("/ui/keys/{id}/{action}", post(keys::action))
         .route("/ui/events", get(live::events))
         .route("/ui/assets/{name}", get(asset))
         .layer(axum::middleware::map_response(headers))

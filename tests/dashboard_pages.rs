@@ -1,0 +1,328 @@
+//! The dashboard's management pages through real HTTP, on both backends: API keys
+//! (create, revoke, rotate through the API's own handlers, each with a table of wrong
+//! inputs), and what readers and other tenants may not see or do there.
+
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+use crate::dashboard::{start, Browser};
+use crate::support::app::TestApp;
+use crate::support::{on_both_backends, TestDb};
+
+/// A form's fields beyond the CSRF token.
+type Fields<'a> = &'a [(&'a str, &'a str)];
+
+/// A key's prefix, as the admin reads it through the API.
+async fn prefix(api: &TestApp, id: &str) -> String {
+    let (status, body) = api
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{id}"),
+            Some(&api.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["prefix"].as_str().unwrap().to_owned()
+}
+
+/// The value of the one-time secret field on a page.
+fn secret_on(body: &str) -> String {
+    let at = body
+        .find(r#"id="secret-value""#)
+        .expect("the page shows the new secret");
+    let rest = &body[at..];
+    let v = rest.find("value=\"").unwrap() + "value=\"".len();
+    rest[v..v + rest[v..].find('"').unwrap()].to_owned()
+}
+
+async fn whoami(api: &TestApp, secret: &str) -> (StatusCode, Value) {
+    api.call(Method::GET, "/v1/whoami", Some(secret), None)
+        .await
+}
+
+async fn key_count(api: &TestApp, tenant: &str) -> usize {
+    let (status, body) = api
+        .call(Method::GET, "/v1/keys?limit=500", Some(&api.admin), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["tenant"] == tenant)
+        .count()
+}
+
+async fn an_operator_creates_revokes_and_rotates_keys_from_the_page(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (own_id, operator) = api.key("acme", &["operator"]).await;
+    let own_prefix = prefix(&api, &own_id).await;
+    let mut browser = Browser::login(&api, &operator).await;
+    let page = browser.get("/ui/keys").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(page.body.contains(&own_prefix));
+    assert!(page.body.contains(r#"href="/ui/keys" aria-current="page""#));
+    let csrf = page.csrf();
+
+    // Create: the secret is on this answer, and it works.
+    let page = browser
+        .post(
+            "/ui/keys",
+            &[
+                ("csrf", &csrf),
+                ("name", "deploy bot"),
+                ("scopes", "reader"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CREATED, "{}", page.body);
+    assert!(page.body.contains("shown") && page.body.contains("this once"));
+    let secret = secret_on(&page.body);
+    let (status, me) = whoami(&api, &secret).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert_eq!(
+        (me["tenant"].as_str(), me["name"].as_str()),
+        (Some("acme"), Some("deploy bot"))
+    );
+    assert_eq!(me["scopes"], serde_json::json!(["reader"]));
+    let new_id = me["key_id"].as_str().unwrap().to_owned();
+    // Shown once: the list does not carry it again.
+    assert!(!browser.get("/ui/keys").await.body.contains(&secret));
+
+    // Wrong inputs: the API's own checks, shown on the page; nothing is created.
+    let before = key_count(&api, "acme").await;
+    let cases: &[(Fields, StatusCode, &str)] = &[
+        (&[], StatusCode::UNPROCESSABLE_ENTITY, "at least one scope"),
+        (
+            &[("scopes", "admin")],
+            StatusCode::FORBIDDEN,
+            "wider than its own",
+        ),
+        (
+            &[("scopes", "root")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "scopes",
+        ),
+        (
+            &[("scopes", "reader"), ("tenant", "beta")],
+            StatusCode::FORBIDDEN,
+            "own tenant",
+        ),
+        (
+            &[("scopes", "reader"), ("owner_email", "not an address")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "owner_email",
+        ),
+        (
+            &[("scopes", "reader"), ("expires_at", "2000-01-01T00:00:00Z")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "in the future",
+        ),
+        (
+            &[("scopes", "reader"), ("expires_at", "tomorrow")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "expires_at",
+        ),
+    ];
+    for (fields, status, says) in cases {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend_from_slice(fields);
+        let page = browser.post("/ui/keys", &form).await;
+        assert_eq!(page.status, *status, "{fields:?}: {}", page.body);
+        assert!(page.body.contains("id=\"key-error\""), "{fields:?}");
+        assert!(
+            page.body.contains(says),
+            "{fields:?} should say {says:?}: {}",
+            page.body
+        );
+        assert!(!page.body.contains("secret-value"), "{fields:?}");
+    }
+    // Without the CSRF token, or from another origin: refused before anything happens.
+    let page = browser.post("/ui/keys", &[("scopes", "reader")]).await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    let page = browser
+        .post_from(
+            "/ui/keys",
+            &[("csrf", &csrf), ("scopes", "reader")],
+            Some("https://evil.example"),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::FORBIDDEN);
+    assert_eq!(key_count(&api, "acme").await, before);
+
+    // Rotate: a new secret, once; the rotation is listed with its grace end.
+    let (rotated_id, rotated) = api.key("acme", &["reader"]).await;
+    let rotated_prefix = prefix(&api, &rotated_id).await;
+    let page = browser
+        .post(
+            &format!("/ui/keys/{rotated_id}/rotate"),
+            &[
+                ("csrf", &csrf),
+                ("grace_period", "2h"),
+                ("reason", "yearly"),
+            ],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CREATED, "{}", page.body);
+    let successor = secret_on(&page.body);
+    assert_eq!(whoami(&api, &successor).await.0, StatusCode::OK);
+    assert_eq!(
+        whoami(&api, &rotated).await.0,
+        StatusCode::OK,
+        "the old key works through the grace"
+    );
+    let at = page
+        .body
+        .find("The rotation runs as")
+        .expect("the rotation's run");
+    let at = at + page.body[at..].find("/ui/runs/").unwrap() + "/ui/runs/".len();
+    let run_id: uuid::Uuid = page.body[at..at + 36].parse().unwrap();
+    crate::support::wait_for_run(&api.db().store, run_id, "grace", |r| r.state == "grace").await;
+    let page = browser.get("/ui/keys").await;
+    let at = page
+        .body
+        .find(r#"id="rotations""#)
+        .expect("the rotations table");
+    let rotations = &page.body[at..];
+    assert!(rotations.contains(&run_id.to_string()[..13]), "{rotations}");
+    assert!(rotations.contains(&rotated_prefix));
+    assert!(
+        rotations.contains("in 2 h 0 min") || rotations.contains("in 1 h 59 min"),
+        "{rotations}"
+    );
+    // Wrong rotations.
+    for (id, fields, status, says) in [
+        (
+            rotated_id.as_str(),
+            vec![("grace_period", "soon")],
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "grace_period",
+        ),
+        (
+            rotated_id.as_str(),
+            vec![],
+            StatusCode::CONFLICT,
+            "already being rotated",
+        ),
+        ("not-a-key", vec![], StatusCode::NOT_FOUND, "not found"),
+    ] {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(fields.iter().copied());
+        let page = browser.post(&format!("/ui/keys/{id}/rotate"), &form).await;
+        assert_eq!(page.status, status, "{id} {fields:?}: {}", page.body);
+        assert!(page.body.contains(says), "{says}: {}", page.body);
+    }
+
+    // Revoke: the key stops working now.
+    let page = browser
+        .post(&format!("/ui/keys/{new_id}/revoke"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        (page.status, page.location()),
+        (StatusCode::SEE_OTHER, "/ui/keys")
+    );
+    assert_eq!(whoami(&api, &secret).await.0, StatusCode::UNAUTHORIZED);
+    let page = browser
+        .post(&format!("/ui/keys/{new_id}/explode"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(page.status, StatusCode::NOT_FOUND);
+    // The audit says who did it.
+    let (_, audit) = api
+        .call(Method::GET, "/v1/audit", Some(&api.admin), None)
+        .await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == format!("key:{own_id}"))
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["key.created", "key.rotated", "key.revoked"] {
+        assert!(actions.contains(&action), "{action} in {actions:?}");
+    }
+    api.stop().await;
+}
+
+async fn keys_are_for_operators_of_their_own_tenant_only(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (acme_id, _) = api.key("acme", &["operator"]).await;
+    let acme_prefix = prefix(&api, &acme_id).await;
+    let (_, reader) = api.key("beta", &["reader"]).await;
+    let (_, beta) = api.key("beta", &["operator"]).await;
+    let (admin_id, _) = api.key("beta", &["admin"]).await;
+    let admin_prefix = prefix(&api, &admin_id).await;
+
+    // A reader: no Keys entry, the page and its forms refused.
+    let mut as_reader = Browser::login(&api, &reader).await;
+    let home = as_reader.get("/ui/").await;
+    assert!(!home.body.contains(r#"href="/ui/keys""#));
+    let csrf = home.csrf();
+    assert_eq!(
+        as_reader.get("/ui/keys").await.status,
+        StatusCode::FORBIDDEN
+    );
+    for path in [
+        "/ui/keys".to_owned(),
+        format!("/ui/keys/{acme_id}/revoke"),
+        format!("/ui/keys/{acme_id}/rotate"),
+    ] {
+        let page = as_reader
+            .post(&path, &[("csrf", &csrf), ("scopes", "reader")])
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{path}");
+    }
+
+    // Beta's operator sees beta's keys only, and cannot touch acme's.
+    let mut as_beta = Browser::login(&api, &beta).await;
+    let page = as_beta.get("/ui/keys").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains(&acme_prefix) && !page.body.contains("acme"));
+    // A wider key is listed but offered neither revoke nor rotate.
+    assert!(page.body.contains(&admin_prefix));
+    assert!(!page.body.contains(&format!("/ui/keys/{admin_id}/revoke")));
+    let csrf = page.csrf();
+    for action in ["revoke", "rotate"] {
+        let page = as_beta
+            .post(&format!("/ui/keys/{acme_id}/{action}"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(page.status, StatusCode::NOT_FOUND, "{action}");
+        let page = as_beta
+            .post(&format!("/ui/keys/{admin_id}/{action}"), &[("csrf", &csrf)])
+            .await;
+        assert_eq!(page.status, StatusCode::FORBIDDEN, "{action} a wider key");
+    }
+    let (status, body) = api
+        .call(
+            Method::GET,
+            &format!("/v1/keys/{acme_id}"),
+            Some(&api.admin),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["active"], true);
+    // The admin sees every tenant's keys and must name the tenant of a new one.
+    let mut as_admin = Browser::login(&api, &api.admin).await;
+    let page = as_admin.get("/ui/keys").await;
+    assert!(page.body.contains(&acme_prefix) && page.body.contains(&admin_prefix));
+    let csrf = page.csrf();
+    let page = as_admin
+        .post("/ui/keys", &[("csrf", &csrf), ("scopes", "reader")])
+        .await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("tenant: required"));
+    let page = as_admin
+        .post(
+            "/ui/keys",
+            &[("csrf", &csrf), ("scopes", "reader"), ("tenant", "acme")],
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::CREATED);
+    api.stop().await;
+}
+
+on_both_backends!(
+    an_operator_creates_revokes_and_rotates_keys_from_the_page,
+    keys_are_for_operators_of_their_own_tenant_only,
+);
