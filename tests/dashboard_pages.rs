@@ -92,7 +92,7 @@ async fn an_operator_creates_revokes_and_rotates_keys_from_the_page(db: TestDb) 
 
     // Wrong inputs: the API's own checks, shown on the page; nothing is created.
     let before = key_count(&api, "acme").await;
-    let cases: &[(Fields, StatusCode, &str)] = &[
+    let cases: &[(Fields<'_>, StatusCode, &str)] = &[
         (&[], StatusCode::UNPROCESSABLE_ENTITY, "at least one scope"),
         (
             &[("scopes", "admin")],
@@ -322,7 +322,126 @@ async fn keys_are_for_operators_of_their_own_tenant_only(db: TestDb) {
     api.stop().await;
 }
 
+async fn is_paused(api: &TestApp, id: &str) -> bool {
+    let (_, s) = api
+        .call(
+            Method::GET,
+            &format!("/v1/schedules/{id}"),
+            Some(&api.admin),
+            None,
+        )
+        .await;
+    s["paused"].as_bool().unwrap()
+}
+
+async fn schedules_show_both_zones_and_pause_and_resume_for_operators(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (_, operator) = api.key("acme", &["operator"]).await;
+    let (_, reader) = api.key("acme", &["reader"]).await;
+    let (_, beta) = api.key("beta", &["operator"]).await;
+    let (status, schedule) = api
+        .call(
+            Method::POST,
+            "/v1/schedules",
+            Some(&operator),
+            Some(serde_json::json!({
+                "name": "morning ledger", "cron": "0 9 * * *",
+                "timezone": "America/New_York", "workflow": "ledger", "input": {}
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{schedule}");
+    let id = schedule["id"].as_str().unwrap().to_owned();
+    let mut browser = Browser::login(&api, &operator).await;
+    let page = browser.get("/ui/schedules").await;
+    assert_eq!(page.status, StatusCode::OK);
+    // The schedule's zone: 09:00 New York time (EST or EDT), with UTC on hover; the
+    // operator's column carries <time> elements the script localises.
+    let row = &page.body[page.body.find(&format!(r#"data-schedule="{id}""#)).unwrap()..];
+    assert!(row.contains("09:00 E"), "{row}");
+    assert!(
+        row.contains(r#"<td class="yours"><time datetime="#),
+        "{row}"
+    );
+    let csrf = page.csrf();
+    let pause = format!("/ui/schedules/{id}/pause");
+    assert!(page.body.contains(&format!(r#"action="{pause}""#)));
+
+    // A reader sees no buttons and cannot forge one; nor can a POST without the token.
+    let mut as_reader = Browser::login(&api, &reader).await;
+    let page = as_reader.get("/ui/schedules").await;
+    assert!(page.body.contains("morning ledger") && !page.body.contains(&pause));
+    let reader_csrf = page.csrf();
+    assert_eq!(
+        as_reader
+            .post(&pause, &[("csrf", &reader_csrf)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        browser.post(&pause, &[]).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert!(!is_paused(&api, &id).await);
+    // Another tenant neither sees it nor pauses it.
+    let mut as_beta = Browser::login(&api, &beta).await;
+    let page = as_beta.get("/ui/schedules").await;
+    assert!(!page.body.contains("morning ledger") && !page.body.contains("acme"));
+    let beta_csrf = page.csrf();
+    assert_eq!(
+        as_beta.post(&pause, &[("csrf", &beta_csrf)]).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert!(!is_paused(&api, &id).await);
+    // Wrong actions and ids.
+    for (path, status) in [
+        (format!("/ui/schedules/{id}/explode"), StatusCode::NOT_FOUND),
+        (
+            "/ui/schedules/not-an-id/pause".to_owned(),
+            StatusCode::NOT_FOUND,
+        ),
+    ] {
+        assert_eq!(
+            browser.post(&path, &[("csrf", &csrf)]).await.status,
+            status,
+            "{path}"
+        );
+    }
+
+    // Pause: no next fire times; resume: they are back.
+    let page = browser.post(&pause, &[("csrf", &csrf)]).await;
+    assert_eq!(
+        (page.status, page.location()),
+        (StatusCode::SEE_OTHER, "/ui/schedules")
+    );
+    assert!(is_paused(&api, &id).await);
+    let page = browser.get("/ui/schedules").await;
+    let row = &page.body[page.body.find(&format!(r#"data-schedule="{id}""#)).unwrap()..];
+    assert!(
+        !row[..row.find("</tr>").unwrap()].contains("09:00 E"),
+        "{row}"
+    );
+    let resume = format!("/ui/schedules/{id}/resume");
+    assert!(page.body.contains(&format!(r#"action="{resume}""#)));
+    let page = browser.post(&resume, &[("csrf", &csrf)]).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert!(!is_paused(&api, &id).await);
+    let (_, audit) = api
+        .call(Method::GET, "/v1/audit", Some(&api.admin), None)
+        .await;
+    let updates = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "schedule.updated")
+        .count();
+    assert_eq!(updates, 2, "{audit}");
+    api.stop().await;
+}
+
 on_both_backends!(
     an_operator_creates_revokes_and_rotates_keys_from_the_page,
     keys_are_for_operators_of_their_own_tenant_only,
+    schedules_show_both_zones_and_pause_and_resume_for_operators,
 );

@@ -55,6 +55,7 @@ pub(crate) use keys::{create_key, revoke_key, rotate_key};
 pub use openapi::{openapi, openapi_json};
 use runs::*;
 pub(crate) use runs::{bulk_apply, filter_from};
+pub(crate) use schedules::update_schedule;
 use schedules::*;
 use workflows::*;
 

@@ -9,7 +9,8 @@
 //!   extractor, the CSRF and `Origin` checks;
 //! - [`login`]: `/ui/login` and `/ui/logout`;
 //! - [`runs`]: the runs list, a run's page and the actions on it;
-//! - [`pages`]: overview (with [`chart`]), workflows, schedules, workers, audit;
+//! - [`pages`]: overview (with [`chart`]), workflows, workers, audit;
+//! - [`schedules`]: schedules with their next fire times, pause and resume;
 //! - [`keys`]: API keys (create, revoke, rotate through the API's own handlers);
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
@@ -35,6 +36,7 @@ mod login;
 pub mod page;
 mod pages;
 mod runs;
+mod schedules;
 pub mod session;
 mod timeline;
 pub mod why;
@@ -56,7 +58,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/runs/{id}/{action}", post(runs::action))
         .route("/ui/workflows", get(pages::workflows))
         .route("/ui/workers", get(pages::workers))
-        .route("/ui/schedules", get(pages::schedules))
+        .route("/ui/schedules", get(schedules::list))
+        .route("/ui/schedules/{id}/{action}", post(schedules::action))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/keys", get(keys::list).post(keys::create))
         .route("/ui/keys/{id}/{action}", post(keys::action))

@@ -185,34 +185,6 @@ pub(super) async fn workflows(State(state): State<AppState>, session: UiSession)
     layout(Some(&session), "Workflows", "/ui/workflows", body)
 }
 
-pub(super) async fn schedules(State(state): State<AppState>, session: UiSession) -> Response {
-    let schedules = match state
-        .engine
-        .store
-        .schedule_list(&session.caller.scope())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let e = crate::error::ApiError::from(e);
-            return page::message(&session, e.status, "Something went wrong", &e.detail);
-        }
-    };
-    let body = html! {
-        h1 { "Schedules" }
-        @if schedules.is_empty() { p { "No schedules." } } @else {
-            table { thead { tr { th { "Name" } th { "Tenant" } th { "Workflow" } th { "Cron" } th { "Zone" } th { "State" } th { "Next fire" } th { "Last fired" } th { "Last run" } } }
-                tbody { @for s in &schedules { tr {
-                    td { (s.name) } td { (s.tenant) } td { (s.workflow) } td { code { (s.cron) } } td { (s.timezone) }
-                    td { @if s.paused { "paused" } @else { "active" } }
-                    td { (page::opt_time(s.next_fire_at)) } td { (page::time(s.last_fired_at)) }
-                    td { @if let Some(r) = s.last_run_id { a href={ "/ui/runs/" (r) } { code { (r.to_string()[..13]) } } } }
-                } } } }
-        }
-    };
-    layout(Some(&session), "Schedules", "/ui/schedules", body)
-}
-
 pub(super) async fn workers(State(state): State<AppState>, session: UiSession) -> Response {
     let workers = match state.engine.store.workers_page(None, 200).await {
         Ok(w) => w,
