@@ -11,6 +11,7 @@
 //! - [`runs`]: the runs list, a run's page and the actions on it;
 //! - [`pages`]: overview (with [`chart`]), workflows, workers, audit;
 //! - [`schedules`]: schedules with their next fire times, pause and resume;
+//! - [`tenants`]: tenants, their resources and runs (admins);
 //! - [`keys`]: API keys (create, revoke, rotate through the API's own handlers);
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
@@ -38,6 +39,7 @@ mod pages;
 mod runs;
 mod schedules;
 pub mod session;
+mod tenants;
 mod timeline;
 pub mod why;
 
@@ -61,6 +63,7 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/schedules", get(schedules::list))
         .route("/ui/schedules/{id}/{action}", post(schedules::action))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/tenants", get(tenants::list))
         .route("/ui/keys", get(keys::list).post(keys::create))
         .route("/ui/keys/{id}/{action}", post(keys::action))
         .route("/ui/events", get(live::events))

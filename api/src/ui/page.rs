@@ -21,6 +21,7 @@ const NAV: &[(&str, &str, Scope)] = &[
     ("/ui/workers", "Workers", Scope::Reader),
     ("/ui/audit", "Audit", Scope::Reader),
     ("/ui/keys", "Keys", Scope::Operator),
+    ("/ui/tenants", "Tenants", Scope::Admin),
 ];
 
 /// A whole page: `current` is the navigation entry to mark.
