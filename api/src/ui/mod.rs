@@ -12,6 +12,7 @@
 //! - [`pages`]: overview (with [`chart`]), workflows, workers, audit;
 //! - [`schedules`]: schedules with their next fire times, pause and resume;
 //! - [`tenants`]: tenants, their resources and runs (admins);
+//! - [`dead_letters`]: dispute events waiting for their dispute, and their replay;
 //! - [`keys`]: API keys (create, revoke, rotate through the API's own handlers);
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
@@ -31,6 +32,7 @@ use axum::Router;
 use crate::AppState;
 
 mod chart;
+mod dead_letters;
 mod keys;
 mod live;
 mod login;
@@ -64,6 +66,8 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/schedules/{id}/{action}", post(schedules::action))
         .route("/ui/audit", get(pages::audit))
         .route("/ui/tenants", get(tenants::list))
+        .route("/ui/dead-letters", get(dead_letters::list))
+        .route("/ui/dead-letters/{id}/replay", post(dead_letters::replay))
         .route("/ui/keys", get(keys::list).post(keys::create))
         .route("/ui/keys/{id}/{action}", post(keys::action))
         .route("/ui/events", get(live::events))

@@ -20,6 +20,7 @@ const NAV: &[(&str, &str, Scope)] = &[
     ("/ui/schedules", "Schedules", Scope::Reader),
     ("/ui/workers", "Workers", Scope::Reader),
     ("/ui/audit", "Audit", Scope::Reader),
+    ("/ui/dead-letters", "Dead letters", Scope::Operator),
     ("/ui/keys", "Keys", Scope::Operator),
     ("/ui/tenants", "Tenants", Scope::Admin),
 ];
