@@ -440,8 +440,80 @@ async fn schedules_show_both_zones_and_pause_and_resume_for_operators(db: TestDb
     api.stop().await;
 }
 
+async fn runs_are_found_by_idempotency_key_within_the_tenant(db: TestDb) {
+    let (api, _) = start(db).await;
+    let (_, acme) = api.key("acme", &["operator"]).await;
+    let (_, beta) = api.key("beta", &["operator"]).await;
+    let mut ids = Vec::new();
+    for (key, workflow, idem) in [
+        (&acme, "doorbell", "order-7"),
+        (&acme, "ledger", "order-7"),
+        (&acme, "doorbell", "order-8"),
+        (&beta, "doorbell", "order-7"),
+    ] {
+        let (status, run) = api
+            .raw(
+                Method::POST,
+                &format!("/v1/workflows/{workflow}/runs"),
+                key,
+                Some("application/json"),
+                b"{}".to_vec(),
+                &[("idempotency-key", idem)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{run}");
+        ids.push(run["id"].as_str().unwrap().to_owned());
+    }
+    let mut browser = Browser::login(&api, &acme).await;
+    let page = browser.get("/ui/runs?q=order-7").await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    let rows = |body: &str| body.matches("<tr data-run=").count();
+    assert_eq!(
+        rows(&page.body),
+        2,
+        "both of acme's workflows' runs, not beta's"
+    );
+    assert!(page.body.contains(&ids[0]) && page.body.contains(&ids[1]));
+    assert!(!page.body.contains(&ids[2]) && !page.body.contains(&ids[3]));
+    assert!(
+        !page.body.contains(r#"action="/ui/runs/bulk""#),
+        "no bulk action on a search"
+    );
+    // A run id still opens the run; an unknown key, markup or an overlong key find nothing.
+    let page = browser.get(&format!("/ui/runs?q={}", ids[2])).await;
+    assert_eq!(
+        (page.status, page.location()),
+        (
+            StatusCode::SEE_OTHER,
+            format!("/ui/runs/{}", ids[2]).as_str()
+        )
+    );
+    let page = browser.get("/ui/runs?q=order-9").await;
+    assert_eq!((page.status, rows(&page.body)), (StatusCode::OK, 0));
+    let page = browser.get("/ui/runs?q=%3Cscript%3Ex%3C%2Fscript%3E").await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(!page.body.contains("<script>x") && page.body.contains("&lt;script&gt;x"));
+    let long = "k".repeat(256);
+    let page = browser.get(&format!("/ui/runs?q={long}")).await;
+    assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(page.body.contains("at most 255"));
+    // Beta finds its own; the admin finds all three, or one tenant's.
+    let mut as_beta = Browser::login(&api, &beta).await;
+    let page = as_beta.get("/ui/runs?q=order-7").await;
+    assert_eq!(rows(&page.body), 1);
+    assert!(page.body.contains(&ids[3]));
+    let mut admin = Browser::login(&api, &api.admin).await;
+    assert_eq!(rows(&admin.get("/ui/runs?q=order-7").await.body), 3);
+    assert_eq!(
+        rows(&admin.get("/ui/runs?q=order-7&tenant=beta").await.body),
+        1
+    );
+    api.stop().await;
+}
+
 on_both_backends!(
     an_operator_creates_revokes_and_rotates_keys_from_the_page,
     keys_are_for_operators_of_their_own_tenant_only,
     schedules_show_both_zones_and_pause_and_resume_for_operators,
+    runs_are_found_by_idempotency_key_within_the_tenant,
 );
