@@ -511,9 +511,167 @@ async fn runs_are_found_by_idempotency_key_within_the_tenant(db: TestDb) {
     api.stop().await;
 }
 
+// A workflow with a sensitive field: the card number is in its input, its state data
+// and its output, and must show in none of its views.
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+enum Charge {
+    Charge { card: Value },
+}
+
+impl waymark_engine::WorkflowState for Charge {
+    fn name(&self) -> &'static str {
+        "charge"
+    }
+}
+
+struct Payment;
+
+impl waymark_engine::Workflow for Payment {
+    const NAME: &'static str = "payment";
+    type Input = Value;
+    type State = Charge;
+    type Output = Value;
+    type Signal = waymark_engine::NoSignal;
+
+    fn definition() -> waymark_engine::Definition {
+        waymark_engine::Definition::new([waymark_engine::StateDef::new("charge").completes()])
+            .sensitive(["/card/number", "/cards/*/cvc"])
+    }
+
+    fn initial_state(input: &Value) -> Charge {
+        Charge::Charge {
+            card: input["card"].clone(),
+        }
+    }
+
+    async fn step(
+        &self,
+        _: &waymark_engine::StepContext,
+        input: &Value,
+        _: Charge,
+    ) -> Result<waymark_engine::Transition<Charge, Value>, waymark_engine::StepError> {
+        Ok(waymark_engine::Transition::complete(input.clone()))
+    }
+}
+
+async fn sensitive_fields_are_redacted_on_the_page_and_in_the_api(db: TestDb) {
+    let api = TestApp::on(db)
+        .with_workflows(|registry, _, _| {
+            registry.register(Payment).unwrap();
+        })
+        .spawn()
+        .await;
+    let number = "4242424242424242";
+    let input = serde_json::json!({
+        "card": {"number": number, "holder": "Ada Lovelace"},
+        "cards": [{"cvc": "987"}, {"cvc": "654"}],
+        "amount": 1200
+    });
+    let (status, started) = api
+        .call(
+            Method::POST,
+            "/v1/workflows/payment/runs",
+            Some(&api.admin),
+            Some(input),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{started}");
+    let id: uuid::Uuid = started["id"].as_str().unwrap().parse().unwrap();
+    crate::support::wait_for_status(&api.db().store, id, waymark_engine::RunStatus::Completed)
+        .await;
+    // Stored as given: a step needs the number.
+    let run = api
+        .engine
+        .store
+        .run_get(&waymark_engine::TenantScope::All, id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run.output.as_ref().unwrap()["card"]["number"], number);
+    let secrets = [number, "987", "654"];
+    let (_, one) = api
+        .call(
+            Method::GET,
+            &format!("/v1/runs/{id}"),
+            Some(&api.admin),
+            None,
+        )
+        .await;
+    let (_, list) = api
+        .call(
+            Method::GET,
+            "/v1/runs?workflow=payment",
+            Some(&api.admin),
+            None,
+        )
+        .await;
+    for (what, body) in [("start", &started), ("get", &one), ("list", &list)] {
+        let text = body.to_string();
+        for secret in secrets {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+        assert!(
+            text.contains("[redacted]") && text.contains("Ada Lovelace"),
+            "{what}: {text}"
+        );
+    }
+    assert_eq!(one["input"]["card"]["number"], "[redacted]");
+    assert_eq!(one["state_data"]["card"]["number"], "[redacted]");
+    assert_eq!(one["output"]["cards"][1]["cvc"], "[redacted]");
+    assert_eq!(one["output"]["amount"], 1200);
+    let mut browser = Browser::login(&api, &api.admin).await;
+    let page = browser.get(&format!("/ui/runs/{id}")).await;
+    assert_eq!(page.status, StatusCode::OK);
+    for secret in secrets {
+        assert!(!page.body.contains(secret), "the run page shows {secret}");
+    }
+    assert_eq!(
+        page.body.matches("[redacted]").count(),
+        3 + 3 + 1,
+        "input 3, output 3, state 1"
+    );
+    assert!(page.body.contains("Ada Lovelace"));
+    api.stop().await;
+}
+
+#[test]
+fn a_sensitive_field_must_be_a_pointer_to_a_field() {
+    struct Bad;
+    impl waymark_engine::Workflow for Bad {
+        const NAME: &'static str = "bad";
+        type Input = Value;
+        type State = Charge;
+        type Output = Value;
+        type Signal = waymark_engine::NoSignal;
+        fn definition() -> waymark_engine::Definition {
+            waymark_engine::Definition::new([waymark_engine::StateDef::new("charge").completes()])
+                .sensitive(["card/number"])
+        }
+        fn initial_state(input: &Value) -> Charge {
+            Charge::Charge {
+                card: input.clone(),
+            }
+        }
+        async fn step(
+            &self,
+            _: &waymark_engine::StepContext,
+            _: &Value,
+            _: Charge,
+        ) -> Result<waymark_engine::Transition<Charge, Value>, waymark_engine::StepError> {
+            Ok(waymark_engine::Transition::complete(Value::Null))
+        }
+    }
+    let mut registry = waymark_engine::workflow::Registry::new();
+    let error = registry.register(Bad).unwrap_err().to_string();
+    assert!(error.contains("not a JSON pointer"), "{error}");
+}
+
 on_both_backends!(
     an_operator_creates_revokes_and_rotates_keys_from_the_page,
     keys_are_for_operators_of_their_own_tenant_only,
     schedules_show_both_zones_and_pause_and_resume_for_operators,
     runs_are_found_by_idempotency_key_within_the_tenant,
+    sensitive_fields_are_redacted_on_the_page_and_in_the_api,
 );

@@ -220,7 +220,7 @@ pub(crate) async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResul
         None => Vec::new(),
     };
     let details = details(state, &run).await?;
-    let mut view = RunView::new(run);
+    let mut view = RunView::new(run).redacted(&state.engine.registry);
     view.pending_reason = reason;
     view.children = children;
     view.details = details;

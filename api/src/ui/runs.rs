@@ -290,7 +290,16 @@ async fn render_inner(
     attempt: Option<SignalAttempt>,
 ) -> Result<Response, ApiError> {
     let caller = &session.caller;
-    let run = crate::routes::load_run(state, caller, id).await?;
+    let mut run = crate::routes::load_run(state, caller, id).await?;
+    // Fields the workflow marks sensitive are never on the page.
+    if let Some(workflow) = state.engine.registry.get(&run.workflow) {
+        let definition = workflow.definition();
+        definition.redact(&mut run.input);
+        definition.redact(&mut run.state_data);
+        if let Some(output) = &mut run.output {
+            definition.redact(output);
+        }
+    }
     let scope = caller.scope();
     let now = state.engine.clock.now();
     let store = &state.engine.store;
