@@ -80,7 +80,7 @@ async fn render(state: &AppState, session: &UiSession, notice: Notice) -> Respon
             Notice::None => {}
         }
         @if letters.is_empty() { p #dead-letters { "None." } } @else {
-            div.scroll { table #dead-letters { thead { tr {
+            div.scroll tabindex="0" { table #dead-letters { thead { tr {
                 @if admin { th { "Tenant" } } th { "Event" } th { "Type" } th { "Dispute" } th { "Why" } th { "Received" } th { "Actions" }
             } }
             tbody { @for l in &letters { tr data-letter=(l.id) {

@@ -135,7 +135,7 @@ async fn render_inner(
             Outcome::None => {}
         }
         section { h2 { "Keys" }
-            div.scroll { table #keys { thead { tr {
+            div.scroll tabindex="0" { table #keys { thead { tr {
                 th { "Prefix" } @if admin { th { "Tenant" } } th { "Name" } th { "Scopes" } th { "Created" }
                 th { "Expires" } th { "Last used" } th { "State" } th { "Actions" }
             } }
@@ -166,7 +166,7 @@ async fn render_inner(
         }
         section { h2 { "Rotations under way" }
             @if rotations.is_empty() { p #rotations { "None." } } @else {
-                div.scroll { table #rotations { thead { tr { th { "Run" } th { "Old key" } th { "New key" } th { "State" } th { "Grace ends" } } }
+                div.scroll tabindex="0" { table #rotations { thead { tr { th { "Run" } th { "Old key" } th { "New key" } th { "State" } th { "Grace ends" } } }
                 tbody { @for r in &rotations { tr data-run=(r.id) {
                     td { a href={ "/ui/runs/" (r.id) } { code { (r.id.to_string()[..13]) } } }
                     td { code { (prefix_of(field(r, "key_id"))) } }

@@ -128,7 +128,7 @@ async fn overview_inner(
             }
             section { h2 { "Runs by workflow and status" }
                 @if counts.is_empty() { p { "No runs yet." } } @else {
-                    div.scroll { table.counts {
+                    div.scroll tabindex="0" { table.counts {
                         thead { tr { th { "Workflow" } @for s in &statuses { th { (page::status(*s)) } } } }
                         tbody { @for w in &workflows { tr {
                             th { a href={ "/ui/runs?workflow=" (w) } { (w) } }
@@ -141,8 +141,8 @@ async fn overview_inner(
                 }
             }
             div.grid {
-                section { h2 { "Last hour, per minute" } div.scroll { (page::svg(super::chart::svg("last hour", &by_minute))) } }
-                section { h2 { "Last day, per hour" } div.scroll { (page::svg(super::chart::svg("last day", &by_hour))) } }
+                section { h2 { "Last hour, per minute" } div.scroll tabindex="0" { (page::svg(super::chart::svg("last hour", &by_minute))) } }
+                section { h2 { "Last day, per hour" } div.scroll tabindex="0" { (page::svg(super::chart::svg("last day", &by_hour))) } }
             }
             section { h2 { "Schedules due next" }
                 @if schedules.is_empty() { p { "None." } } @else {
@@ -177,7 +177,7 @@ pub(super) async fn workflows(State(state): State<AppState>, session: UiSession)
                         " · Compensating states: " (d.states.iter().filter(|s| s.compensates).count())
                         " · " a href={ "/ui/runs?workflow=" (w.name()) } { "Runs →" }
                     }
-                    div.diagram { (page::svg(crate::diagram::svg(w.name(), d))) }
+                    div.diagram tabindex="0" { (page::svg(crate::diagram::svg(w.name(), d))) }
                 }
             }
         }

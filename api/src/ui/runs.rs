@@ -433,7 +433,7 @@ async fn render_inner(
             section { h2 { "Path through the workflow" } div.diagram #diagram { (page::svg(diagram)) } }
         }
         @if let Some(timeline) = timeline {
-            section { h2 { "Timeline" } div.scroll { (page::svg(timeline)) } }
+            section { h2 { "Timeline" } div.scroll tabindex="0" { (page::svg(timeline)) } }
         }
         section { h2 { "History" } (history_table(&history)) }
         section { h2 { "Signals" }

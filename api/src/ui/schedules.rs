@@ -59,7 +59,7 @@ pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> R
     let body = html! {
         h1 { "Schedules" }
         @if schedules.is_empty() { p { "No schedules." } } @else {
-            div.scroll { table #schedules { thead { tr {
+            div.scroll tabindex="0" { table #schedules { thead { tr {
                 th { "Name" } th { "Tenant" } th { "Workflow" } th { "Cron" } th { "Zone" } th { "State" }
                 th { "Next fires (schedule's zone)" } th { "Next fires (yours)" } th { "Last fired" } th { "Last run" }
                 @if may_act { th { "Actions" } }

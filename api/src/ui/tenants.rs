@@ -65,7 +65,7 @@ pub(super) async fn list(
                 }
                 h3 { "Resources" }
                 @if held.is_empty() { p { "None." } } @else {
-                    div.scroll { table.resources { thead { tr { th { "Kind" } th { "Name" } th { "Made by run" } th { "Since" } } }
+                    div.scroll tabindex="0" { table.resources { thead { tr { th { "Kind" } th { "Name" } th { "Made by run" } th { "Since" } } }
                         tbody { @for r in held { tr {
                             td { (r.kind.as_str()) } td { code { (r.name) } } td { (run_link(r.run_id)) } td { (page::time(r.created_at)) }
                         } } } } }
