@@ -95,6 +95,13 @@ async fn the_dashboard_works_in_a_real_browser(db: TestDb) {
         "workflows",
         "workers",
         "audit",
+        "admin-keys",
+        "admin-schedules",
+        "admin-dead-letters",
+        "admin-tenants",
+        "phone-runs",
+        "phone-run",
+        "phone-keys",
     ] {
         assert!(
             artifacts.join(format!("{page}.png")).exists(),

@@ -19,27 +19,27 @@ use crate::support::app::TestApp;
 use crate::support::{manual_clock, on_both_backends, wait_for_run, wait_for_status, TestDb};
 
 /// A browser without JavaScript: follows no redirects, keeps the session cookie.
-struct Browser {
+pub(crate) struct Browser {
     base: String,
     http: reqwest::Client,
-    cookie: Option<String>,
+    pub(crate) cookie: Option<String>,
 }
 
-struct Page {
-    status: StatusCode,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub(crate) struct Page {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: reqwest::header::HeaderMap,
+    pub(crate) body: String,
 }
 
 impl Page {
-    fn location(&self) -> &str {
+    pub(crate) fn location(&self) -> &str {
         self.headers
             .get("location")
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
     }
 
-    fn header(&self, name: &str) -> &str {
+    pub(crate) fn header(&self, name: &str) -> &str {
         self.headers
             .get(name)
             .and_then(|v| v.to_str().ok())
@@ -47,7 +47,7 @@ impl Page {
     }
 
     /// The CSRF token the page's forms carry.
-    fn csrf(&self) -> String {
+    pub(crate) fn csrf(&self) -> String {
         let at = self
             .body
             .find(r#"name="csrf" value=""#)
@@ -58,7 +58,7 @@ impl Page {
 }
 
 impl Browser {
-    fn new(api: &TestApp) -> Browser {
+    pub(crate) fn new(api: &TestApp) -> Browser {
         Browser {
             base: api.base.clone(),
             http: reqwest::Client::builder()
@@ -89,18 +89,23 @@ impl Browser {
         }
     }
 
-    async fn get(&mut self, path: &str) -> Page {
+    pub(crate) async fn get(&mut self, path: &str) -> Page {
         let request = self.http.get(format!("{}{path}", self.base));
         self.send(request).await
     }
 
     /// A form POST from a page of this server (`Origin` set as a browser sets it).
-    async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
+    pub(crate) async fn post(&mut self, path: &str, form: &[(&str, &str)]) -> Page {
         let origin = self.base.clone();
         self.post_from(path, form, Some(&origin)).await
     }
 
-    async fn post_from(&mut self, path: &str, form: &[(&str, &str)], origin: Option<&str>) -> Page {
+    pub(crate) async fn post_from(
+        &mut self,
+        path: &str,
+        form: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> Page {
         let body: String = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
@@ -115,7 +120,7 @@ impl Browser {
         self.send(request).await
     }
 
-    async fn login(api: &TestApp, key: &str) -> Browser {
+    pub(crate) async fn login(api: &TestApp, key: &str) -> Browser {
         let mut browser = Browser::new(api);
         let page = browser.post("/ui/login", &[("key", key)]).await;
         assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);

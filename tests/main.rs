@@ -13,6 +13,7 @@ mod browser;
 mod conformance;
 mod coverage;
 mod dashboard;
+mod dashboard_pages;
 mod disputes;
 mod engine;
 mod exports;

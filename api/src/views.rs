@@ -64,6 +64,20 @@ pub struct RunView {
 }
 
 impl RunView {
+    /// The view with the fields its workflow marks sensitive redacted (see
+    /// [`waymark_engine::workflow::sensitive`]); every run answer goes through this.
+    pub fn redacted(mut self, registry: &waymark_engine::workflow::Registry) -> Self {
+        if let Some(workflow) = registry.get(&self.workflow) {
+            let definition = workflow.definition();
+            definition.redact(&mut self.input);
+            definition.redact(&mut self.state_data);
+            if let Some(output) = &mut self.output {
+                definition.redact(output);
+            }
+        }
+        self
+    }
+
     pub fn new(run: Run) -> Self {
         let waiting = match run.status {
             RunStatus::Waiting => run.waiting_for.as_ref().map(|w| Waiting {

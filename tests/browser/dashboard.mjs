@@ -8,6 +8,10 @@
 
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
+
+// axe-core, pinned in package.json, checks each page for accessibility problems.
+const axePath = createRequire(import.meta.url).resolve("axe-core/axe.min.js");
 
 const env = (name) => {
   const value = process.env[name];
@@ -61,8 +65,8 @@ async function shot(page, name) {
   await page.screenshot({ path: `${artifacts}/${name}.png`, fullPage: true });
 }
 
-async function login(browser, key) {
-  const context = await browser.newContext({ baseURL: base });
+async function login(browser, key, options = {}) {
+  const context = await browser.newContext({ baseURL: base, ...options });
   const page = await context.newPage();
   page.setDefaultTimeout(DEADLINE);
   page.on("dialog", (dialog) => dialog.accept()); // every action asks first: say yes
@@ -77,6 +81,20 @@ async function login(browser, key) {
   await page.waitForURL("**/ui/");
   return page;
 }
+
+// axe-core's serious and critical findings on the page as it is now. (Its context
+// bypasses the page's CSP, which rightly refuses the injected script.)
+async function accessible(page, name) {
+  await page.addScriptTag({ path: axePath });
+  const found = await page.evaluate(async () =>
+    (await window.axe.run(document, { resultTypes: ["violations"] })).violations
+      .filter((v) => v.impact === "serious" || v.impact === "critical")
+      .map((v) => `${v.id} (${v.impact}) at ${v.nodes.slice(0, 3).map((n) => n.target.join(" ")).join(", ")}`));
+  for (const f of found) console.error(`accessibility, ${name}: ${f}`);
+  inaccessible.push(...found.map((f) => `${name}: ${f}`));
+  if (found.length === 0) check(true, `no serious or critical accessibility findings on ${name}`);
+}
+const inaccessible = [];
 
 // Posts a form from the page itself, as a forged request from its session would.
 async function forge(page, path, withToken) {
@@ -209,6 +227,58 @@ try {
   }
   const response = await other.goto(`/ui/runs/${victim.id}`);
   check(response.status() === 404, "another tenant's run is not found");
+
+  // --- The management pages, as an admin: each opens, is screenshot, and is checked
+  // for accessibility; times are in the browser's zone with UTC on hover.
+  await api("POST", "/v1/schedules", operatorKey,
+    { name: "nightly", cron: "0 2 * * *", timezone: "Europe/Paris", workflow: "doorbell", input: {} });
+  const pages = [["/ui/", "overview"], ["/ui/runs", "runs"], [`/ui/runs/${waiting.id}`, "run"],
+    ["/ui/workflows", "workflows"], ["/ui/schedules", "schedules"], ["/ui/workers", "workers"],
+    ["/ui/audit", "audit"], ["/ui/dead-letters", "dead-letters"], ["/ui/keys", "keys"], ["/ui/tenants", "tenants"]];
+  const admin = await login(browser, adminKey, { bypassCSP: true, timezoneId: "Asia/Tokyo" });
+  for (const [path, name] of pages) {
+    const response = await admin.goto(path);
+    check(response.status() === 200, `${path} opens for an admin`);
+    await shot(admin, `admin-${name}`);
+    await accessible(admin, name);
+  }
+  await admin.goto("/ui/schedules");
+  const fire = admin.locator("td.yours time").first();
+  check((await fire.getAttribute("title")).endsWith("UTC"), "a time has UTC on hover");
+  check(!(await fire.textContent()).includes("UTC"), "and shows the browser's zone");
+  check((await admin.locator("td.zone").first().textContent()).includes("02:00 CE"), "the schedule's own zone too");
+  // Keyboard: the first Tab lands on the skip link, and focus is visible.
+  await admin.keyboard.press("Tab");
+  check(await admin.evaluate(() => document.activeElement.classList.contains("skip")
+    && getComputedStyle(document.activeElement).outlineStyle !== "none"), "focus is visible from the first Tab");
+  {
+    const login = await browser.newContext({ baseURL: base, bypassCSP: true });
+    const p = await login.newPage();
+    await p.goto("/ui/login");
+    await accessible(p, "login");
+    await login.close();
+  }
+
+  // --- On a phone: every page fits the screen's width (wide tables scroll in their
+  // own box) and passes the same accessibility check.
+  const phone = await login(browser, adminKey,
+    { bypassCSP: true, viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  for (const [path, name] of pages) {
+    await phone.goto(path);
+    const fits = await phone.evaluate(() => document.documentElement.scrollWidth <= window.innerWidth + 1);
+    check(fits, `${name} fits a phone's width`);
+    await shot(phone, `phone-${name}`);
+    await accessible(phone, `${name} on a phone`);
+  }
+
+  check(inaccessible.length === 0, `no serious or critical accessibility findings anywhere (${inaccessible.length} found)`);
+
+  // --- Another tenant's operator sees nothing of acme's keys, schedules, dead letters.
+  for (const path of ["/ui/keys", "/ui/schedules", "/ui/dead-letters"]) {
+    await other.goto(path);
+    const html = await other.content();
+    check(!html.includes("acme") && !html.includes("nightly"), `tenant beta sees nothing of acme on ${path}`);
+  }
 
   // --- Logging out ends the session; so does revoking the key.
   await reader.getByRole("button", { name: "Log out" }).click();

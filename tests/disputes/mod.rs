@@ -16,6 +16,7 @@
 //! - [`network`]: the HTTP network adapter against a real HTTP server;
 //! - [`mail`]: the merchant's emails read back from the real SMTP server.
 
+mod dashboard;
 mod files;
 mod ingress;
 mod kill;

@@ -34,6 +34,7 @@ use crate::support::app::{test_s3, test_s3_config, Services, TestApp};
 use crate::support::services::service_env;
 use crate::support::{wait_for_status, wait_until, Backend, TestDb};
 
+mod dashboard;
 mod deprovisioning;
 mod failures;
 mod provisioning;

@@ -166,7 +166,7 @@ pub(super) struct CreateKey {
     expires_at: Option<DateTime<Utc>>,
 }
 
-pub(super) async fn create_key(
+pub(crate) async fn create_key(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
@@ -272,7 +272,7 @@ pub(super) async fn get_key(
     Ok(Json(KeyView::new(key, state.engine.clock.now())))
 }
 
-pub(super) async fn revoke_key(
+pub(crate) async fn revoke_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
@@ -411,7 +411,7 @@ pub(super) fn grace(text: Option<&str>, default: Duration) -> ApiResult<Duration
         .map_err(|e| ApiError::invalid(format!("grace_period: {e}")))
 }
 
-pub(super) async fn rotate_key(
+pub(crate) async fn rotate_key(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -52,9 +52,11 @@ mod schedules;
 pub mod tenants;
 mod workflows;
 
+pub(crate) use keys::{create_key, revoke_key, rotate_key};
 pub use openapi::{openapi, openapi_json};
 use runs::*;
 pub(crate) use runs::{bulk_apply, filter_from};
+pub(crate) use schedules::update_schedule;
 use schedules::*;
 use workflows::*;
 
@@ -220,7 +222,7 @@ pub(crate) async fn view(state: &AppState, run: waymark_engine::Run) -> ApiResul
         None => Vec::new(),
     };
     let details = details(state, &run).await?;
-    let mut view = RunView::new(run);
+    let mut view = RunView::new(run).redacted(&state.engine.registry);
     view.pending_reason = reason;
     view.children = children;
     view.details = details;

@@ -282,7 +282,10 @@ pub(super) async fn list_runs(
         .runs_list(&scope, &filter, page.after, page.fetch())
         .await?;
     let (runs, next_cursor) = page.finish(runs, |r| r.id);
-    let runs: Vec<RunView> = runs.into_iter().map(RunView::new).collect();
+    let runs: Vec<RunView> = runs
+        .into_iter()
+        .map(|r| RunView::new(r).redacted(&state.engine.registry))
+        .collect();
     Ok(Json(json!({ "runs": runs, "next_cursor": next_cursor })))
 }
 

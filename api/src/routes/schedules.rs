@@ -271,7 +271,7 @@ pub(super) async fn get_schedule(
     Ok(Json(schedule_view(schedule, state.engine.clock.now())))
 }
 
-pub(super) async fn update_schedule(
+pub(crate) async fn update_schedule(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,

@@ -9,7 +9,11 @@
 //!   extractor, the CSRF and `Origin` checks;
 //! - [`login`]: `/ui/login` and `/ui/logout`;
 //! - [`runs`]: the runs list, a run's page and the actions on it;
-//! - [`pages`]: overview (with [`chart`]), workflows, schedules, workers, audit;
+//! - [`pages`]: overview (with [`chart`]), workflows, workers, audit;
+//! - [`schedules`]: schedules with their next fire times, pause and resume;
+//! - [`tenants`]: tenants, their resources and runs (admins);
+//! - [`dead_letters`]: dispute events waiting for their dispute, and their replay;
+//! - [`keys`]: API keys (create, revoke, rotate through the API's own handlers);
 //! - [`why`]: the "why is it waiting?" line; [`timeline`]: a run's history as SVG
 //!   (the state diagram with the run's path is [`crate::diagram::svg_with_path`]);
 //! - [`live`]: `/ui/events`, the server-sent events that keep pages current;
@@ -28,12 +32,16 @@ use axum::Router;
 use crate::AppState;
 
 mod chart;
+mod dead_letters;
+mod keys;
 mod live;
 mod login;
 pub mod page;
 mod pages;
 mod runs;
+mod schedules;
 pub mod session;
+mod tenants;
 mod timeline;
 pub mod why;
 
@@ -54,8 +62,14 @@ pub fn routes() -> Router<AppState> {
         .route("/ui/runs/{id}/{action}", post(runs::action))
         .route("/ui/workflows", get(pages::workflows))
         .route("/ui/workers", get(pages::workers))
-        .route("/ui/schedules", get(pages::schedules))
+        .route("/ui/schedules", get(schedules::list))
+        .route("/ui/schedules/{id}/{action}", post(schedules::action))
         .route("/ui/audit", get(pages::audit))
+        .route("/ui/tenants", get(tenants::list))
+        .route("/ui/dead-letters", get(dead_letters::list))
+        .route("/ui/dead-letters/{id}/replay", post(dead_letters::replay))
+        .route("/ui/keys", get(keys::list).post(keys::create))
+        .route("/ui/keys/{id}/{action}", post(keys::action))
         .route("/ui/events", get(live::events))
         .route("/ui/assets/{name}", get(asset))
         .layer(axum::middleware::map_response(headers))

@@ -6,18 +6,23 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use waymark_engine::keys::Scope;
 use waymark_engine::RunStatus;
 
 use super::session::UiSession;
 
-/// The navigation: path and label.
-const NAV: &[(&str, &str)] = &[
-    ("/ui/", "Overview"),
-    ("/ui/runs", "Runs"),
-    ("/ui/workflows", "Workflows"),
-    ("/ui/schedules", "Schedules"),
-    ("/ui/workers", "Workers"),
-    ("/ui/audit", "Audit"),
+/// The navigation: path, label, and the scope a key needs to see the entry (the
+/// page itself checks again).
+const NAV: &[(&str, &str, Scope)] = &[
+    ("/ui/", "Overview", Scope::Reader),
+    ("/ui/runs", "Runs", Scope::Reader),
+    ("/ui/workflows", "Workflows", Scope::Reader),
+    ("/ui/schedules", "Schedules", Scope::Reader),
+    ("/ui/workers", "Workers", Scope::Reader),
+    ("/ui/audit", "Audit", Scope::Reader),
+    ("/ui/dead-letters", "Dead letters", Scope::Operator),
+    ("/ui/keys", "Keys", Scope::Operator),
+    ("/ui/tenants", "Tenants", Scope::Admin),
 ];
 
 /// A whole page: `current` is the navigation entry to mark.
@@ -44,14 +49,14 @@ pub(crate) fn layout(
                         a.brand href="/ui/" { "Waymark" }
                         nav aria-label="Main" {
                             ul {
-                                @for (path, label) in NAV {
-                                    li {
+                                @for (path, label, needs) in NAV {
+                                    @if session.caller.key.top_scope() >= *needs { li {
                                         @if *path == current {
                                             a href=(path) aria-current="page" { (label) }
                                         } @else {
                                             a href=(path) { (label) }
                                         }
-                                    }
+                                    } }
                                 }
                             }
                         }

@@ -128,7 +128,7 @@ async fn overview_inner(
             }
             section { h2 { "Runs by workflow and status" }
                 @if counts.is_empty() { p { "No runs yet." } } @else {
-                    div.scroll { table.counts {
+                    div.scroll tabindex="0" { table.counts {
                         thead { tr { th { "Workflow" } @for s in &statuses { th { (page::status(*s)) } } } }
                         tbody { @for w in &workflows { tr {
                             th { a href={ "/ui/runs?workflow=" (w) } { (w) } }
@@ -141,8 +141,8 @@ async fn overview_inner(
                 }
             }
             div.grid {
-                section { h2 { "Last hour, per minute" } div.scroll { (page::svg(super::chart::svg("last hour", &by_minute))) } }
-                section { h2 { "Last day, per hour" } div.scroll { (page::svg(super::chart::svg("last day", &by_hour))) } }
+                section { h2 { "Last hour, per minute" } div.scroll tabindex="0" { (page::svg(super::chart::svg("last hour", &by_minute))) } }
+                section { h2 { "Last day, per hour" } div.scroll tabindex="0" { (page::svg(super::chart::svg("last day", &by_hour))) } }
             }
             section { h2 { "Schedules due next" }
                 @if schedules.is_empty() { p { "None." } } @else {
@@ -177,40 +177,12 @@ pub(super) async fn workflows(State(state): State<AppState>, session: UiSession)
                         " · Compensating states: " (d.states.iter().filter(|s| s.compensates).count())
                         " · " a href={ "/ui/runs?workflow=" (w.name()) } { "Runs →" }
                     }
-                    div.diagram { (page::svg(crate::diagram::svg(w.name(), d))) }
+                    div.diagram tabindex="0" { (page::svg(crate::diagram::svg(w.name(), d))) }
                 }
             }
         }
     };
     layout(Some(&session), "Workflows", "/ui/workflows", body)
-}
-
-pub(super) async fn schedules(State(state): State<AppState>, session: UiSession) -> Response {
-    let schedules = match state
-        .engine
-        .store
-        .schedule_list(&session.caller.scope())
-        .await
-    {
-        Ok(s) => s,
-        Err(e) => {
-            let e = crate::error::ApiError::from(e);
-            return page::message(&session, e.status, "Something went wrong", &e.detail);
-        }
-    };
-    let body = html! {
-        h1 { "Schedules" }
-        @if schedules.is_empty() { p { "No schedules." } } @else {
-            table { thead { tr { th { "Name" } th { "Tenant" } th { "Workflow" } th { "Cron" } th { "Zone" } th { "State" } th { "Next fire" } th { "Last fired" } th { "Last run" } } }
-                tbody { @for s in &schedules { tr {
-                    td { (s.name) } td { (s.tenant) } td { (s.workflow) } td { code { (s.cron) } } td { (s.timezone) }
-                    td { @if s.paused { "paused" } @else { "active" } }
-                    td { (page::opt_time(s.next_fire_at)) } td { (page::time(s.last_fired_at)) }
-                    td { @if let Some(r) = s.last_run_id { a href={ "/ui/runs/" (r) } { code { (r.to_string()[..13]) } } } }
-                } } } }
-        }
-    };
-    layout(Some(&session), "Schedules", "/ui/schedules", body)
 }
 
 pub(super) async fn workers(State(state): State<AppState>, session: UiSession) -> Response {

@@ -71,7 +71,8 @@ pub(super) async fn list(
 ) -> Response {
     let query = super::query(raw);
     let get = |name: &str| crate::routes::param(&query, name).unwrap_or_default();
-    if let Ok(id) = get("q").trim().parse::<Uuid>() {
+    let q = get("q").trim().to_owned();
+    if let Ok(id) = q.parse::<Uuid>() {
         return Redirect::to(&format!("/ui/runs/{id}")).into_response();
     }
     let given: Vec<(String, String)> = query
@@ -85,16 +86,23 @@ pub(super) async fn list(
     };
     let before = get("before").parse::<Uuid>().ok();
     let scope = scope_for(&session, &query);
-    let mut runs = match state
-        .engine
-        .store
-        .runs_list(&scope, &filter, before, PAGE + 1)
-        .await
-    {
-        Ok(runs) => runs,
-        Err(e) => return error_page(&session, e.into()),
+    // Anything else searched for is an idempotency key: every run it names, across
+    // workflows (the filters do not apply to it).
+    let found = if q.is_empty() {
+        state
+            .engine
+            .store
+            .runs_list(&scope, &filter, before, PAGE + 1)
+            .await
+            .map_err(ApiError::from)
+    } else {
+        runs_by_key(&state, &scope, &q).await
     };
-    let more = runs.len() > PAGE as usize;
+    let mut runs = match found {
+        Ok(runs) => runs,
+        Err(e) => return error_page(&session, e),
+    };
+    let more = q.is_empty() && runs.len() > PAGE as usize;
     runs.truncate(PAGE as usize);
     let now = state.engine.clock.now();
     let next = more.then(|| {
@@ -117,7 +125,7 @@ pub(super) async fn list(
     let body = html! {
         h1 { "Runs" }
         form.filters method="get" action="/ui/runs" {
-            label { "Search by run id" input type="search" name="q" value=(get("q")) placeholder="run id"; }
+            label { "Search by run id or idempotency key" input type="search" name="q" value=(get("q")) placeholder="run id or idempotency key"; }
             label { "Workflow"
                 select name="workflow" {
                     option value="" { "any" }
@@ -159,7 +167,7 @@ pub(super) async fn list(
             }
         }
         @if let Some(next) = &next { p { a rel="next" href=(next) { "Older runs →" } } }
-        @if may_act(&session) {
+        @if may_act(&session) && q.is_empty() {
             form.bulk method="post" action="/ui/runs/bulk" {
                 input type="hidden" name="csrf" value=(session.csrf);
                 @for (k, v) in &query { @if FILTERS.contains(&k.as_str()) || (k == "tenant" && session.caller.is_admin()) { input type="hidden" name=(k) value=(v); } }
@@ -174,6 +182,48 @@ pub(super) async fn list(
         *response.status_mut() = StatusCode::UNPROCESSABLE_ENTITY;
     }
     response
+}
+
+/// The runs an idempotency key names in `scope`, newest first. Keys are unique per
+/// tenant and workflow, so there are at most a few; the lookup uses the unique index's
+/// tenant prefix when the scope is one tenant.
+async fn runs_by_key(
+    state: &AppState,
+    scope: &TenantScope,
+    key: &str,
+) -> Result<Vec<Run>, ApiError> {
+    use waymark_engine::store::sql::Arg;
+    if key.len() > 255 {
+        return Err(ApiError::invalid(
+            "q: an idempotency key is at most 255 characters",
+        ));
+    }
+    let store = &state.engine.store;
+    let rows = match scope {
+        TenantScope::All => {
+            store
+                .sql_fetch(
+                    "SELECT id FROM waymark_runs WHERE idempotency_key = $1 ORDER BY id DESC LIMIT 51",
+                    &[Arg::text(key)],
+                )
+                .await?
+        }
+        TenantScope::Tenant(tenant) => {
+            store
+                .sql_fetch(
+                    "SELECT id FROM waymark_runs WHERE tenant = $1 AND idempotency_key = $2 ORDER BY id DESC LIMIT 51",
+                    &[Arg::text(tenant.as_str()), Arg::text(key)],
+                )
+                .await?
+        }
+    };
+    let mut runs = Vec::with_capacity(rows.len());
+    for row in &rows {
+        if let Some(run) = store.run_get(scope, row.id("id")?).await? {
+            runs.push(run);
+        }
+    }
+    Ok(runs)
 }
 
 fn short_id(id: Uuid) -> String {
@@ -240,7 +290,16 @@ async fn render_inner(
     attempt: Option<SignalAttempt>,
 ) -> Result<Response, ApiError> {
     let caller = &session.caller;
-    let run = crate::routes::load_run(state, caller, id).await?;
+    let mut run = crate::routes::load_run(state, caller, id).await?;
+    // Fields the workflow marks sensitive are never on the page.
+    if let Some(workflow) = state.engine.registry.get(&run.workflow) {
+        let definition = workflow.definition();
+        definition.redact(&mut run.input);
+        definition.redact(&mut run.state_data);
+        if let Some(output) = &mut run.output {
+            definition.redact(output);
+        }
+    }
     let scope = caller.scope();
     let now = state.engine.clock.now();
     let store = &state.engine.store;
@@ -375,7 +434,7 @@ async fn render_inner(
             section { h2 { "Path through the workflow" } div.diagram #diagram { (page::svg(diagram)) } }
         }
         @if let Some(timeline) = timeline {
-            section { h2 { "Timeline" } div.scroll { (page::svg(timeline)) } }
+            section { h2 { "Timeline" } div.scroll tabindex="0" { (page::svg(timeline)) } }
         }
         section { h2 { "History" } (history_table(&history)) }
         section { h2 { "Signals" }

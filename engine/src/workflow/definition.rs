@@ -163,6 +163,9 @@ pub struct Definition {
     /// Whether an admin key may also start this non-[`Access::Tenant`] workflow through
     /// the generic route and schedules (in its declared tenant).
     pub admin_may_start: bool,
+    /// JSON pointers of fields in the input, state data and output that views redact
+    /// (see [`super::sensitive`]).
+    pub sensitive: Vec<&'static str>,
 }
 
 impl Definition {
@@ -174,7 +177,21 @@ impl Definition {
             on_failure: OnFailure::Compensate,
             access: Access::Tenant,
             admin_may_start: false,
+            sensitive: Vec::new(),
         }
+    }
+
+    /// Marks fields sensitive: JSON pointers such as `/card/number` (`*` for every
+    /// element) into the input, state data and output. Runs keep them; every view
+    /// (the API's run answers, the dashboard) shows `"[redacted]"` instead.
+    pub fn sensitive(mut self, pointers: impl IntoIterator<Item = &'static str>) -> Self {
+        self.sensitive.extend(pointers);
+        self
+    }
+
+    /// Redacts this workflow's sensitive fields in `value` (an input, state data or output).
+    pub fn redact(&self, value: &mut Value) {
+        super::sensitive::redact(value, &self.sensitive);
     }
 
     /// Declares who may start the workflow and how far its steps reach.
@@ -289,6 +306,9 @@ impl Definition {
         }
         if self.states.is_empty() {
             return Err("a workflow needs at least one state".into());
+        }
+        for pointer in &self.sensitive {
+            super::sensitive::check(pointer)?;
         }
         Ok(())
     }

@@ -33,6 +33,7 @@ use crate::store::TenantScope;
 mod context;
 mod definition;
 mod registry;
+pub mod sensitive;
 
 pub use context::*;
 pub use definition::*;
