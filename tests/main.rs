@@ -26,3 +26,4 @@ mod schemas;
 mod security;
 mod semantics;
 mod tenants;
+mod videos;

@@ -8,7 +8,7 @@
 //! - [`openapi`]: the document written from the table;
 //! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas),
 //!   [`disputes`] (payment disputes and their signed webhooks),
-//!   [`meetings`] (`meeting_invite`).
+//!   [`meetings`] (`meeting_invite`), [`uploads`] (tus resumable uploads of videos).
 //!
 //! Each module lists its routes in a `routes()` of [`Route`] literals; [`table`] joins
 //! them. A workflow's routes go in its own module here, next to the others, and call
@@ -49,6 +49,7 @@ mod openapi;
 mod runs;
 mod schedules;
 pub mod tenants;
+pub mod uploads;
 mod workflows;
 
 pub use openapi::{openapi, openapi_json};
@@ -103,6 +104,7 @@ pub fn table() -> Vec<Route> {
         tenants::routes(),
         disputes::routes(),
         meetings::routes(),
+        uploads::routes(),
     ]
     .into_iter()
     .flatten()

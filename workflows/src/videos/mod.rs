@@ -1,0 +1,28 @@
+//! Video ingest and transcode (issue 16). So far: resumable uploads over tus 1.0
+//! ([`uploads`]), which the API serves at `/v1/uploads`.
+//!
+//! # Layout
+//! - [`uploads`]: upload records (`video_uploads`) and their bytes: a staging file on
+//!   the local store, an S3 multipart upload on S3; expiry of abandoned uploads.
+//! - `migrations/`: the `videos` schema.
+
+pub mod uploads;
+
+use waymark_engine::store::{Migration, Schema};
+
+/// The tables of [`SCHEMA`] that hold a tenant's rows (a `tenant` column).
+pub const TENANT_TABLES: &[&str] = &["video_uploads"];
+
+pub const SCHEMA: Schema = Schema {
+    name: "videos",
+    postgres: &[Migration::new(
+        1,
+        "uploads",
+        include_str!("migrations/postgres/0001_uploads.sql"),
+    )],
+    sqlite: &[Migration::new(
+        1,
+        "uploads",
+        include_str!("migrations/sqlite/0001_uploads.sql"),
+    )],
+};
