@@ -3,7 +3,10 @@
 //! with an interruption and a refused checksum, on the local store and the S3 test
 //! server, and abandoned uploads expiring under a manual clock.
 
+mod ffmpeg;
 mod tus;
+
+use std::path::{Path, PathBuf};
 
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
@@ -44,4 +47,58 @@ pub async fn tus_call(
 
 pub fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// A `seconds`-long 1280x720 H.264/AAC clip made from ffmpeg's lavfi test sources
+/// (`testsrc2` and a sine tone), small and quick: `<dir>/source.mp4`.
+pub async fn test_video(dir: &Path, seconds: u32) -> PathBuf {
+    let out = dir.join("source.mp4");
+    let video = format!("testsrc2=size=1280x720:rate=30:duration={seconds}");
+    let audio = format!("sine=frequency=440:duration={seconds}");
+    let status = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &video,
+        ])
+        .args(["-f", "lavfi", "-i", &audio])
+        .args([
+            "-c:v", "libx264", "-preset", "veryfast", "-b:v", "600k", "-pix_fmt", "yuv420p",
+        ])
+        .args(["-c:a", "aac", "-b:a", "64k", "-shortest"])
+        .arg(&out)
+        .status()
+        .await
+        .expect("ffmpeg: run scripts/ensure-ffmpeg.sh (./test.sh does)");
+    assert!(status.success(), "ffmpeg could not make the test video");
+    out
+}
+
+/// ffprobe's JSON description (format and streams) of `target`, a file or a URL.
+pub async fn ffprobe_json(target: &Path) -> serde_json::Value {
+    let out = tokio::process::Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-print_format",
+            "json",
+            "-show_format",
+            "-show_streams",
+        ])
+        .arg(target)
+        .output()
+        .await
+        .expect("ffprobe: run scripts/ensure-ffmpeg.sh (./test.sh does)");
+    assert!(
+        out.status.success(),
+        "ffprobe failed on {}: {}",
+        target.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
 }

@@ -4,8 +4,10 @@
 //! # Layout
 //! - [`uploads`]: upload records (`video_uploads`) and their bytes: a staging file on
 //!   the local store, an S3 multipart upload on S3; expiry of abandoned uploads.
+//! - [`tools`]: finding ffmpeg and ffprobe; the `transcode` capability needs them.
 //! - `migrations/`: the `videos` schema.
 
+pub mod tools;
 pub mod uploads;
 
 use waymark_engine::store::{Migration, Schema};

@@ -1,0 +1,100 @@
+//! ffmpeg as the project installs it (scripts/ensure-ffmpeg.sh): the test video made
+//! from lavfi sources, and a `transcode` process that refuses to start without ffmpeg
+//! while the rest of Waymark starts as usual.
+
+use std::process::Stdio;
+
+use super::{ffprobe_json, test_video};
+use crate::binary::{command, spawn_with};
+use crate::support::TestDb;
+
+#[tokio::test]
+async fn the_test_video_is_a_short_720p_clip_with_audio() {
+    let dir = tempdir();
+    let video = test_video(&dir, 2).await;
+    let probe = ffprobe_json(&video).await;
+    let streams = probe["streams"].as_array().unwrap();
+    let video_stream = streams.iter().find(|s| s["codec_type"] == "video").unwrap();
+    assert_eq!(video_stream["width"], 1280);
+    assert_eq!(video_stream["height"], 720);
+    assert_eq!(video_stream["codec_name"], "h264");
+    assert!(
+        streams.iter().any(|s| s["codec_type"] == "audio"),
+        "{probe}"
+    );
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((duration - 2.0).abs() < 0.2, "{duration}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+async fn refused(db: &TestDb, env: &[(&str, &str)]) -> String {
+    let mut cmd = command(db, &["serve", "--capabilities", "transcode"]);
+    cmd.stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    stderr
+}
+
+#[tokio::test]
+async fn a_transcode_process_without_ffmpeg_refuses_to_start_saying_how_to_install_it() {
+    let db = TestDb::sqlite().await;
+    let empty = tempdir();
+    let no_path = empty.to_str().unwrap();
+    let stderr = refused(&db, &[("PATH", no_path)]).await;
+    assert!(stderr.contains("cannot offer `transcode`"), "{stderr}");
+    assert!(stderr.contains("ffmpeg was not found"), "{stderr}");
+    assert!(stderr.contains("apt-get install ffmpeg"), "{stderr}");
+    assert!(stderr.contains("WAYMARK_FFMPEG"), "{stderr}");
+
+    // ffmpeg given, ffprobe missing: still refused, naming ffprobe.
+    let ffmpeg = which("ffmpeg");
+    let stderr = refused(&db, &[("PATH", no_path), ("WAYMARK_FFMPEG", &ffmpeg)]).await;
+    assert!(stderr.contains("ffprobe was not found"), "{stderr}");
+    let stderr = refused(&db, &[("WAYMARK_FFPROBE", "/nonexistent/ffprobe")]).await;
+    assert!(
+        stderr.contains("WAYMARK_FFPROBE=/nonexistent/ffprobe"),
+        "{stderr}"
+    );
+
+    // Without `transcode` the same environment serves as usual.
+    let mut cmd = command(&db, &["serve"]);
+    cmd.env("PATH", no_path);
+    let proc = spawn_with(cmd).await;
+    assert!(proc.addr.is_some());
+    drop(proc);
+
+    // With both found through the variables, `transcode` starts.
+    let mut cmd = command(&db, &["serve", "--capabilities", "transcode"]);
+    cmd.env("PATH", no_path)
+        .env("WAYMARK_FFMPEG", &ffmpeg)
+        .env("WAYMARK_FFPROBE", which("ffprobe"));
+    let proc = spawn_with(cmd).await;
+    assert!(proc.addr.is_some());
+    std::fs::remove_dir_all(&empty).ok();
+}
+
+fn which(name: &str) -> String {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not on PATH: run scripts/ensure-ffmpeg.sh (./test.sh does)")
+        })
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn tempdir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("waymark-ffmpeg-{}", uuid::Uuid::now_v7()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
