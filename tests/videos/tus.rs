@@ -709,4 +709,63 @@ on_both_backends!(
     tuspy_uploads_to_s3_in_multipart_parts_resuming_after_an_interruption,
     abandoned_uploads_expire_and_their_local_staging_is_deleted,
     abandoned_uploads_expire_and_their_s3_multipart_upload_is_aborted,
+    the_retention_sweep_expires_abandoned_uploads,
 );
+
+/// The built-in `waymark.retention` sweep expires abandoned uploads of the process's
+/// blob store, run by hand here with a manual clock.
+async fn the_retention_sweep_expires_abandoned_uploads(db: TestDb) {
+    let (clock, _) = manual_clock();
+    let dir = db.data_dir();
+    let blobs = crate::support::app::local_blobs(&dir, "http://127.0.0.1:1".into());
+    let app = TestApp::on(db)
+        .with_clock(&clock)
+        .with_services(crate::support::app::Services::local().blobs(blobs.clone()))
+        .serving_blobs(blobs.clone())
+        .spawn()
+        .await;
+    let (_, key) = app.key("acme", &["operator"]).await;
+    let abandoned = create(&app, &key, 100).await;
+    let (status, _, text) = tus_call(
+        &app,
+        "PATCH",
+        &abandoned,
+        Some(&key),
+        &[TUS, OCTETS, ("upload-offset", "0")],
+        vec![7; 40],
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{text}");
+    let id: Uuid = abandoned.rsplit('/').next().unwrap().parse().unwrap();
+    let staging = match &blobs {
+        BlobStore::Local(local) => local.root().join("staging").join(id.to_string()),
+        BlobStore::S3(_) => unreachable!(),
+    };
+    assert!(staging.exists());
+    clock.advance(Duration::from_secs(25 * 3600));
+    let run = app
+        .engine
+        .start(waymark_engine::StartRun {
+            tenant: waymark_engine::SYSTEM_TENANT.into(),
+            ..crate::support::start_req(
+                "waymark.retention",
+                serde_json::json!({"older_than": "30d"}),
+            )
+        })
+        .await
+        .unwrap()
+        .run;
+    let done =
+        crate::support::wait_for_status(app.store(), run.id, waymark_engine::RunStatus::Completed)
+            .await;
+    assert_eq!(
+        done.output.as_ref().unwrap()["uploads_expired"],
+        1,
+        "{:?}",
+        done.output
+    );
+    assert!(!staging.exists(), "its staging file is deleted");
+    let (status, _, _) = tus_call(&app, "HEAD", &abandoned, Some(&key), &[TUS], vec![]).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    app.stop().await;
+}

@@ -83,7 +83,13 @@ pub fn tenant_tables() -> Vec<&'static str> {
 pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register(demo::Demo)?;
-    registry.register(housekeeping::Retention::new(deps.store.clone()))?;
+    registry.register(
+        housekeeping::Retention::new(deps.store.clone()).with_uploads(videos::uploads::Uploads {
+            store: deps.store.clone(),
+            blobs: deps.blobs.clone(),
+            settings: Default::default(),
+        }),
+    )?;
     registry.register(key_rotation::KeyRotation {
         store: deps.store.clone(),
         mailer: deps.mailer.clone(),
