@@ -98,3 +98,43 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn ffprobe_reads_the_test_video_and_refuses_what_is_not_a_video_clearly() {
+    use waymark_workflows::videos::probe::{self, ProbeError};
+    let dir = tempdir();
+    let ffprobe = std::path::PathBuf::from(which("ffprobe"));
+    let video = test_video(&dir, 2).await;
+    let info = probe::probe(&ffprobe, &video).await.unwrap();
+    assert_eq!((info.width, info.height, info.rotation), (1280, 720, 0));
+    assert_eq!(info.video_codec, "h264");
+    assert!(info.has_audio);
+    assert!((info.duration_seconds - 2.0).abs() < 0.2, "{info:?}");
+    let ladder = probe::renditions(&probe::default_ladder(), &info);
+    assert_eq!(ladder.last().unwrap().height, 720, "never above the source");
+
+    let text = dir.join("notes.txt");
+    std::fs::write(&text, "this is a text file, not a video\n").unwrap();
+    let refused = probe::probe(&ffprobe, &text).await.unwrap_err();
+    assert!(
+        matches!(refused, ProbeError::UnreadableContainer(_)),
+        "{refused:?}"
+    );
+    assert!(
+        refused.to_string().starts_with("unreadable container"),
+        "{refused}"
+    );
+
+    let audio = dir.join("tone.m4a");
+    let status = tokio::process::Command::new(which("ffmpeg"))
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args(["-i", "sine=frequency=440:duration=1", "-c:a", "aac"])
+        .arg(&audio)
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let refused = probe::probe(&ffprobe, &audio).await.unwrap_err();
+    assert_eq!(refused, ProbeError::NoVideoStream);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -4,9 +4,12 @@
 //! # Layout
 //! - [`uploads`]: upload records (`video_uploads`) and their bytes: a staging file on
 //!   the local store, an S3 multipart upload on S3; expiry of abandoned uploads.
+//! - [`probe`]: ffprobe's view of an upload (clear errors for what is not a video) and
+//!   the rendition ladder it allows (never above the source, aspect ratio kept).
 //! - [`tools`]: finding ffmpeg and ffprobe; the `transcode` capability needs them.
 //! - `migrations/`: the `videos` schema.
 
+pub mod probe;
 pub mod tools;
 pub mod uploads;
 
