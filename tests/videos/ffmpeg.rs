@@ -138,3 +138,80 @@ async fn ffprobe_reads_the_test_video_and_refuses_what_is_not_a_video_clearly() 
     assert_eq!(refused, ProbeError::NoVideoStream);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn ffmpeg_reports_progress_and_dies_with_its_whole_group_when_cancelled() {
+    use std::ffi::OsString;
+    use tokio_util::sync::CancellationToken;
+    use waymark_workflows::videos::transcode::{group_alive, run_ffmpeg, TranscodeError};
+    let dir = tempdir();
+    let ffmpeg = std::path::PathBuf::from(which("ffmpeg"));
+
+    // A short encode runs to the end, reporting progress up to its duration.
+    let out = dir.join("short.mp4");
+    let args: Vec<OsString> = [
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x180:rate=25:duration=1",
+    ]
+    .iter()
+    .map(OsString::from)
+    .chain(
+        ["-c:v", "libx264", "-preset", "ultrafast"]
+            .iter()
+            .map(OsString::from),
+    )
+    .chain([out.clone().into_os_string()])
+    .collect();
+    let mut reports = Vec::new();
+    run_ffmpeg(&ffmpeg, &args, &CancellationToken::new(), |p| {
+        reports.push(p)
+    })
+    .await
+    .unwrap();
+    let last = reports.last().expect("progress reports");
+    assert!(last.done, "{reports:?}");
+    assert!((last.out_time_seconds - 1.0).abs() < 0.2, "{reports:?}");
+    assert!(out.exists());
+
+    // An endless encode at real time: cancelled once it has reported progress, it is
+    // killed with its process group and nothing of it is left running.
+    let endless: Vec<OsString> = ["-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25"]
+        .iter()
+        .map(OsString::from)
+        .chain(
+            ["-c:v", "libx264", "-preset", "ultrafast", "-f", "null", "-"]
+                .iter()
+                .map(OsString::from),
+        )
+        .collect();
+    let cancel = CancellationToken::new();
+    let trigger = cancel.clone();
+    let outcome = run_ffmpeg(&ffmpeg, &endless, &cancel, move |p| {
+        if p.out_time_seconds > 0.0 {
+            trigger.cancel();
+        }
+    })
+    .await;
+    let pgid = match outcome {
+        Err(TranscodeError::Cancelled { pgid }) => pgid,
+        other => panic!("expected a cancelled ffmpeg, got {other:?}"),
+    };
+    assert!(pgid > 0);
+    assert!(
+        !group_alive(pgid),
+        "ffmpeg's process group {pgid} is still alive"
+    );
+
+    // A failure carries ffmpeg's own reason.
+    let missing: Vec<OsString> = ["-i", "/nonexistent/input.mp4", "-f", "null", "-"]
+        .iter()
+        .map(OsString::from)
+        .collect();
+    let failed = run_ffmpeg(&ffmpeg, &missing, &CancellationToken::new(), |_| {})
+        .await
+        .unwrap_err();
+    assert!(failed.to_string().contains("No such file"), "{failed}");
+    std::fs::remove_dir_all(&dir).ok();
+}

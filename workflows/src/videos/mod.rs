@@ -7,10 +7,12 @@
 //! - [`probe`]: ffprobe's view of an upload (clear errors for what is not a video) and
 //!   the rendition ladder it allows (never above the source, aspect ratio kept).
 //! - [`tools`]: finding ffmpeg and ffprobe; the `transcode` capability needs them.
+//! - [`transcode`]: ffmpeg in its own process group, killed with the attempt; progress.
 //! - `migrations/`: the `videos` schema.
 
 pub mod probe;
 pub mod tools;
+pub mod transcode;
 pub mod uploads;
 
 use waymark_engine::store::{Migration, Schema};
