@@ -49,6 +49,7 @@ pub fn schemas() -> Vec<waymark_engine::store::Schema> {
 pub struct AppState {
     pub engine: Engine,
     /// Serves signed links of a local blob store; `None` (or S3): `/blobs/…` is 404.
+    /// Also where tus uploads (`/v1/uploads`) keep their bytes; `None`: they answer 503.
     pub blobs: Option<waymark_services::BlobStore>,
     pub api: ApiConfig,
 }
