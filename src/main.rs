@@ -44,6 +44,23 @@ async fn run(cli: Cli) -> anyhow::Result<std::process::ExitCode> {
             return Ok(std::process::ExitCode::from(2));
         }
     }
+    if matches!(command, Command::Serve | Command::Worker)
+        && config
+            .capabilities
+            .iter()
+            .any(|c| c == waymark_workflows::videos::tools::TRANSCODE)
+    {
+        // A worker offering `transcode` without ffmpeg would claim renditions it cannot make.
+        match waymark_workflows::videos::tools::Tools::locate() {
+            Ok(tools) => {
+                tracing::info!(ffmpeg = %tools.ffmpeg.display(), ffprobe = %tools.ffprobe.display(), "transcode tools found")
+            }
+            Err(error) => {
+                eprintln!("waymark: cannot offer `transcode`: {error}");
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
+    }
     let store = Store::connect(&store_config)
         .await
         .with_context(|| format!("cannot open the {} database", config.backend_name()))?

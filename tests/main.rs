@@ -27,3 +27,4 @@ mod schemas;
 mod security;
 mod semantics;
 mod tenants;
+mod videos;

@@ -48,8 +48,9 @@ pub fn schemas() -> Vec<waymark_engine::store::Schema> {
 #[derive(Clone, Debug)]
 pub struct AppState {
     pub engine: Engine,
-    /// The blob store: evidence uploads go there, and `/blobs/…` serves a local one's
-    /// signed links. `None`: uploads answer 503 and `/blobs/…` 404 (as with S3).
+    /// The blob store: dispute evidence and tus uploads (`/v1/uploads`) keep their bytes
+    /// there, and `/blobs/…` serves a local one's signed links. `None`: uploads answer
+    /// 503 and `/blobs/…` 404 (as with S3).
     pub blobs: Option<waymark_services::BlobStore>,
     pub api: ApiConfig,
 }

@@ -21,7 +21,7 @@ pub mod mail;
 
 pub use blob::{
     BlobConfig, BlobError, BlobMeta, BlobStore, BlobWriter, ByteRange, Download, LocalStore,
-    PutOptions, S3Config, S3Credentials, S3Store, UrlSigner,
+    PutOptions, S3Config, S3Credentials, S3Store, UploadedPart, UrlSigner,
 };
 pub use mail::{
     Attachment, Calendar, Email, MailConfig, MailError, Mailer, Rendered, Sent, SmtpOptions,

@@ -5,7 +5,10 @@
 //! sweep ──▶ (completed: how many finished runs were deleted)
 //! ```
 //! Deletes runs that finished more than `older_than` ago, with their history, and the
-//! mail ledger's entries of messages sent before then, in batches. Idempotent by nature: a retried sweep deletes what is left.
+//! mail ledger's entries of messages sent before then, in batches; and, given the
+//! video uploads, aborts unfinished uploads that have expired (their S3 multipart
+//! uploads and staging data; an expired upload already answers 410 until then).
+//! Idempotent by nature: a retried sweep deletes what is left.
 
 use std::time::Duration;
 
@@ -22,11 +25,21 @@ pub const TENANT: &str = waymark_engine::SYSTEM_TENANT;
 
 pub struct Retention {
     store: Store,
+    uploads: Option<crate::videos::uploads::Uploads>,
 }
 
 impl Retention {
     pub fn new(store: Store) -> Self {
-        Self { store }
+        Self {
+            store,
+            uploads: None,
+        }
+    }
+
+    /// Also expires abandoned video uploads.
+    pub fn with_uploads(mut self, uploads: crate::videos::uploads::Uploads) -> Self {
+        self.uploads = Some(uploads);
+        self
     }
 }
 
@@ -56,6 +69,9 @@ pub struct Swept {
     pub deleted: u64,
     /// Mail ledger entries of messages sent before the cutoff.
     pub mail_ledger_pruned: u64,
+    /// Abandoned video uploads aborted and deleted (when this process keeps uploads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads_expired: Option<u64>,
 }
 
 const BATCH: u32 = 500;
@@ -111,9 +127,29 @@ impl Workflow for Retention {
                 break;
             }
         }
+        let uploads_expired = match &self.uploads {
+            Some(uploads) => {
+                let mut expired = 0;
+                loop {
+                    // A batch of at most 500 per call; an error is worth a retry (S3,
+                    // the disk), and what was done stays done.
+                    let batch = uploads
+                        .expire_due(ctx.clock.now())
+                        .await
+                        .map_err(|e| StepError::retryable_from(&e))?;
+                    expired += batch;
+                    if batch < 500 {
+                        break;
+                    }
+                }
+                Some(expired)
+            }
+            None => None,
+        };
         Ok(Transition::complete(Swept {
             deleted,
             mail_ledger_pruned,
+            uploads_expired,
         }))
     }
 }

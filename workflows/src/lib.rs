@@ -11,6 +11,7 @@
 //!   customer as sagas (database space, storage space, admin key, welcome email).
 //! - [`disputes`]: `payment_dispute`, a card payment's dispute driven by signed
 //!   webhooks, evidence deadlines and the card network's decision.
+//! - [`videos`]: video ingest; so far the resumable (tus) uploads it starts from.
 //! - [`tenants`]: what those two share: the tenant record and its SQL, plans and quotas,
 //!   the database space and the storage space.
 //!
@@ -25,6 +26,7 @@ pub mod meetings;
 pub mod tenant_deprovisioning;
 pub mod tenant_provisioning;
 pub mod tenants;
+pub mod videos;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -61,7 +63,7 @@ pub struct Deps {
 /// (see `waymark_engine::store::schemas`). `waymark` hands them to its store, so
 /// `waymark migrate` applies them after the engine's and `/readyz` waits for them.
 pub fn schemas() -> Vec<Schema> {
-    vec![disputes::SCHEMA, meetings::SCHEMA]
+    vec![disputes::SCHEMA, meetings::SCHEMA, videos::SCHEMA]
 }
 
 /// Every table of the workflows' schemas that holds a tenant's rows (by a `tenant`
@@ -69,14 +71,25 @@ pub fn schemas() -> Vec<Schema> {
 /// good, `tenant_deprovisioning` deletes its rows from each. A workflow with tables of
 /// its own lists them here.
 pub fn tenant_tables() -> Vec<&'static str> {
-    [disputes::TENANT_TABLES, meetings::TENANT_TABLES].concat()
+    [
+        disputes::TENANT_TABLES,
+        meetings::TENANT_TABLES,
+        videos::TENANT_TABLES,
+    ]
+    .concat()
 }
 
 /// Every workflow Waymark ships with, registered here and nowhere else.
 pub fn registry(deps: Deps) -> Result<Registry, RegistryError> {
     let mut registry = Registry::new();
     registry.register(demo::Demo)?;
-    registry.register(housekeeping::Retention::new(deps.store.clone()))?;
+    registry.register(
+        housekeeping::Retention::new(deps.store.clone()).with_uploads(videos::uploads::Uploads {
+            store: deps.store.clone(),
+            blobs: deps.blobs.clone(),
+            settings: Default::default(),
+        }),
+    )?;
     registry.register(key_rotation::KeyRotation {
         store: deps.store.clone(),
         mailer: deps.mailer.clone(),

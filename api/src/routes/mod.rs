@@ -8,7 +8,7 @@
 //! - [`openapi`]: the document written from the table;
 //! - one module per workflow with routes of its own: [`tenants`] (the tenant sagas),
 //!   [`disputes`] (payment disputes and their signed webhooks),
-//!   [`meetings`] (`meeting_invite`).
+//!   [`meetings`] (`meeting_invite`), [`uploads`] (tus resumable uploads of videos).
 //!
 //! Each module lists its routes in a `routes()` of [`Route`] literals; [`table`] joins
 //! them. A workflow's routes go in its own module here, next to the others, and call
@@ -50,6 +50,7 @@ mod openapi;
 mod runs;
 mod schedules;
 pub mod tenants;
+pub mod uploads;
 mod workflows;
 
 pub(crate) use keys::{create_key, revoke_key, rotate_key};
@@ -107,6 +108,7 @@ pub fn table() -> Vec<Route> {
         disputes::routes(),
         dispute_files::routes(),
         meetings::routes(),
+        uploads::routes(),
     ]
     .into_iter()
     .flatten()

@@ -32,6 +32,7 @@ use waymark_engine::{ErrorKind, StepError};
 
 pub use local::{LocalStore, LocalWriter};
 pub use parts::{ByteRange, ChecksumMismatch};
+pub use s3::multipart::UploadedPart;
 pub use s3::{S3Config, S3Credentials, S3Store, S3Writer};
 pub use signing::{SignatureError, UrlSigner};
 

@@ -25,6 +25,8 @@ use aws_sdk_s3::Client;
 use chrono::{DateTime, TimeZone, Utc};
 use sha2::{Digest, Sha256};
 
+pub mod multipart;
+
 use super::parts::{self, composite_sha256, sha256_hex, Expected, Verifying};
 use super::{validate_key, validate_prefix, BlobError, BlobMeta, ByteRange, Download, PutOptions};
 
