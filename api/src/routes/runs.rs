@@ -219,7 +219,7 @@ pub(super) async fn get_run(
         )?;
         // Long poll: the store wakes the watch when the run ends (or may have); only
         // then is the run read again, so a waiting request costs no query meanwhile.
-        let mut watch = state.engine.store.run_watch(run.id);
+        let mut watch = state.engine.store.run_watch(run.id).await?;
         // Registered before this read: an ending after it wakes the watch.
         run = load_run(&state, &caller, &id).await?;
         let deadline = tokio::time::Instant::now() + wait;

@@ -76,7 +76,10 @@ pub(super) async fn events(
     let stop = CancellationToken::new();
     let ended = Arc::new(Notify::new());
     for id in ids {
-        let mut watch = state.engine.store.run_watch(id);
+        let Ok(mut watch) = state.engine.store.run_watch(id).await else {
+            // The page's fallback timer still refreshes it.
+            continue;
+        };
         let (ended, stop) = (ended.clone(), stop.clone());
         tokio::spawn(async move {
             tokio::select! {

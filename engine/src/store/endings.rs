@@ -87,6 +87,16 @@ impl RunEndings {
         self.any.subscribe()
     }
 
+    /// Resolves once nobody follows every ending ([`Self::any_ended`]'s receivers are
+    /// all gone).
+    pub(super) async fn unfollowed(&self) {
+        self.any.closed().await
+    }
+
+    pub(super) fn followed(&self) -> bool {
+        self.any.receiver_count() > 0
+    }
+
     /// Every waiter re-reads its run: after a gap in which notifications may be lost.
     pub fn wake_all(&self) {
         for tx in self.lock().values() {

@@ -159,26 +159,36 @@ impl Store {
     /// per watcher: endings are pushed (NOTIFY on PostgreSQL, in process on SQLite),
     /// and one sweep per process checks all watched runs every [`SWEEP`] in case a
     /// notification was lost.
-    pub fn run_watch(&self, id: Uuid) -> RunWatch {
+    ///
+    /// On PostgreSQL it also marks the run `watched`, which is what makes its ending
+    /// send a NOTIFY at all (see migration 0010): one write per watch, so that endings
+    /// nobody waits for cost no NOTIFY.
+    pub async fn run_watch(&self, id: Uuid) -> StoreResult<RunWatch> {
         let endings = self.endings();
         let watch = endings.watch(id);
         if let Store::Postgres(pg) = self {
             pg.ensure_listening();
+            pg.run_mark_watched(id).await?;
         }
         if !endings.sweeping.swap(true, Ordering::SeqCst) {
             tokio::spawn(sweep(self.clone(), endings.clone()));
         }
-        watch
+        Ok(watch)
     }
 
     /// Wakes when any run ends (or may have): every ending this process hears of (NOTIFY
     /// on PostgreSQL, in process on SQLite), watched or not. Coalesced. Only endings the
     /// listener delivers: nothing sweeps for them, so a lost notification stays lost.
+    ///
+    /// On PostgreSQL the process is recorded as a follower while any receiver lives, so
+    /// that every ending sends a NOTIFY meanwhile (see migration 0010).
     pub fn runs_ended(&self) -> watch::Receiver<u64> {
+        let rx = self.endings().any_ended();
         if let Store::Postgres(pg) = self {
             pg.ensure_listening();
+            pg.ensure_following();
         }
-        self.endings().any_ended()
+        rx
     }
 
     fn endings(&self) -> &Arc<RunEndings> {

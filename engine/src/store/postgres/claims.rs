@@ -10,7 +10,7 @@ use uuid::Uuid;
 
 use super::ops::{in_tx, PgOps};
 use super::runs::{rows_to_runs, RunRow};
-use super::{lease_applied, secs, PgStore};
+use super::{lease_applied, notify_ended_if_wanted, secs, PgStore};
 use crate::store::logic;
 use crate::store::{
     json_error, ClaimRequest, Commit, Held, Lease, Next, Outcome, Run, StoreResult,
@@ -28,7 +28,8 @@ use crate::store::{
 /// committed while the statement waited for the row lock, whereas READ COMMITTED
 /// re-checks the WHERE clause against the newest version of the row itself, and
 /// delivering a signal writes the count under that lock.
-const COMMIT_FAST: &str = r#"
+const COMMIT_FAST: &str = concat!(
+    r#"
 WITH upd AS (
     UPDATE waymark_runs SET
         status           = $3,
@@ -58,13 +59,19 @@ WITH upd AS (
                                  visit, attempt, actor, worker_id, started_at, committed_at, error)
     SELECT id, $15, state, 'running', status, $16, $17, $18, $19, $14, $20, $13, $7 FROM upd
 ), ended AS (
-    -- Wakes the run's waiters at commit, as the transactional path's run_write does.
-    SELECT pg_notify('waymark_run_ended', id::text) FROM upd WHERE finished_at IS NOT NULL
+    -- Wakes the run's waiters at commit, as the transactional path's run_write does,
+    -- when someone may wait (`watched` is read from the newest row version, as the
+    -- WHERE clause is).
+    SELECT pg_notify('waymark_run_ended', id::text) FROM upd
+    WHERE finished_at IS NOT NULL AND "#,
+    notify_ended_if_wanted!(),
+    r#"
 )
 -- A CTE that only reads is evaluated only if the query reads it: the join with its
 -- count makes the NOTIFY happen.
 SELECT upd.* FROM upd, (SELECT count(*) FROM ended) AS notified
-"#;
+"#
+);
 
 impl PgStore {
     pub(in crate::store) async fn run_claim(&self, req: &ClaimRequest) -> StoreResult<Vec<Run>> {

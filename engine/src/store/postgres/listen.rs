@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use super::{PgStore, CHANNEL, ENDED_CHANNEL};
 use crate::store::RunEndings;
+use crate::store::StoreResult;
 
 impl PgStore {
     /// Starts this process's LISTEN connection unless it runs; it stops when neither
@@ -115,6 +116,69 @@ async fn listen_while_wanted(pool: &PgPool, wake: &watch::Sender<u64>, endings: 
                 },
                 _ = unwanted(wake, endings) => return,
             }
+        }
+    }
+}
+
+/// How long a follower's row stays valid without a refresh; refreshed at a third of it.
+const FOLLOW_TTL_SECS: f64 = 60.0;
+
+impl PgStore {
+    /// Marks run `id` as waited for, so the transaction that ends it sends a NOTIFY.
+    /// The mark stays: a later, unwatched ending costs one NOTIFY nobody hears.
+    pub(in crate::store) async fn run_mark_watched(&self, id: Uuid) -> StoreResult<()> {
+        sqlx::query("UPDATE waymark_runs SET watched = true WHERE id = $1 AND NOT watched")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Records this process as following every ending while anyone in it does (the
+    /// dashboard's live pages), refreshing its row, and removes the row after.
+    pub(in crate::store) fn ensure_following(&self) {
+        if !self.following.swap(true, Ordering::SeqCst) {
+            tokio::spawn(follow(self.clone()));
+        }
+    }
+}
+
+async fn follow(store: PgStore) {
+    loop {
+        while store.endings.followed() && !store.pool.is_closed() {
+            let refreshed = sqlx::query(
+                r#"INSERT INTO waymark_followers (process, expires_at)
+                   VALUES ($1, now() + make_interval(secs => $2))
+                   ON CONFLICT (process) DO UPDATE SET expires_at = EXCLUDED.expires_at"#,
+            )
+            .bind(store.process)
+            .bind(FOLLOW_TTL_SECS)
+            .execute(&store.pool)
+            .await;
+            if let Err(error) = refreshed {
+                // Endings are then not announced to this process's pages until the
+                // next refresh; their fallback timer still refreshes them.
+                tracing::warn!(error = %error, "cannot record this process as following endings");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs_f64(FOLLOW_TTL_SECS / 3.0)) => {}
+                _ = store.endings.unfollowed() => {}
+            }
+        }
+        // Nobody follows: stop announcing every ending to this process. A failure
+        // leaves the row to lapse at its expiry.
+        let _ = sqlx::query("DELETE FROM waymark_followers WHERE process = $1 OR expires_at < now() - interval '1 hour'")
+            .bind(store.process)
+            .execute(&store.pool)
+            .await;
+        store.following.store(false, Ordering::SeqCst);
+        // A follower that came between the last check and the store above saw the flag
+        // still set and started nothing: carry on for it.
+        if store.pool.is_closed()
+            || !store.endings.followed()
+            || store.following.swap(true, Ordering::SeqCst)
+        {
+            return;
         }
     }
 }

@@ -9,8 +9,9 @@
 //! Two pools: the runner's loop (claims, commits, releases, heartbeats, wait timeouts,
 //! the next due time) uses a small one of its own, so API reads (or anything else holding connections) cannot make a
 //! heartbeat wait until its lease expires. A transaction that ends a run notifies
-//! [`ENDED_CHANNEL`] with the run id; the process's one LISTEN connection hands both
-//! channels on (workers' wake-ups, long polls' endings).
+//! [`ENDED_CHANNEL`] with the run id when someone may listen (a long poll watches the
+//! run, or a dashboard follows every ending); the process's one LISTEN connection hands
+//! both channels on (workers' wake-ups, long polls' endings).
 //!
 //! # Layout
 //! Cut like `store/sqlite/`, so a reader finds the same thing in the same file:
@@ -25,7 +26,8 @@
 //! - `keys.rs`: API keys and the audit log.
 //! - `schedules.rs`: schedules, and the named leases that fence the scheduler.
 //! - `workers.rs`: the worker registry.
-//! - `listen.rs`: the LISTEN connection (PostgreSQL only: SQLite wakes in process).
+//! - `listen.rs`: the LISTEN connection, and the marks that ask for endings to be
+//!   announced (PostgreSQL only: SQLite wakes in process).
 
 mod claims;
 mod keys;
@@ -44,6 +46,7 @@ use std::time::Duration;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
+use uuid::Uuid;
 
 use crate::error::StoreError;
 use crate::store::schemas::{self, Schema};
@@ -59,7 +62,20 @@ const CHANNEL: &str = "waymark_runs";
 
 /// The channel a run's ending is notified on, with the run id as payload, in the
 /// transaction that ends it (so a waiter never hears of an ending that rolled back).
+/// Only when someone may listen: see [`NOTIFY_ENDED_IF_WANTED`].
 pub const ENDED_CHANNEL: &str = "waymark_run_ended";
+
+/// The condition, over a `waymark_runs` row, under which its ending is announced: a
+/// long poll marked it `watched`, or some process follows every ending (migration
+/// 0010). PostgreSQL serialises the commits of all transactions that notify, so a
+/// NOTIFY nobody hears costs throughput for nothing. A macro so statements can
+/// `concat!` it.
+macro_rules! notify_ended_if_wanted {
+    () => {
+        "(watched OR EXISTS (SELECT 1 FROM waymark_followers f WHERE f.expires_at > now()))"
+    };
+}
+use notify_ended_if_wanted;
 
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -69,6 +85,9 @@ pub struct PgStore {
     wake: Arc<watch::Sender<u64>>,
     endings: Arc<RunEndings>,
     listening: Arc<AtomicBool>,
+    /// This process's row in `waymark_followers` while its pages follow every ending.
+    process: Uuid,
+    following: Arc<AtomicBool>,
     /// Workflows' own tables, migrated after the engine's (see `schemas.rs`).
     schemas: Arc<[Schema]>,
 }
@@ -104,6 +123,8 @@ impl PgStore {
             wake: Arc::new(wake),
             endings: Arc::default(),
             listening: Arc::new(AtomicBool::new(false)),
+            process: Uuid::now_v7(),
+            following: Arc::new(AtomicBool::new(false)),
             schemas: Arc::new([]),
         }
     }

@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use super::keys::insert_audit;
 use super::runs::{insert_history, insert_run, rows_to_runs, RunRow, SignalRow};
-use super::{PgStore, ENDED_CHANNEL};
+use super::{notify_ended_if_wanted, PgStore, ENDED_CHANNEL};
 use crate::store::logic::{self, Ops};
 use crate::store::{
     json_error, to_json, CompensationRecord, NewAudit, NewHistory, NewRun, NewSignal, Run,
@@ -150,12 +150,19 @@ impl Ops for PgOps {
         .execute(&mut *self.tx)
         .await?;
         if r.status.is_terminal() {
-            // Delivered at commit, and only if the transaction commits.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(ENDED_CHANNEL)
-                .bind(r.id.to_string())
-                .execute(&mut *self.tx)
-                .await?;
+            // Delivered at commit, and only if the transaction commits; only when
+            // someone may listen. This transaction holds the row's lock, so a long poll
+            // marking the run `watched` either committed before (and is seen here) or
+            // waits for this commit and then reads the ending.
+            sqlx::query(concat!(
+                "SELECT pg_notify($1, $2) FROM waymark_runs WHERE id = $3 AND ",
+                notify_ended_if_wanted!()
+            ))
+            .bind(ENDED_CHANNEL)
+            .bind(r.id.to_string())
+            .bind(r.id)
+            .execute(&mut *self.tx)
+            .await?;
         }
         Ok(())
     }
