@@ -1,8 +1,8 @@
 //! When a meeting happens and when its reminders fire: the meeting's description
 //! ([`MeetingSpec`]), local times resolved in an IANA zone (a DST gap refused, an
-//! ambiguous time taken at its first occurrence), occurrences of a series expanded from
-//! its RRULE with cancelled ones dropped and moved ones moved, and reminder instants per
-//! attendee in the attendee's own zone.
+//! ambiguous time taken at its first occurrence), occurrences of a series with cancelled
+//! ones flagged and moved ones moved (expanded in [`super::series`]), and reminder
+//! instants per attendee in the attendee's own zone.
 //!
 //! Everything here is pure: "now" is a parameter, so tests and the workflow see the
 //! same answers.
