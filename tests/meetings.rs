@@ -457,6 +457,26 @@ async fn weekly_series_in_two_zones_changes_cancels_replies_and_feeds(db: TestDb
             .contains("start: 2027-03-28 02:30:00 does not exist"),
         "{refused}"
     );
+    // A COUNT beyond what one walk from the start may cost is refused, naming the rule.
+    let (status, refused) = m
+        .call(
+            Method::POST,
+            "/v1/meetings",
+            Some(json!({
+                "title": "Long", "start": "2027-03-02T16:00:00", "end": "2027-03-02T17:00:00",
+                "timezone": "Europe/Berlin", "organizer": {"email": org}, "attendees": [{"email": ny}],
+                "recurrence": "FREQ=DAILY;COUNT=5001"
+            })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{refused}");
+    assert!(
+        refused["detail"]
+            .as_str()
+            .unwrap()
+            .contains("recurrence: COUNT may be at most 5000"),
+        "{refused}"
+    );
 
     // Tuesdays 16:00 in Berlin through March 2027: New York moves to summer time on
     // 14 March, Berlin on 28 March.

@@ -234,16 +234,25 @@ async fn feed(State(state): State<AppState>, Path(file): Path<String>) -> Respon
         Ok(m) => m,
         Err(e) => return internal(e),
     };
-    let lists: Vec<Vec<CalAttendee>> = meetings
-        .iter()
-        .map(|(_, a)| {
-            vec![CalAttendee {
-                email: a.email.clone(),
-                name: a.name.clone(),
-                partstat: a.partstat,
-            }]
-        })
-        .collect();
+    let mut lists: Vec<Vec<CalAttendee>> = Vec::with_capacity(meetings.len());
+    for (m, a) in &meetings {
+        // The attendee's answers for single occurrences become overrides with their own
+        // PARTSTAT, so a calendar shows the declined Tuesday as declined.
+        let occurrences = match records::occurrence_answers(store, m.id).await {
+            Ok(answers) => answers
+                .into_iter()
+                .filter(|(attendee, _, _)| *attendee == a.id)
+                .map(|(_, original, answer)| (original, answer))
+                .collect(),
+            Err(e) => return internal(e),
+        };
+        lists.push(vec![CalAttendee {
+            email: a.email.clone(),
+            name: a.name.clone(),
+            partstat: a.partstat,
+            occurrences,
+        }]);
+    }
     let events: Vec<Event<'_>> = meetings
         .iter()
         .zip(&lists)

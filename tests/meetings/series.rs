@@ -1,12 +1,13 @@
 //! Long series: continue-as-new keeping each run's history bounded, reminders far
-//! ahead of many occurrences, a REPLY for one occurrence, moving the whole series, and
-//! the organiser's daily digest. Helpers come from the parent module.
+//! ahead of many occurrences, a REPLY for one occurrence (and the feed showing it),
+//! moving the whole series, and the organiser's daily digest. Helpers come from the parent module.
 
 use super::*;
 
 on_both_backends!(
     an_endless_series_continues_as_new_so_each_runs_history_stays_bounded,
     a_reply_with_a_recurrence_id_answers_for_that_occurrence_only,
+    the_feed_shows_an_answer_for_one_occurrence_as_an_override_with_its_partstat,
     moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_reminder,
     an_organiser_with_a_daily_digest_gets_one_mail_a_day_with_the_answers,
     reminders_far_ahead_of_many_occurrences_are_all_sent_on_time,
@@ -278,6 +279,77 @@ async fn a_reply_with_a_recurrence_id_answers_for_that_occurrence_only(db: TestD
         "{:?}",
         ada_reminders.iter().map(|r| &r.subject).collect::<Vec<_>>()
     );
+}
+
+/// The attendee's feed read back by Python's icalendar: an answer for one occurrence is
+/// an override VEVENT (`RECURRENCE-ID`) with that `PARTSTAT`, the series keeps the
+/// series answer, and a cancelled occurrence is an `EXDATE`, not an override.
+async fn the_feed_shows_an_answer_for_one_occurrence_as_an_override_with_its_partstat(db: TestDb) {
+    let m = setup(db).await;
+    m.clock.set("2027-05-01T00:00:00Z".parse().unwrap());
+    let (ada, bob) = (m.who("ada"), m.who("bob"));
+    let (id, uid, run) = m.weekly("Feed", &[&ada, &bob]).await;
+    m.settled(run).await;
+    for (partstat, rid) in [
+        ("DECLINED", "20270511T100000"),
+        ("TENTATIVE", "20270518T100000"),
+    ] {
+        let (status, body) = m
+            .post_reply(&id, occurrence_reply(&uid, 0, &ada, partstat, rid))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, body) = m
+        .call(
+            Method::POST,
+            &format!("/v1/meetings/{id}/cancel"),
+            Some(json!({"occurrence": "2027-05-18T10:00:00"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    m.settled(run).await;
+
+    let feed_of = |email: String| {
+        let m = &m;
+        async move {
+            let (status, feed) = m
+                .call(
+                    Method::POST,
+                    "/v1/meetings/feeds",
+                    Some(json!({"email": email})),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED, "{feed}");
+            let url = format!("{}{}", m.api.base, feed["path"].as_str().unwrap());
+            let response = m.api.http.get(&url).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            parse_ics(&[response.text().await.unwrap()]).remove(0)
+        }
+    };
+    let cal = feed_of(ada.clone()).await;
+    assert_eq!(cal["method"], "PUBLISH");
+    let events = cal["events"].as_array().unwrap();
+    assert_eq!(events.len(), 2, "the series and one override: {cal}");
+    let series = &events[0];
+    assert_eq!(series["uid"], uid.as_str());
+    assert_eq!(series["recurrence_id"], Value::Null);
+    assert_eq!(series["rrule"], "FREQ=WEEKLY;COUNT=3;BYDAY=TU");
+    assert_eq!(series["exdate"], json!(["20270518T100000"]));
+    assert_eq!(series["attendees"][0]["email"], ada.to_lowercase());
+    assert_eq!(series["attendees"][0]["partstat"], "NEEDS-ACTION");
+    let declined = &events[1];
+    assert_eq!(declined["uid"], uid.as_str());
+    assert_eq!(declined["sequence"], series["sequence"]);
+    assert_eq!(declined["recurrence_id"], "20270511T100000");
+    assert_eq!(declined["dtstart"], "20270511T100000");
+    assert_eq!(declined["tzid"], "Europe/Berlin");
+    assert_eq!(declined["dtstart_utc"], "20270511T080000Z");
+    assert_eq!(declined["attendees"][0]["partstat"], "DECLINED");
+    // Bob answered nothing on his own: his feed has the series alone.
+    let cal = feed_of(bob.clone()).await;
+    let events = cal["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{cal}");
+    assert_eq!(events[0]["attendees"][0]["partstat"], "NEEDS-ACTION");
 }
 
 async fn moving_the_whole_series_bumps_sequence_reinvites_and_retargets_every_reminder(db: TestDb) {

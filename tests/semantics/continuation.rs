@@ -1,7 +1,8 @@
 //! Continue-as-new: a run ends `completed` with `{"continued_as": <id>}` and its
 //! successor starts in the same transaction from the carried state; signals queued at
 //! that moment move to the successor, and signals sent to any run of the chain reach
-//! the live one (a keyed one still only once).
+//! the live one (a keyed one still only once); a cancellation asked for while the
+//! continuing step ran is applied to the successor.
 
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use super::*;
 on_both_backends!(
     a_run_that_continues_as_new_hands_its_state_to_a_fresh_run_with_its_own_history,
     signals_queued_when_a_run_continues_move_to_the_new_run_and_keys_still_dedupe,
+    a_cancellation_asked_for_while_the_continuing_step_ran_cancels_the_new_run,
 );
 
 /// The chain of runs from `first`, following `continued_as` outputs.
@@ -189,4 +191,83 @@ async fn signals_queued_when_a_run_continues_move_to_the_new_run_and_keys_still_
         .map(|s| s.status)
         .collect();
     assert_eq!(statuses[0], "consumed");
+}
+
+async fn a_cancellation_asked_for_while_the_continuing_step_ran_cancels_the_new_run(db: TestDb) {
+    let (clock, engine, probe) = setup(&db).await;
+    let runner = spawn_runner(engine.clone(), test_runner_config());
+    let first = engine
+        .start(start_req(
+            "looper",
+            json!({"every": 1, "until": 5, "hold_rest": true}),
+        ))
+        .await
+        .unwrap()
+        .run;
+    wait_for_status(&db.store, first.id, RunStatus::Waiting).await;
+    engine
+        .signal(&ALL, signal(first.id, "bump", json!(null), None))
+        .await
+        .unwrap();
+    wait_for_status(&db.store, first.id, RunStatus::Sleeping).await;
+    clock.advance(Duration::from_secs(3600));
+    // The resting step, which will continue as new, now runs and holds until its
+    // cancellation token fires.
+    crate::support::wait_until(
+        "the continuing step to run",
+        Duration::from_secs(30),
+        || async { probe.rest_entered.load(std::sync::atomic::Ordering::SeqCst) == 1 },
+    )
+    .await;
+    let requested = engine
+        .cancel(&ALL, first.id, "key:ops", "stop", None)
+        .await
+        .unwrap();
+    assert_eq!(
+        (requested.status, requested.state.as_str()),
+        (RunStatus::Running, "rest"),
+        "a held run is asked to stop"
+    );
+    assert!(requested.cancel_request.is_some());
+
+    // The step's answer still commits: the old run ends continued, and the process it
+    // handed on is what the operator cancelled.
+    let ended = wait_for_status(&db.store, first.id, RunStatus::Completed).await;
+    let second = ended.continued_as().expect("continued as new");
+    assert!(ended.cancel_request.is_none(), "{ended:#?}");
+    assert_eq!(
+        causes(&history(&db, first.id).await),
+        vec![
+            "started",
+            "wait",
+            "signal",
+            "step",
+            "cancel_requested",
+            "continued_as_new"
+        ]
+    );
+    let cancelled = wait_for_status(&db.store, second, RunStatus::Cancelled).await;
+    runner.stop().await;
+    let ending = cancelled.ending.clone().expect("an ending");
+    assert_eq!(
+        (ending.actor.as_str(), ending.reason.as_str()),
+        ("key:ops", "stop")
+    );
+    assert_eq!(cancelled.state, "count");
+    assert_eq!(cancelled.state_data["n"], json!(1), "the carried count");
+    let h = history(&db, second).await;
+    assert_eq!(
+        (h[0].cause.as_str(), h[0].actor.clone()),
+        ("started", format!("run:{}", first.id))
+    );
+    // Cancelled before any step of its own ran; nothing continued after it.
+    assert_eq!(h[1].cause, "cancel");
+    assert_eq!(h[1].actor, "key:ops");
+    assert!(!causes(&h).contains(&"step"), "{:?}", causes(&h));
+    let runs = chain(&db, first.id).await;
+    assert_eq!(runs.len(), 2, "{runs:#?}");
+    assert_eq!(
+        probe.rest_entered.load(std::sync::atomic::Ordering::SeqCst),
+        1
+    );
 }

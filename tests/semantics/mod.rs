@@ -142,6 +142,8 @@ struct SagaProbe {
     undone: Mutex<Vec<String>>,
     fail_compensation_of_two: AtomicBool,
     hold_step_fails: AtomicBool,
+    /// How many times a looper holding its rest step has entered it.
+    rest_entered: std::sync::atomic::AtomicUsize,
 }
 
 struct Saga(Arc<SagaProbe>);
@@ -631,20 +633,24 @@ fn registry(probe: &Arc<SagaProbe>) -> Registry {
         .unwrap()
         .register(Chatter)
         .unwrap()
-        .register(Looper)
+        .register(Looper(probe.clone()))
         .unwrap();
     registry
 }
 
 /// Counts `bump` signals to `until`. After `every` bumps in one run it rests an hour
 /// (a durable timer, so signals sent meanwhile are queued) and then continues as new
-/// with its count, so each run of the chain sees at most `every` bumps.
-struct Looper;
+/// with its count, so each run of the chain sees at most `every` bumps. With
+/// `hold_rest` its resting step waits for its cancellation token before continuing, so
+/// a test can ask for a cancellation while the continuing step runs.
+struct Looper(Arc<SagaProbe>);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct LooperInput {
     every: u32,
     until: u32,
+    #[serde(default)]
+    hold_rest: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -701,7 +707,7 @@ impl Workflow for Looper {
 
     async fn step(
         &self,
-        _: &StepContext,
+        ctx: &StepContext,
         input: &LooperInput,
         state: LooperState,
     ) -> Result<Transition<LooperState, u32>, StepError> {
@@ -719,6 +725,10 @@ impl Workflow for Looper {
             )
             .into(),
             LooperState::Rest { n } => {
+                if input.hold_rest {
+                    self.0.rest_entered.fetch_add(1, Ordering::SeqCst);
+                    ctx.cancel.cancelled().await;
+                }
                 Transition::continue_as_new(LooperState::Count { n, here: 0 })
             }
         })

@@ -42,6 +42,7 @@ pub(crate) fn cal_attendees(attendees: &[Attendee]) -> Vec<CalAttendee> {
             email: a.email.clone(),
             name: a.name.clone(),
             partstat: a.partstat,
+            occurrences: Vec::new(),
         })
         .collect()
 }
@@ -207,6 +208,7 @@ impl Composer<'_> {
             email: attendee.email.clone(),
             name: attendee.name.clone(),
             partstat: attendee.partstat,
+            occurrences: Vec::new(),
         }];
         let occurrence = detail["occurrence"]
             .as_str()

@@ -17,7 +17,8 @@
 //! re-targets them and a cancellation or a decline drops them.
 //!
 //! # Layout
-//! - [`schedule`]: the meeting's description, local times, occurrences, reminder instants;
+//! - [`schedule`]: the meeting's description, local times, reminder instants;
+//! - [`series`]: the occurrences of a series, expanded over the window asked about only;
 //! - [`ical`]: the VCALENDAR written for REQUEST and CANCEL, and REPLY parsing;
 //! - [`token`]: RSVP link tokens; [`records`]: the rows; [`ops`]: what routes call;
 //! - `mail`: the messages the run sends.
@@ -27,6 +28,7 @@ mod mail;
 pub mod ops;
 pub mod records;
 pub mod schedule;
+pub mod series;
 pub mod token;
 
 use chrono::{DateTime, Utc};
@@ -319,12 +321,10 @@ impl MeetingInvite {
             .checked_add_signed(lead)
             .unwrap_or(DateTime::<Utc>::MAX_UTC);
         // Every occurrence whose reminders may be due by the horizon; the first one
-        // beyond it says when to look again.
-        let all = spec
-            .occurrences(after, schedule::MAX_EXPANSION)
-            .map_err(fatal)?;
-        let (upcoming, beyond): (Vec<_>, Vec<_>) =
-            all.into_iter().partition(|o| o.start <= horizon);
+        // beyond it says when to look again. Only that window is expanded, so a tick
+        // costs the same in a series' first week and in its twentieth year.
+        let window = spec.window(after, horizon).map_err(fatal)?;
+        let upcoming = window.occurrences;
         let mut next: Option<DateTime<Utc>> = digest_next;
         let mut ended_now = 0;
         for occurrence in upcoming.iter().filter(|o| !o.cancelled) {
@@ -367,12 +367,7 @@ impl MeetingInvite {
         }
         // Occurrences past the lookahead have no reminder due before `now + lead`:
         // wake up when the first of them comes within reach.
-        if let Some(first) = beyond
-            .iter()
-            .filter(|o| !o.cancelled)
-            .map(|o| o.start)
-            .min()
-        {
+        if let Some(first) = window.next_start {
             let at = first.checked_sub_signed(lead).unwrap_or(now).max(now);
             next = Some(next.map_or(at, |n| n.min(at)));
         }
@@ -421,11 +416,7 @@ impl MeetingInvite {
             .retryable()?;
         let current: Vec<_> = attendees.iter().filter(|a| !a.removed).collect();
         let count = |p: PartStat| current.iter().filter(|a| a.partstat == p).count();
-        let occurrences = meeting
-            .spec
-            .occurrences(DateTime::<Utc>::MIN_UTC, schedule::MAX_EXPANSION)
-            .map(|all| all.iter().filter(|o| !o.cancelled && o.end <= now).count())
-            .unwrap_or(0);
+        let occurrences = meeting.spec.ended_by(now).unwrap_or(0);
         Ok(Transition::complete(AttendanceSummary {
             meeting_id,
             outcome: match meeting.status {

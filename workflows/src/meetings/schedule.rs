@@ -1,22 +1,21 @@
 //! When a meeting happens and when its reminders fire: the meeting's description
 //! ([`MeetingSpec`]), local times resolved in an IANA zone (a DST gap refused, an
-//! ambiguous time taken at its first occurrence), occurrences of a series expanded from
-//! its RRULE with cancelled ones dropped and moved ones moved, and reminder instants per
-//! attendee in the attendee's own zone.
+//! ambiguous time taken at its first occurrence), occurrences of a series with cancelled
+//! ones flagged and moved ones moved (expanded in [`super::series`]), and reminder
+//! instants per attendee in the attendee's own zone.
 //!
 //! Everything here is pure: "now" is a parameter, so tests and the workflow see the
 //! same answers.
 
 use std::time::Duration;
 
-use chrono::{
-    DateTime, Datelike, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc,
-};
+use chrono::{DateTime, Days, LocalResult, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
 use chrono_tz::Tz;
-use rrule::{RRule, RRuleSet, Unvalidated};
 use serde::{Deserialize, Serialize};
 
-/// The longest series expansion we walk in one call: a bound on work, not on the series.
+/// The largest `COUNT` a series may have: a series with `COUNT` is walked from its
+/// first occurrence (the count starts there), so this bounds that walk. A series with
+/// `UNTIL` or without end is walked only over the window asked about ([`super::series`]).
 pub const MAX_EXPANSION: usize = 5_000;
 
 /// A person: organiser or attendee.
@@ -233,21 +232,8 @@ impl MeetingSpec {
         if self.end <= self.start {
             return Err(TimeError::EndBeforeStart);
         }
-        if let Some(rule) = &self.recurrence {
-            self.rule_set(tz, rule)?;
-        }
+        self.check_rule(tz)?;
         Ok(warnings)
-    }
-
-    fn rule_set(&self, tz: Tz, rule: &str) -> Result<RRuleSet, TimeError> {
-        let rule = rule.trim().trim_start_matches("RRULE:");
-        let parsed: RRule<Unvalidated> =
-            rule.parse().map_err(|e| TimeError::Rule(format!("{e}")))?;
-        let start = resolve("start", tz, self.start)?.instant;
-        let rtz = rrule::Tz::Tz(tz);
-        parsed
-            .build(start.with_timezone(&rtz))
-            .map_err(|e| TimeError::Rule(format!("{e}")))
     }
 
     /// Whether the series has a last occurrence (`COUNT` or `UNTIL`, or no rule).
@@ -259,96 +245,6 @@ impl MeetingSpec {
                 upper.contains("COUNT=") || upper.contains("UNTIL=")
             }
         }
-    }
-
-    /// The original local starts of the series from its first, in order, at most
-    /// `limit` of them (and never more than [`MAX_EXPANSION`]).
-    fn originals(&self, tz: Tz, limit: usize) -> Result<Vec<NaiveDateTime>, TimeError> {
-        match &self.recurrence {
-            None => Ok(vec![self.start]),
-            Some(rule) => {
-                let set = self.rule_set(tz, rule)?;
-                Ok((&set)
-                    .into_iter()
-                    .take(limit.min(MAX_EXPANSION))
-                    .map(|t| t.naive_local())
-                    .collect())
-            }
-        }
-    }
-
-    /// Occurrences whose end is after `after`, in order of original start, at most
-    /// `limit`; cancelled ones included (flagged) so callers can show them.
-    pub fn occurrences(
-        &self,
-        after: DateTime<Utc>,
-        limit: usize,
-    ) -> Result<Vec<Occurrence>, TimeError> {
-        let tz = self.tz()?;
-        let length = self.end - self.start;
-        let mut out = Vec::new();
-        // Walk from the start of the series; MAX_EXPANSION bounds how far.
-        for original in self.originals(tz, MAX_EXPANSION)? {
-            let over = self.overrides.iter().find(|o| o.original == original);
-            let (local_start, local_end) = match over {
-                Some(o) => (o.start, o.end),
-                None => (original, original + length),
-            };
-            let start = resolve_lenient(tz, local_start);
-            let end = resolve_lenient(tz, local_end);
-            if end <= after {
-                continue;
-            }
-            out.push(Occurrence {
-                original,
-                start,
-                end,
-                local_start,
-                local_end,
-                cancelled: self.cancelled.contains(&original),
-                moved: over.is_some(),
-            });
-            if out.len() >= limit {
-                break;
-            }
-        }
-        Ok(out)
-    }
-
-    /// Whether `original` is an occurrence of the series (a start the rule produces).
-    pub fn has_occurrence(&self, original: NaiveDateTime) -> Result<bool, TimeError> {
-        let tz = self.tz()?;
-        Ok(self
-            .originals(tz, MAX_EXPANSION)?
-            .into_iter()
-            .take_while(|o| *o <= original)
-            .any(|o| o == original))
-    }
-
-    /// The end of the last occurrence, for a bounded series.
-    pub fn last_end(&self) -> Result<Option<DateTime<Utc>>, TimeError> {
-        if !self.is_bounded() {
-            return Ok(None);
-        }
-        let all = self.occurrences(DateTime::<Utc>::MIN_UTC, MAX_EXPANSION)?;
-        Ok(all.iter().filter(|o| !o.cancelled).map(|o| o.end).max())
-    }
-
-    /// The calendar years the series spans (for VTIMEZONE): first to last occurrence,
-    /// or for a series without end, five years from its start.
-    pub fn years(&self) -> Result<(i32, i32), TimeError> {
-        let first = self.start.year();
-        let last = match self.is_bounded() {
-            true => {
-                let all = self.occurrences(DateTime::<Utc>::MIN_UTC, MAX_EXPANSION)?;
-                all.iter()
-                    .map(|o| o.local_end.year())
-                    .max()
-                    .unwrap_or(first)
-            }
-            false => first + 5,
-        };
-        Ok((first, last.max(first)))
     }
 }
 
