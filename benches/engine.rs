@@ -6,9 +6,13 @@
 //! ceiling: the same rows written by the same kind of statements, one transaction per
 //! transition, K clients, no engine. It prints Waymark's share of that ceiling.
 //!
+//! It also measures the machine's ceiling with `pgbench` (one UPDATE and one INSERT per
+//! transaction, K clients, in its own process) and prints Waymark's steps/s over its
+//! tps, then one machine-readable `BENCH …` line per K.
+//!
 //! Settings: `WAYMARK_BENCH_PG_URL` (default the local server's `postgres` database;
 //! a throwaway database is created next to it and dropped), `WAYMARK_BENCH_RUNS`
-//! (default 2000 per K).
+//! (default 2000 per K), `WAYMARK_BENCH_K` (default `1,4,16`).
 //!
 //! Completion is observed by the workflow's last step handing the run id to the driver,
 //! which then reads the run until it is committed `completed`: one or two reads per run.
@@ -306,6 +310,81 @@ async fn bench_raw(url: &str, in_flight: usize, runs: usize) -> Figures {
     }
 }
 
+/// The machine's own ceiling: `pgbench` (PostgreSQL's client package) running one
+/// UPDATE of a run and one INSERT of its history row per transaction, `k` clients, as
+/// many transactions as Waymark's runs commit. It runs in its own process, so unlike
+/// the in-process raw-SQL figure it does not share this benchmark's tokio threads.
+/// `None` (with a note) when pgbench is not installed.
+async fn bench_pgbench(url: &str, k: usize, transactions: usize) -> Option<f64> {
+    let pgbench = ["pgbench", "/usr/lib/postgresql/15/bin/pgbench"]
+        .into_iter()
+        .find(|p| {
+            std::process::Command::new(p)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .unwrap();
+    sqlx::query("TRUNCATE waymark_runs CASCADE")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // Runs that nothing will claim (due in a century), and a numbered index to pick one.
+    for statement in [
+        "DROP TABLE IF EXISTS bench_ids",
+        "CREATE TABLE bench_ids (n int PRIMARY KEY, id uuid NOT NULL)",
+        "INSERT INTO bench_ids SELECT g, gen_random_uuid() FROM generate_series(1, 1000) g",
+        r#"INSERT INTO waymark_runs (id, tenant, workflow, workflow_version, status, state,
+               state_data, input, visit, attempt, due_at, created_at, updated_at)
+           SELECT id, 'bench', 'bench3', 1, 'sleeping', 'a', '{"state":"a"}', '{}', 1, 0,
+                  now() + interval '100 years', now(), now() FROM bench_ids"#,
+    ] {
+        sqlx::query(statement).execute(&pool).await.unwrap();
+    }
+    let script = std::env::temp_dir().join(format!("waymark-pgbench-{}.sql", Uuid::now_v7()));
+    std::fs::write(
+        &script,
+        r#"\set n random(1, 1000)
+BEGIN;
+UPDATE waymark_runs SET visit = visit + 1, state_data = '{"state":"b"}', updated_at = now() WHERE id = (SELECT id FROM bench_ids WHERE n = :n);
+INSERT INTO waymark_history (run_id, from_state, to_state, from_status, to_status, cause, visit, attempt, actor, started_at, committed_at) SELECT id, 'a', 'b', 'running', 'sleeping', 'step', 1, 1, 'bench', now(), now() FROM bench_ids WHERE n = :n;
+END;
+"#,
+    )
+    .unwrap();
+    let output = tokio::process::Command::new(pgbench)
+        .args(["-n", "-c", &k.to_string(), "-j", &k.min(2).to_string()])
+        .args(["-t", &(transactions / k).max(1).to_string(), "-f"])
+        .arg(&script)
+        .arg(url)
+        .output()
+        .await
+        .expect("run pgbench");
+    let _ = std::fs::remove_file(&script);
+    sqlx::query("DROP TABLE bench_ids")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let tps = stdout
+        .lines()
+        .find(|l| l.starts_with("tps = ") && l.contains("without initial connection time"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|t| t.parse().ok());
+    if tps.is_none() {
+        eprintln!(
+            "pgbench gave no tps: {}{}",
+            stdout,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    tps
+}
+
 fn line(label: &str, k: usize, f: &Figures) {
     println!(
         "{label:<8} K={k:<3} {:>8.0} runs/s {:>9.0} transitions/s   p50 {:>7.2} ms   p99 {:>7.2} ms   {:.2} write xacts/transition",
@@ -354,17 +433,50 @@ fn main() {
         .migrate()
         .await
         .unwrap();
+        let ks: Vec<usize> = std::env::var("WAYMARK_BENCH_K")
+            .ok()
+            .map(|list| {
+                list.split(',')
+                    .map(|k| k.trim().parse().expect("WAYMARK_BENCH_K: a list like 1,4,16"))
+                    .collect()
+            })
+            .unwrap_or_else(|| vec![1, 4, 16]);
         println!(
             "{runs} runs of a 3-step workflow (4 transitions each) per K, PostgreSQL, closed loop"
         );
-        for k in [1, 4, 16] {
+        let mut machine_lines = Vec::new();
+        for k in ks {
             let raw = bench_raw(&url, k, runs).await;
             let waymark = bench_waymark(&url, k, runs).await;
+            let pgbench = bench_pgbench(&url, k, runs * 4).await;
             line("raw SQL", k, &raw);
             line("waymark", k, &waymark);
-            let ratio = (waymark.transitions as f64 / waymark.seconds)
-                / (raw.transitions as f64 / raw.seconds);
-            println!("ratio    K={k:<3} waymark / raw-SQL ceiling = {ratio:.2}");
+            let per_s = |f: &Figures| f.transitions as f64 / f.seconds;
+            let ratio = per_s(&waymark) / per_s(&raw);
+            // `scripts/bench-compare.sh` reads this line's last field.
+            println!("ratio    K={k:<3} waymark / in-process raw-SQL = {ratio:.2}");
+            // Steps are the workflow's three; the start is a fourth transaction.
+            let steps_per_s = waymark.runs as f64 * 3.0 / waymark.seconds;
+            match pgbench {
+                Some(tps) => println!(
+                    "ceiling  K={k:<3} pgbench {tps:.0} tps; waymark steps/s / pgbench tps = {:.2}",
+                    steps_per_s / tps
+                ),
+                None => println!("ceiling  K={k:<3} pgbench not found (Debian's postgresql-client)"),
+            }
+            machine_lines.push(format!(
+                "BENCH backend=postgres k={k} n={runs} steps=3 runs_per_s={:.0} steps_per_s={steps_per_s:.0} \
+                 p50_ms={:.2} p99_ms={:.2} wtx_per_step={:.2} ceiling_tps={} ratio={}",
+                waymark.runs as f64 / waymark.seconds,
+                waymark.p50.as_secs_f64() * 1000.0,
+                waymark.p99.as_secs_f64() * 1000.0,
+                waymark.write_xacts as f64 / (waymark.runs as f64 * 3.0),
+                pgbench.map_or("none".into(), |t| format!("{t:.0}")),
+                pgbench.map_or("none".into(), |t| format!("{:.2}", steps_per_s / t)),
+            ));
+        }
+        for l in machine_lines {
+            println!("{l}");
         }
         sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
             .execute(&mut conn)

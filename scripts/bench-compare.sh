@@ -25,6 +25,6 @@ for round in $(seq "$rounds"); do
         IFS=: read -r name dir target <<<"$side"
         printf '%-8s round %s: ' "$name" "$round"
         (cd "$dir" && CARGO_TARGET_DIR="$target" cargo bench --bench engine 2>/dev/null) |
-            awk '/^ratio/ { printf "%s %s  ", $2, $NF } END { print "" }'
+            awk '/^ratio/ { printf "%s %s  ", $2, $NF } /^ceiling/ && /tps =/ { printf "(%s pgbench %s)  ", $2, $NF } END { print "" }'
     done
 done
