@@ -105,6 +105,17 @@ async fn an_endless_series_continues_as_new_so_each_runs_history_stays_bounded(d
     }
     // Every reminder went out once.
     assert_eq!(count_mails(&ada, "Reminder: Daily"), occurrences as usize);
+    // A series without end lists its next occurrences, not its first ones: the clock
+    // stands an hour before the seventh.
+    let shown = m.meeting(&id).await;
+    let listed = shown["occurrences"].as_array().unwrap();
+    assert_eq!(listed.len(), 20);
+    let seventh = (start + chrono::Duration::days(occurrences - 1))
+        .and_local_timezone(berlin)
+        .single()
+        .unwrap()
+        .with_timezone(&Utc);
+    assert_eq!(listed[0]["start_utc"], json!(seventh), "{shown}");
 }
 
 /// A calendar REPLY with `RECURRENCE-ID`, as a client sends when one declines a single

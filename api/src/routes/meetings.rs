@@ -144,11 +144,14 @@ pub(crate) async fn view(state: &AppState, meeting: Meeting) -> ApiResult<Value>
     let store = &state.engine.store;
     let now = state.engine.clock.now();
     let attendees = records::attendees(store, meeting.id).await?;
-    let limit = if meeting.spec.is_bounded() { 500 } else { 20 };
-    let occurrences = meeting
-        .spec
-        .occurrences(DateTime::<chrono::Utc>::MIN_UTC, limit)
-        .unwrap_or_default();
+    // A bounded series is shown whole; one without end, its next 20 (from its start, it
+    // would show long-past dates once it has run for a while).
+    let (after, limit) = if meeting.spec.is_bounded() {
+        (DateTime::<chrono::Utc>::MIN_UTC, 500)
+    } else {
+        (now, 20)
+    };
+    let occurrences = meeting.spec.occurrences(after, limit).unwrap_or_default();
     let current: Vec<_> = attendees.iter().filter(|a| !a.removed).collect();
     let answers = records::occurrence_answers(store, meeting.id).await?;
     let occurrences: Vec<Value> = occurrences
