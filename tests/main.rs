@@ -14,6 +14,7 @@ mod conformance;
 mod coverage;
 mod dashboard;
 mod dashboard_pages;
+mod dashboard_schedules;
 mod disputes;
 mod engine;
 mod exports;

@@ -1,5 +1,5 @@
 //! Schedules: each with its next fire times in its own zone and in the operator's (the
-//! page's script turns `<time>` into the browser's zone), its last run, and pause or
+//! page's script turns `<time>` into the browser's zone), its recent runs, and pause or
 //! resume for operators. Pausing and resuming call the handler behind
 //! `PATCH /v1/schedules/{id}` with `{"paused": …}`, so the dashboard does what the API
 //! does: a resumed schedule starts from now, the change is audited.
@@ -13,6 +13,8 @@ use maud::{html, Markup};
 use serde_json::json;
 use waymark_engine::cron::CronSchedule;
 use waymark_engine::keys::Scope;
+use waymark_engine::store::RunFilter;
+use waymark_engine::TenantScope;
 
 use super::page::{self, layout};
 use super::session::{check_csrf, UiSession};
@@ -21,6 +23,15 @@ use crate::AppState;
 
 /// How many upcoming fire times each schedule shows.
 const UPCOMING: usize = 3;
+
+/// How many of its latest runs each schedule shows; the rest are a link away.
+const RECENT: u32 = 5;
+
+/// The tag the scheduler gives every run a schedule starts (see
+/// `waymark_workers::scheduler`): the link from a schedule to its runs.
+fn schedule_tag(id: uuid::Uuid) -> String {
+    format!("schedule:{id}")
+}
 
 /// A time in the schedule's own zone, UTC in the tooltip. Not a `<time>`: the page's
 /// script would move it into the browser's zone, which has its own column.
@@ -44,27 +55,41 @@ pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> R
     };
     let now = state.engine.clock.now();
     let may_act = session.caller.key.top_scope() >= Scope::Operator;
-    let mut last_runs = Vec::with_capacity(schedules.len());
+    // Each schedule's latest runs, newest first, found by the tag the scheduler puts on
+    // them (the tags' primary key is (tag, run_id) and run ids are time-ordered). Only
+    // in the schedule's own tenant, which is in the caller's scope: a run another
+    // tenant tagged with this schedule's id through the API is not one of its runs.
+    let mut recent_runs = Vec::with_capacity(schedules.len());
     for s in &schedules {
-        let run = match s.last_run_id {
-            Some(id) => store
-                .run_get(&session.caller.scope(), id)
-                .await
-                .ok()
-                .flatten(),
-            None => None,
+        let filter = RunFilter {
+            tag: Some(schedule_tag(s.id)),
+            ..RunFilter::default()
         };
-        last_runs.push(run);
+        match store
+            .runs_list(
+                &TenantScope::Tenant(s.tenant.clone()),
+                &filter,
+                None,
+                RECENT,
+            )
+            .await
+        {
+            Ok(runs) => recent_runs.push(runs),
+            Err(e) => {
+                let e = crate::error::ApiError::from(e);
+                return page::message(&session, e.status, "Something went wrong", &e.detail);
+            }
+        }
     }
     let body = html! {
         h1 { "Schedules" }
         @if schedules.is_empty() { p { "No schedules." } } @else {
             div.scroll tabindex="0" { table #schedules { thead { tr {
                 th { "Name" } th { "Tenant" } th { "Workflow" } th { "Cron" } th { "Zone" } th { "State" }
-                th { "Next fires (schedule's zone)" } th { "Next fires (yours)" } th { "Last fired" } th { "Last run" }
+                th { "Next fires (schedule's zone)" } th { "Next fires (yours)" } th { "Last fired" } th { "Recent runs" }
                 @if may_act { th { "Actions" } }
             } }
-            tbody { @for (s, last) in schedules.iter().zip(&last_runs) {
+            tbody { @for (s, recent) in schedules.iter().zip(&recent_runs) {
                 @let cron = CronSchedule::parse(&s.cron, &s.timezone).ok();
                 @let upcoming = match (&cron, s.paused) { (Some(c), false) => c.upcoming(now, UPCOMING), _ => Vec::new() };
                 tr data-schedule=(s.id) {
@@ -73,9 +98,14 @@ pub(super) async fn list(State(state): State<AppState>, session: UiSession) -> R
                     td.zone { @if let Some(c) = &cron { @for t in &upcoming { (zoned(*t, c)) br; } } @if upcoming.is_empty() { "—" } }
                     td.yours { @for t in &upcoming { (page::time(*t)) br; } @if upcoming.is_empty() { "—" } }
                     td { (page::time(s.last_fired_at)) }
-                    td { @if let Some(r) = last {
-                        a href={ "/ui/runs/" (r.id) } { code { (r.id.to_string()[..13]) } } " " (page::status(r.status))
-                    } @else { "—" } }
+                    td.recent { @if recent.is_empty() { "—" } @else {
+                        ul.recent-runs { @for r in recent { li data-run=(r.id) {
+                            a href={ "/ui/runs/" (r.id) } { code { (r.id.to_string()[..13]) } } " " (page::status(r.status)) " " (page::time(r.created_at))
+                        } } }
+                        @if recent.len() == RECENT as usize {
+                            a href={ "/ui/runs?tag=" (schedule_tag(s.id)) } { "All runs of " (s.name) }
+                        }
+                    } }
                     @if may_act { td {
                         @let (action, label) = if s.paused { ("resume", "Resume") } else { ("pause", "Pause") };
                         form method="post" action={ "/ui/schedules/" (s.id) "/" (action) } data-confirm={ (label) " schedule " (s.name) "?" } {
