@@ -233,7 +233,10 @@ async fn bench(url: &str) {
             let first = get("/ui/runs?status=completed".into()).await.1;
             format!(
                 "/ui/runs?status=completed&before={}",
-                next_cursor(&first).unwrap_or_else(|| panic!("a second page: {}", &first[first.len().saturating_sub(1500)..]))
+                next_cursor(&first).unwrap_or_else(|| panic!(
+                    "a second page: {}",
+                    &first[first.len().saturating_sub(1500)..]
+                ))
             )
         }),
     ];
