@@ -13,6 +13,7 @@
 //! - `migrations/`: the `videos` schema.
 
 pub mod hls;
+pub mod playback;
 pub mod probe;
 pub mod tools;
 pub mod transcode;
