@@ -168,3 +168,125 @@ async fn rendition_attempts_are_packaged_as_hls_under_their_own_prefix_and_the_m
     assert!(heights.contains(&180) && heights.contains(&240), "{probe}");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[tokio::test]
+async fn a_playback_token_plays_the_master_over_http_and_refuses_what_it_does_not_cover() {
+    use reqwest::StatusCode;
+    use waymark_workflows::videos::playback;
+
+    let app = crate::support::app::TestApp::on(crate::support::TestDb::sqlite().await)
+        .serving_local_blobs()
+        .spawn()
+        .await;
+    let blobs = app.blobs.clone().expect("a blob store");
+    let BlobStore::Local(local) = &blobs else {
+        panic!("a local blob store")
+    };
+    let dir = tempdir();
+    let source = test_video(&dir, 2).await;
+    let info = probe::probe(Path::new("ffprobe"), &source).await.unwrap();
+    let rung = Rung {
+        name: "180p".into(),
+        height: 180,
+        video_kbps: 200,
+        audio_kbps: 64,
+    };
+    let rendition = probe::renditions(&[rung], &info).remove(0);
+    let video = Uuid::now_v7();
+    let packaged = hls::package_rendition(
+        Path::new("ffmpeg"),
+        &blobs,
+        video,
+        &source,
+        info.has_audio,
+        &rendition,
+        1,
+        &dir.join("work"),
+        &CancellationToken::new(),
+        |_| {},
+    )
+    .await
+    .unwrap();
+    hls::publish(&blobs, video, &[packaged]).await.unwrap();
+
+    let now = chrono::Utc::now();
+    let token = playback::issue(local.signer(), video, now + chrono::Duration::hours(1));
+    // ffprobe follows the master's relative paths under the same token.
+    let url = format!("{}/play/{token}/master.m3u8", app.base);
+    let probe = ffprobe_json(Path::new(&url)).await;
+    let v = stream(&probe, "video").expect("a video stream");
+    assert_eq!(
+        (v["width"].as_u64(), v["height"].as_u64()),
+        (Some(320), Some(180))
+    );
+    let duration: f64 = probe["format"]["duration"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((duration - 2.0).abs() < 0.3, "{duration}");
+    let master = app.http.get(&url).send().await.unwrap();
+    assert_eq!(master.status(), StatusCode::OK);
+    assert_eq!(
+        master.headers()["content-type"],
+        "application/vnd.apple.mpegurl"
+    );
+
+    let expired = playback::issue(local.signer(), video, now - chrono::Duration::seconds(1));
+    let other = playback::issue(
+        local.signer(),
+        Uuid::now_v7(),
+        now + chrono::Duration::hours(1),
+    );
+    let forged = format!("{}0", &token[..token.len() - 1]);
+    let cases = [
+        (
+            format!("/play/{expired}/master.m3u8"),
+            StatusCode::FORBIDDEN,
+            "expired",
+        ),
+        (
+            format!("/play/{forged}/master.m3u8"),
+            StatusCode::FORBIDDEN,
+            "not valid",
+        ),
+        (
+            "/play/nonsense/master.m3u8".to_owned(),
+            StatusCode::FORBIDDEN,
+            "malformed",
+        ),
+        // Another video's token does not reach this video's files (nothing there).
+        (
+            format!("/play/{other}/master.m3u8"),
+            StatusCode::NOT_FOUND,
+            "no such file",
+        ),
+        (
+            format!("/play/{token}/missing.m3u8"),
+            StatusCode::NOT_FOUND,
+            "no such file",
+        ),
+        (
+            format!("/play/{token}/180p/..%2F..%2Fx"),
+            StatusCode::NOT_FOUND,
+            "not a file of the video",
+        ),
+        (
+            format!("/play/{token}/a%20b.ts"),
+            StatusCode::NOT_FOUND,
+            "not a file of the video",
+        ),
+    ];
+    for (path, status, says) in cases {
+        let response = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let text = response.text().await.unwrap();
+        assert!(text.contains(says), "{path}: {text}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
