@@ -11,6 +11,7 @@
 //!   checking bodies), [`error`] (the RFC 9457 error contract), [`views`]; `paging`
 //!   reads `limit` and `cursor` the same way for every list route.
 //! - [`blobs`]: `/blobs/…`, the local blob store's signed download links.
+//! - [`play`]: `/play/{token}/…`, a video's HLS files behind a signed playback token.
 //! - [`meeting_pages`]: `/rsvp/{token}` and `/calendars/{token}.ics`, the meeting pages
 //!   and feeds an attendee opens without a key (the token is the permission).
 //! - [`waits`]: the caps on long polls (`?wait=`), per key and per process.
@@ -32,6 +33,7 @@ pub mod diagram;
 pub mod error;
 pub mod meeting_pages;
 mod paging;
+pub mod play;
 pub mod routes;
 pub mod ui;
 pub mod views;
@@ -77,6 +79,7 @@ pub fn app(state: AppState) -> Router {
     router
         .fallback(not_found)
         .merge(blobs::routes(state.blobs.clone()))
+        .merge(play::routes(state.blobs.clone()))
         .merge(meeting_pages::routes())
         .merge(ui::routes())
         .with_state(state)

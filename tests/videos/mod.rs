@@ -4,6 +4,7 @@
 //! server, and abandoned uploads expiring under a manual clock.
 
 mod ffmpeg;
+mod hls;
 mod tus;
 
 use std::path::{Path, PathBuf};

@@ -79,6 +79,13 @@ impl LocalStore {
     pub fn root(&self) -> &Path {
         &self.root
     }
+
+    /// The key that signs this store's links (and other signed paths Waymark serves
+    /// from it, such as video playback tokens).
+    pub fn signer(&self) -> &UrlSigner {
+        &self.signer
+    }
+
     /// A writer for `key`: the content goes to a file under `tmp/`, hashed as it is
     /// written, and becomes the blob only when [`LocalWriter::finish`] renames it in.
     pub async fn writer(&self, key: &str, options: &PutOptions) -> Result<LocalWriter, BlobError> {

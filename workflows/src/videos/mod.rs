@@ -8,8 +8,12 @@
 //!   the rendition ladder it allows (never above the source, aspect ratio kept).
 //! - [`tools`]: finding ffmpeg and ffprobe; the `transcode` capability needs them.
 //! - [`transcode`]: ffmpeg in its own process group, killed with the attempt; progress.
+//! - [`hls`]: packaging a rendition attempt as HLS under its own prefix; the master
+//!   playlist and manifest naming the committed attempts; deleting superseded ones.
 //! - `migrations/`: the `videos` schema.
 
+pub mod hls;
+pub mod playback;
 pub mod probe;
 pub mod tools;
 pub mod transcode;
